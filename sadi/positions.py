@@ -1,0 +1,122 @@
+"""The one padding-aware place that turns position policies into absolute indices.
+
+A batch row holds `seq_length` real tokens, of which the first `prompt_length` are the
+prompt (the user input) and the rest the continuation. Rows are padded to a common
+`padded_length` on the left or on the right. Every method names which positions it reads
+and edits by a policy; this module maps the policy to absolute [batch, pos] indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+PositionPolicy = Literal["last_prompt", "last_token", "continuation", "all"]
+PaddingSide = Literal["left", "right"]
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Where each row's real tokens, prompt and continuation sit in a padded batch.
+
+    Attributes:
+        seq_lengths: [batch] number of real (non-pad) tokens per row.
+        prompt_lengths: [batch] number of prompt tokens per row (<= seq_lengths).
+        padded_length: the batch's sequence dimension.
+        padding_side: "left" (real tokens at the end) or "right" (at the start).
+    """
+
+    seq_lengths: Tensor  # [batch] long
+    prompt_lengths: Tensor  # [batch] long
+    padded_length: int
+    padding_side: PaddingSide
+
+    def __post_init__(self) -> None:
+        if self.seq_lengths.shape != self.prompt_lengths.shape or self.seq_lengths.dim() != 1:
+            raise ValueError(
+                "seq_lengths and prompt_lengths must both be 1-D of the batch size, got "
+                f"{tuple(self.seq_lengths.shape)} and {tuple(self.prompt_lengths.shape)}"
+            )
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if bool((self.prompt_lengths < 1).any()):
+            raise ValueError(f"every row needs a prompt of >= 1 token, got {self.prompt_lengths}")
+        if bool((self.prompt_lengths > self.seq_lengths).any()):
+            raise ValueError(
+                f"prompt_lengths {self.prompt_lengths.tolist()} exceed seq_lengths "
+                f"{self.seq_lengths.tolist()}"
+            )
+        if bool((self.seq_lengths > self.padded_length).any()):
+            raise ValueError(
+                f"seq_lengths {self.seq_lengths.tolist()} exceed padded_length {self.padded_length}"
+            )
+
+    @classmethod
+    def from_attention_mask(
+        cls, attention_mask: Tensor, prompt_lengths: Tensor | None = None
+    ) -> BatchLayout:
+        """Layout of a tokenizer-padded batch; without prompt_lengths the whole row is prompt.
+
+        The padding side is read off the mask: a row that starts with padding is left-padded.
+        """
+        mask = attention_mask.bool()
+        seq = mask.sum(dim=1).long()
+        left = bool((~mask[:, 0]).any()) and not bool((~mask[:, -1]).any())
+        return cls(
+            seq_lengths=seq,
+            prompt_lengths=seq.clone() if prompt_lengths is None else prompt_lengths.long(),
+            padded_length=int(mask.shape[1]),
+            padding_side="left" if left else "right",
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.seq_lengths.shape[0])
+
+    def starts(self) -> Tensor:
+        """[batch] absolute index of each row's first real token."""
+        if self.padding_side == "right":
+            return torch.zeros_like(self.seq_lengths)
+        return self.padded_length - self.seq_lengths
+
+    def indices(self, policy: PositionPolicy) -> tuple[Tensor, Tensor]:
+        """(rows, positions): 1-D long tensors of the absolute [batch, pos] cells of `policy`.
+
+        - last_prompt: the last prompt token of each row (one cell per row).
+        - last_token: the last real token of each row (one cell per row).
+        - continuation: every continuation token (none for a row without continuation).
+        - all: every real (non-pad) token.
+        """
+        starts = self.starts()
+        rows = torch.arange(self.batch_size)
+        if policy == "last_prompt":
+            return rows, starts + self.prompt_lengths - 1
+        if policy == "last_token":
+            return rows, starts + self.seq_lengths - 1
+        if policy in ("continuation", "all"):
+            mask = self.mask(policy)
+            r, p = mask.nonzero(as_tuple=True)
+            return r, p
+        raise ValueError(
+            f"unknown position policy {policy!r}; "
+            "use one of 'last_prompt', 'last_token', 'continuation', 'all'"
+        )
+
+    def mask(self, policy: PositionPolicy) -> Tensor:
+        """[batch, padded_length] bool mask of the cells of `policy`."""
+        pos = torch.arange(self.padded_length).unsqueeze(0)  # [1, pos]
+        starts = self.starts().unsqueeze(1)  # [batch, 1]
+        if policy == "all":
+            lo = starts
+        elif policy == "continuation":
+            lo = starts + self.prompt_lengths.unsqueeze(1)
+        else:
+            rows, cols = self.indices(policy)
+            out = torch.zeros(self.batch_size, self.padded_length, dtype=torch.bool)
+            out[rows, cols] = True
+            return out
+        hi = starts + self.seq_lengths.unsqueeze(1)
+        return (pos >= lo) & (pos < hi)

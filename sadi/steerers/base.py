@@ -1,0 +1,297 @@
+"""The contract every steering method follows: fit, apply (a context manager), save, load.
+
+A method subclasses `Steerer`, declares where it edits (`edit_policy`, `edit_generated`)
+and implements `fit`, `_edit_fns` and its tensor/param (de)serialisation. Position tracking,
+hook lifetime, fingerprints and artifacts live here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing_extensions import Self
+
+from sadi.architectures import ModelShape, architecture_of, check_component, model_shape, site
+from sadi.hooks import LayerHook, hooked, observe_forward
+from sadi.pairs import Pair
+from sadi.positions import BatchLayout, PositionPolicy
+
+TENSORS_FILE = "steerer.safetensors"
+META_FILE = "steerer.json"
+
+# (layer, activation [batch, pos, width], rows [n], positions [n]) -> edited activation
+EditFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+
+
+class FingerprintMismatch(ValueError):
+    """A fitted steerer was applied to, or loaded for, a model of a different shape."""
+
+
+def check_finite(name: str, value: float) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_pairs(pairs: Sequence[Pair]) -> None:
+    """Reject an empty pair list and pairs whose positive equals their negative."""
+    if len(pairs) == 0:
+        raise ValueError(
+            "no contrastive pairs given; build them with sadi.pairs.make_pairs from the "
+            "task's fit split (n_pairs > 0)"
+        )
+    for i, p in enumerate(pairs):
+        if p.positive == p.negative:
+            raise ValueError(
+                f"pair {i} (item {p.item_id!r}) has positive == negative == {p.positive!r}; "
+                "a contrastive pair needs two different completions"
+            )
+
+
+class SteeringHandle:
+    """Handed out by `Steerer.apply`: tells the hooks where the current batch's rows are.
+
+    By default the layout of each forward is read off its attention mask, with the whole
+    row taken as the prompt (right for plain prompts and for `generate`). Callers scoring
+    prompt + continuation rows set the layout explicitly before each forward.
+    """
+
+    def __init__(self) -> None:
+        self.layout: BatchLayout | None = None
+
+    def set_layout(self, layout: BatchLayout | None) -> None:
+        """Use `layout` for the following forwards (None: read it off the attention mask)."""
+        self.layout = layout
+
+
+def _input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if ids is None:
+        ids = kwargs["inputs_embeds"]
+    return ids  # type: ignore[no-any-return]
+
+
+def _is_decoding(kwargs: dict[str, Any]) -> bool:
+    """True on a KV-cache decode step (the cache already holds earlier tokens)."""
+    cache = kwargs.get("past_key_values")
+    if cache is None:
+        return False
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length()) > 0
+    return len(cache) > 0
+
+
+class Steerer(ABC):
+    """Base class of all steering methods.
+
+    Subclasses set `method`, `edit_policy` (which prompt/continuation cells to edit in a
+    full forward) and `edit_generated` (whether to edit tokens produced by KV-cache decoding).
+    """
+
+    method: ClassVar[str]
+    edit_policy: ClassVar[PositionPolicy]
+    edit_generated: ClassVar[bool]
+
+    def __init__(self, component: str) -> None:
+        check_component(component)
+        self.component = component
+        self.shape: ModelShape | None = None
+        self.model_id: str | None = None
+        self.n_pairs: int = 0
+
+    # ----- what a method implements -------------------------------------------------
+    @abstractmethod
+    def fit(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair]
+    ) -> Self:
+        """Fit from contrastive pairs; returns self."""
+
+    @abstractmethod
+    def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
+        """One edit function per layer that is edited at all."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters, JSON-serialisable, as accepted by the constructor."""
+
+    @abstractmethod
+    def tensors(self) -> dict[str, Tensor]:
+        """The fitted state as named tensors."""
+
+    @abstractmethod
+    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore the fitted state from `tensors()` output."""
+
+    def _before_full_forward(
+        self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
+    ) -> None:
+        """Called before every non-decoding forward under `apply` (e.g. for a clean pass)."""
+
+    # ----- shared machinery ----------------------------------------------------------
+    def _remember_model(self, model: nn.Module, n_pairs: int) -> ModelShape:
+        self.shape = model_shape(model)
+        self.model_id = str(getattr(model.config, "name_or_path", "") or "")
+        self.n_pairs = n_pairs
+        return self.shape
+
+    def fitted_shape(self) -> ModelShape:
+        if self.shape is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load()")
+        return self.shape
+
+    def check_fingerprint(self, model: nn.Module) -> None:
+        """Refuse a model whose architecture or sizes differ from the fitted one."""
+        expected = self.fitted_shape()
+        actual = model_shape(model)
+        if actual != expected:
+            diff = {
+                k: (v, actual.as_dict()[k])
+                for k, v in expected.as_dict().items()
+                if actual.as_dict()[k] != v
+            }
+            raise FingerprintMismatch(
+                f"this {self.method} steerer was fitted on {self.model_id!r} and does not fit "
+                f"this model: (fitted, given) = {diff}; refit it on this model"
+            )
+
+    @contextmanager
+    def apply(self, model: nn.Module) -> Iterator[SteeringHandle]:
+        """Steer `model` while the block runs.
+
+        Side effects: registers forward hooks on `model`; exactly those are removed on exit,
+        also when the block raises.
+
+        Example:
+            >>> with steerer.apply(model):
+            ...     logits = model(**tokenizer(["Q: ..."], return_tensors="pt")).logits
+        """
+        self.check_fingerprint(model)
+        handle = SteeringHandle()
+        cells: list[tuple[Tensor, Tensor] | None] = [None]
+        base = getattr(model, "base_model", model)
+        state = {"busy": False}
+
+        def before_forward(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if state["busy"]:  # a method's own inner pass (faithful SADI) runs unsteered
+                return
+            inputs = _input_of(args, kwargs)
+            batch, length = int(inputs.shape[0]), int(inputs.shape[1])
+            if _is_decoding(kwargs):
+                if self.edit_generated:
+                    rows = torch.arange(batch).repeat_interleave(length)
+                    cells[0] = (rows, torch.arange(length).repeat(batch))
+                else:
+                    cells[0] = None
+                return
+            layout = handle.layout
+            if layout is None:
+                mask = kwargs.get("attention_mask")
+                if mask is None or mask.dim() != 2:
+                    mask = torch.ones(batch, length, dtype=torch.long)
+                layout = BatchLayout.from_attention_mask(mask.cpu())
+            if (layout.batch_size, layout.padded_length) != (batch, length):
+                raise ValueError(
+                    f"the layout set on the steering handle is for a batch of "
+                    f"{(layout.batch_size, layout.padded_length)} but the forward got "
+                    f"{(batch, length)}; call handle.set_layout() for each batch"
+                )
+            cells[0] = layout.indices(self.edit_policy)
+            state["busy"] = True
+            try:
+                self._before_full_forward(model, args, kwargs, layout)
+            finally:
+                state["busy"] = False
+
+        def make_hook(fn: EditFn) -> Callable[[int, Tensor], Tensor | None]:
+            def hook(layer: int, act: Tensor) -> Tensor | None:
+                where = cells[0]
+                if state["busy"] or where is None or where[0].numel() == 0:
+                    return None
+                rows, pos = where
+                return fn(layer, act, rows.to(act.device), pos.to(act.device))
+
+            return hook
+
+        hooks = [LayerHook(layer, make_hook(fn)) for layer, fn in self._edit_fns(model).items()]
+        hook_site = site(architecture_of(model), self.component)
+        with ExitStack() as stack:
+            stack.enter_context(observe_forward(base, before_forward))
+            stack.enter_context(hooked(model, hook_site, hooks))
+            yield handle
+
+    # ----- artifacts -------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        import transformers
+
+        import sadi
+
+        return {
+            "method": self.method,
+            "component": self.component,
+            **self.params(),
+            "model_id": self.model_id,
+            "fingerprint": self.fitted_shape().as_dict(),
+            "n_pairs": self.n_pairs,
+            "versions": {
+                "sadi": sadi.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `steerer.safetensors` and `steerer.json` into `directory`; returns it."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().clone() for k, v in self.tensors().items()}
+        save_file(tensors, str(out / TENSORS_FILE))
+        (out / META_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, model: nn.Module | None = None) -> Steerer:
+        """Read a saved steerer (safetensors + json, never pickle); check it against `model`.
+
+        Called on `Steerer` it dispatches on the saved `method`.
+        """
+        from sadi.steerers import STEERERS
+
+        src = Path(directory)
+        if not (src / META_FILE).exists():
+            raise FileNotFoundError(
+                f"no {META_FILE} in {src}; pass the directory written by Steerer.save()"
+            )
+        meta = json.loads((src / META_FILE).read_text())
+        method = meta["method"]
+        if method not in STEERERS:
+            raise ValueError(f"unknown steering method {method!r}; known: {sorted(STEERERS)}")
+        klass = STEERERS[method]
+        if cls is not Steerer and klass is not cls:
+            raise ValueError(f"{src} holds a {method!r} steerer, not {cls.method!r}")
+        names = klass.param_names()
+        obj = klass(**{k: meta[k] for k in names if k in meta})
+        obj.shape = ModelShape(**meta["fingerprint"])
+        obj.model_id = meta.get("model_id")
+        obj.n_pairs = int(meta.get("n_pairs", 0))
+        obj._load_tensors(load_file(str(src / TENSORS_FILE)))
+        if model is not None:
+            obj.check_fingerprint(model)
+        return obj
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        import inspect
+
+        return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self",)]

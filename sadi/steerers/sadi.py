@@ -1,0 +1,264 @@
+"""SADI: Semantics-Adaptive Dynamic Intervention (arXiv 2410.12299).
+
+Fit: read the component at the last token of prompt+positive and prompt+negative, take the
+mean difference over pairs (a head is scored by the mean over its head_dim) and keep the
+top-K elements by signed difference across all layers as a binary mask M.
+
+Apply: A' = A + delta_s * (M * A) at the last prompt token of each row only, with
+delta_s = strength - 1 (the authors' code sets selected elements to strength * A).
+
+- mode "online": A is the live activation of the steered forward pass.
+- mode "faithful": A is read from a clean (unsteered) pass over the prompt, as in the
+  authors' two-pass code; unselected elements stay live.
+- variant "fixed" (ablation): adds delta_s * (M * v), v the per-coordinate mean difference,
+  independent of the input. variant "random" (ablation): K random elements, seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing_extensions import Self
+
+from sadi.activations import read_activations
+from sadi.architectures import architecture_of, site
+from sadi.hooks import LayerHook, hooked
+from sadi.pairs import Pair
+from sadi.positions import BatchLayout
+from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+
+SadiMode = Literal["online", "faithful"]
+SadiVariant = Literal["dynamic", "fixed", "random"]
+
+
+@dataclass
+class SADIState:
+    """Fitted SADI state.
+
+    delta: [layers, elements] mean difference (pos - neg) in the element grid.
+    mask: [layers, elements] bool, the K selected elements.
+    direction: [layers, width] per-coordinate mean difference (used by variant "fixed").
+    """
+
+    delta: Tensor
+    mask: Tensor
+    direction: Tensor
+
+
+class _StopForward(Exception):
+    """Raised inside the clean pass once the deepest edited layer has been read."""
+
+
+class SADI(Steerer):
+    """Semantics-adaptive dynamic intervention on one component.
+
+    Args:
+        component: "head", "neuron", "neuron_down", "hidden" or "residual".
+        k: number of elements to select (heads, neurons or hidden units), across layers.
+        strength: the authors' multiplier; selected elements become strength * A.
+        mode: "online" (one pass) or "faithful" (clean pass first, as the authors' code).
+        variant: "dynamic" (SADI), "fixed" or "random" (the paper's ablations).
+        seed: seeds the "random" variant.
+        batch_size: batch size of the fitting passes.
+        progress: show a progress bar while fitting.
+
+    Example:
+        >>> sadi = SADI("head", k=4, strength=5.0).fit(model, tokenizer, pairs)
+        >>> with sadi.apply(model):
+        ...     out = model(**tokenizer(prompts, return_tensors="pt", padding=True))
+    """
+
+    method: ClassVar[str] = "sadi"
+    edit_policy = "last_prompt"
+    edit_generated = False
+
+    def __init__(
+        self,
+        component: str = "head",
+        k: int = 4,
+        strength: float = 5.0,
+        mode: SadiMode = "online",
+        variant: SadiVariant = "dynamic",
+        seed: int = 0,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(component)
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}; e.g. intervention.k=4")
+        if mode not in ("online", "faithful"):
+            raise ValueError(f"mode must be 'online' or 'faithful', got {mode!r}")
+        if variant not in ("dynamic", "fixed", "random"):
+            raise ValueError(f"variant must be 'dynamic', 'fixed' or 'random', got {variant!r}")
+        self.k = k
+        self.strength = check_finite("strength", strength)
+        self.mode: SadiMode = mode
+        self.variant: SadiVariant = variant
+        self.seed = seed
+        self.batch_size = batch_size
+        self.progress = progress
+        self.state: SADIState | None = None
+        # faithful mode: clean activations of the current batch, per edited layer
+        self._clean: dict[int, Tensor] = {}
+
+    @property
+    def delta_s(self) -> float:
+        return self.strength - 1.0
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "strength": self.strength,
+            "mode": self.mode,
+            "variant": self.variant,
+            "seed": self.seed,
+        }
+
+    # ----- fit -----------------------------------------------------------------------
+    def fit(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair]
+    ) -> Self:
+        """Identify the top-K elements from contrastive pairs (deterministic)."""
+        check_pairs(pairs)
+        shape = self._remember_model(model, len(pairs))
+        n_layers, n_elements = shape.grid(self.component)
+        if self.k > n_layers * n_elements:
+            raise ValueError(
+                f"k={self.k} exceeds the {n_layers * n_elements} {self.component} elements of "
+                f"this model ({n_layers} layers x {n_elements}); "
+                f"choose k <= {n_layers * n_elements}"
+            )
+        prompts = [p.prompt for p in pairs] * 2
+        completions = [p.positive for p in pairs] + [p.negative for p in pairs]
+        acts = read_activations(
+            model,
+            tokenizer,
+            prompts,
+            completions,
+            self.component,
+            shape,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc=f"SADI fit ({self.component})",
+        )  # [2 * pairs, layers, width]
+        diff = acts[: len(pairs)] - acts[len(pairs) :]  # [pairs, layers, width]
+        direction = diff.mean(dim=0)  # [layers, width]
+        if self.component == "head":
+            per_head = diff.view(len(pairs), n_layers, shape.n_heads, shape.head_dim)
+            delta = per_head.mean(dim=3).mean(dim=0)  # [layers, heads]
+        else:
+            delta = direction
+        self.state = SADIState(delta=delta, mask=self._select(delta), direction=direction)
+        return self
+
+    def _select(self, delta: Tensor) -> Tensor:
+        flat = delta.flatten()
+        if self.variant == "random":
+            gen = torch.Generator().manual_seed(self.seed)
+            chosen = torch.randperm(flat.numel(), generator=gen)[: self.k]
+        else:
+            # stable sort: ties go to the lower (layer, element) index, deterministically
+            chosen = torch.sort(flat, descending=True, stable=True).indices[: self.k]
+        mask = torch.zeros(flat.numel(), dtype=torch.bool)
+        mask[chosen] = True
+        return mask.view_as(delta)
+
+    # ----- apply ---------------------------------------------------------------------
+    def fitted_state(self) -> SADIState:
+        if self.state is None:
+            raise RuntimeError("SADI is not fitted: call fit() or SADI.load()")
+        return self.state
+
+    def width_mask(self) -> Tensor:
+        """[layers, width] bool: the mask expanded to activation coordinates."""
+        mask = self.fitted_state().mask
+        if self.component == "head":
+            return mask.repeat_interleave(self.fitted_shape().head_dim, dim=1)
+        return mask
+
+    def selected_layers(self) -> list[int]:
+        return [int(i) for i in self.fitted_state().mask.any(dim=1).nonzero().flatten()]
+
+    def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
+        masks = self.width_mask()
+        direction = self.fitted_state().direction
+        ds = self.delta_s
+        if ds == 0.0:  # identity for every mode and variant: register nothing
+            return {}
+
+        def edit(layer: int, act: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
+            m = masks[layer].to(act.device)  # [width]
+            live = act[rows, pos]  # [cells, width]
+            if self.variant == "fixed":
+                v = direction[layer].to(device=act.device, dtype=act.dtype)
+                new = torch.where(m, live + ds * v, live)
+            else:
+                src = self._clean[layer] if self.mode == "faithful" else live
+                new = torch.where(m, src + ds * src, live)
+            return act.index_put((rows, pos), new)
+
+        return {layer: edit for layer in self.selected_layers()}
+
+    def _before_full_forward(
+        self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
+    ) -> None:
+        if self.mode != "faithful" or self.variant == "fixed":
+            return
+        self._clean = self._clean_pass(model, args, kwargs, layout)
+
+    @torch.no_grad()
+    def _clean_pass(
+        self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
+    ) -> dict[int, Tensor]:
+        """Unsteered activations at the last prompt token, for the edited layers.
+
+        Runs the base model on the prefix up to the last prompt token only (causal
+        attention makes the rest irrelevant) and stops after the deepest edited layer.
+        """
+        rows, pos = layout.indices("last_prompt")
+        cut = int(pos.max()) + 1
+        layers = self.selected_layers()
+        out: dict[int, Tensor] = {}
+
+        def grab(layer: int, act: Tensor) -> None:
+            out[layer] = act[rows.to(act.device), pos.to(act.device)]
+            if layer == layers[-1]:
+                raise _StopForward
+
+        inputs = dict(kwargs)
+        ids = inputs.pop("input_ids", args[0] if args else None)
+        call: dict[str, Any] = {"use_cache": False}
+        if ids is not None:
+            call["input_ids"] = ids[:, :cut]
+        else:
+            call["inputs_embeds"] = inputs["inputs_embeds"][:, :cut]
+        for key in ("attention_mask", "position_ids"):
+            value = inputs.get(key)
+            if isinstance(value, Tensor) and value.dim() == 2:
+                call[key] = value[:, :cut]
+        base = getattr(model, "base_model", model)
+        hook_site = site(architecture_of(model), self.component)
+        with hooked(model, hook_site, [LayerHook(layer, grab) for layer in layers]):
+            try:
+                base(**call)
+            except _StopForward:
+                pass
+        return out
+
+    # ----- artifacts -----------------------------------------------------------------
+    def tensors(self) -> dict[str, Tensor]:
+        s = self.fitted_state()
+        return {"delta": s.delta.float(), "mask": s.mask, "direction": s.direction.float()}
+
+    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.state = SADIState(
+            delta=tensors["delta"], mask=tensors["mask"].bool(), direction=tensors["direction"]
+        )
+
+
+__all__ = ["SADI", "SADIState"]

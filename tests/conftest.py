@@ -1,0 +1,120 @@
+"""Tiny random models of every supported architecture, and a byte-level tokenizer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
+    FalconConfig,
+    FalconForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from sadi.pairs import Pair
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 260  # 256 bytes + specials
+_LLAMA_KW = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+TINY: dict[str, Callable[[], PreTrainedModel]] = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_LLAMA_KW)),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**_LLAMA_KW, sliding_window=None)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_LLAMA_KW)),
+    "gemma3": lambda: Gemma3ForCausalLM(
+        Gemma3TextConfig(**{**_LLAMA_KW, "num_key_value_heads": 1}, head_dim=16)
+    ),
+    "gpt2": lambda: GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=256)
+    ),
+    "bloom": lambda: BloomForCausalLM(
+        BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=3, n_head=4)
+    ),
+    "falcon": lambda: FalconForCausalLM(
+        FalconConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+        )
+    ),
+}
+
+
+def make_tiny(family: str, seed: int = 0) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    model = TINY[family]()
+    # Random init gives near-zero activations; scale weights so edits visibly move logits.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(8.0)
+    model.config.name_or_path = f"tiny-{family}"
+    model.config.pad_token_id = 0
+    return model.eval()
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    for ch in sorted(byte_chars):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return byte_tokenizer()
+
+
+@pytest.fixture(params=sorted(TINY))
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+PAIRS = [
+    Pair("The sky is", " blue", " green", "p0"),
+    Pair("Two plus two is", " four", " five", "p1"),
+    Pair("Water is", " wet", " dry", "p2"),
+    Pair("Fire is", " hot", " cold", "p3"),
+    Pair("Snow is", " white", " black", "p4"),
+    Pair("The sun rises in the", " east", " west", "p5"),
+]
+
+
+@pytest.fixture
+def pairs() -> list[Pair]:
+    return list(PAIRS)
