@@ -118,3 +118,11 @@ PAIRS = [
 @pytest.fixture
 def pairs() -> list[Pair]:
     return list(PAIRS)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """The embedded SmolLM2-135M-Instruct (converted once into the sadi cache)."""
+    from sadi.models import load_model
+
+    return load_model()  # type: ignore[return-value]
