@@ -1,0 +1,1 @@
+"""Speed benchmarks of sadi: `python -m benchmarks.run` (or `make bench`)."""

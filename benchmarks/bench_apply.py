@@ -1,0 +1,186 @@
+"""apply: steered vs unsteered full forward on a batch of 8 x 64 tokens of COPA text.
+
+Each row is real text (consecutive COPA items, premise + correct continuation, joined by
+spaces), tokenised and cut to exactly 64 tokens; its first 48 tokens are the prompt, so the
+edit position (the last prompt token) is position 47 and the rest is the continuation, as
+when scoring prompt + continuation rows.
+
+For each component and mode, SADI is fitted once on 150 COPA fit pairs (k: 4 for head,
+100 for neuron / neuron_down, 10 for hidden / residual; strength 5), and two sides run
+interleaved:
+
+- `unsteered`: `model(input_ids, attention_mask=...)`.
+- `steered`: `with sadi.apply(model) as h: h.set_layout(layout); model(...)`; entering and
+  leaving `apply` (hook registration and removal) is inside the timed region.
+
+Both sides run under `torch.inference_mode`. Targets: online <= 1.05, faithful <= 1.6
+(ratio of the medians, steered / unsteered).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from benchmarks.bench_fit import copa_pairs
+from benchmarks.common import (
+    environment,
+    interleaved,
+    load_default_model,
+    loadavg,
+    paired_ratio_median,
+    summary,
+    write_result,
+)
+from sadi.positions import BatchLayout
+from sadi.steerers import SADI
+from sadi.tasks import load_task
+
+NAME = "apply"
+TARGETS = {"online": 1.05, "faithful": 1.6}
+K = {"head": 4, "neuron": 100, "neuron_down": 100, "hidden": 10, "residual": 10}
+COMPONENTS = ("head", "neuron", "neuron_down", "hidden", "residual")
+MODES = ("online", "faithful")
+STRENGTH = 5.0
+BATCH, LENGTH, PROMPT = 8, 64, 48
+DEFAULT_REPEATS = 15
+WARMUP = 2
+
+
+def copa_rows(
+    tok: PreTrainedTokenizerBase, batch: int = BATCH, length: int = LENGTH, prompt: int = PROMPT
+) -> tuple[Tensor, Tensor, BatchLayout]:
+    """(input_ids [batch, length], attention_mask, layout) from COPA fit-split text."""
+    items = list(load_task("copa").splits["fit"])
+    rows: list[list[int]] = []
+    cursor = 0
+    for _ in range(batch):
+        ids: list[int] = []
+        while len(ids) < length:
+            item = items[cursor % len(items)]
+            cursor += 1
+            text = item.question + item.choices[item.label]
+            ids += list(tok((" " if ids else "") + text, add_special_tokens=False)["input_ids"])
+        rows.append(ids[:length])
+    input_ids = torch.tensor(rows, dtype=torch.long)
+    mask = torch.ones_like(input_ids)
+    layout = BatchLayout(
+        seq_lengths=torch.full((batch,), length, dtype=torch.long),
+        prompt_lengths=torch.full((batch,), prompt, dtype=torch.long),
+        padded_length=length,
+        padding_side="right",
+    )
+    return input_ids, mask, layout
+
+
+def _with_mode(fitted: SADI, mode: str) -> SADI:
+    """The fitted steerer with another apply mode (the fit does not depend on the mode)."""
+    if mode == fitted.mode:
+        return fitted
+    other = copy.copy(fitted)
+    other.mode = "faithful" if mode == "faithful" else "online"
+    other._clean = {}
+    return other
+
+
+def run(
+    repeats: int | None = None,
+    model: nn.Module | None = None,
+    tok: PreTrainedTokenizerBase | None = None,
+    out_dir: Path | None = None,
+    components: tuple[str, ...] = COMPONENTS,
+    modes: tuple[str, ...] = MODES,
+) -> dict[str, Any]:
+    """Measure steered vs unsteered forwards; write `<out_dir>/apply.json`, return it."""
+    if model is None or tok is None:
+        model, tok = load_default_model()
+    n_repeats = repeats or DEFAULT_REPEATS
+    env = environment()
+    pairs = copa_pairs()
+    input_ids, mask, layout = copa_rows(tok)
+
+    def unsteered() -> Tensor:
+        with torch.inference_mode():
+            return model(input_ids, attention_mask=mask).logits  # type: ignore[no-any-return]
+
+    def steered_with(s: SADI) -> Callable[[], Tensor]:
+        def call() -> Tensor:
+            with torch.inference_mode(), s.apply(model) as handle:
+                handle.set_layout(layout)
+                return model(input_ids, attention_mask=mask).logits  # type: ignore[no-any-return]
+
+        return call
+
+    reference = unsteered()
+    cases: list[dict[str, Any]] = []
+    for component in components:
+        fitted = SADI(component, k=K[component], strength=STRENGTH, progress=False)
+        with torch.inference_mode():
+            fitted.fit(model, tok, pairs)
+        for mode in modes:
+            s = _with_mode(fitted, mode)
+            steered = steered_with(s)
+            # sanity check: the steering changes the logits (so the hooks do fire)
+            diff = float((steered() - reference).abs().max())
+            times = interleaved(
+                {"unsteered": unsteered, "steered": steered}, repeats=n_repeats, warmup=WARMUP
+            )
+            med = {k: summary(v)["median_s"] for k, v in times.items()}
+            ratio = med["steered"] / med["unsteered"]
+            target = TARGETS[mode]
+            cases.append(
+                {
+                    "component": component,
+                    "mode": mode,
+                    "k": K[component],
+                    "selected_layers": s.selected_layers(),
+                    "max_abs_logit_change": diff,
+                    "times_s": times,
+                    "stats": {k: summary(v) for k, v in times.items()},
+                    "medians_s": med,
+                    "ratio": ratio,
+                    "paired_ratio_median": paired_ratio_median(
+                        times["steered"], times["unsteered"]
+                    ),
+                    "target": target,
+                    "meets_target": ratio <= target,
+                }
+            )
+    result: dict[str, Any] = {
+        "benchmark": NAME,
+        "description": (
+            "steered / unsteered full forward, batch 8 x 64 tokens of COPA text, prompt 48 "
+            "tokens, SADI fitted on 150 COPA fit pairs, strength 5"
+        ),
+        **env,
+        "loadavg_at_end": loadavg(),
+        "setup": {
+            "batch": BATCH,
+            "length": LENGTH,
+            "prompt_length": PROMPT,
+            "strength": STRENGTH,
+            "k": K,
+            "n_pairs": len(pairs),
+            "grad_mode": "torch.inference_mode on both sides",
+            "ratio_definition": "median(steered) / median(unsteered)",
+        },
+        "repeats": n_repeats,
+        "warmup": WARMUP,
+        "targets": TARGETS,
+        "cases": cases,
+        "meets_target": all(c["meets_target"] for c in cases),
+    }
+    write_result(NAME, result, out_dir)
+    return result
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,114 @@
+"""Run the benchmarks and print a compact table: `python -m benchmarks.run [--only fit|apply]`.
+
+Each benchmark writes its figures to benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import bench_apply, bench_fit
+from benchmarks.common import RESULTS_DIR, load_default_model
+
+BENCHMARKS = ("fit", "apply")
+
+
+def rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(case, baseline median, measured median, ratio, target, ok) rows of one result."""
+
+    def ok(flag: bool) -> str:
+        return "yes" if flag else "NO"
+
+    if name == "fit":
+        med = result["medians_s"]
+        return [
+            (
+                "fit / plain forward (full model)",
+                f"{med['plain_full']:.3f}",
+                f"{med['fit']:.3f}",
+                f"{result['ratio']:.3f}",
+                f"<= {result['target']}",
+                ok(result["meets_target"]),
+            ),
+            (
+                "fit / plain forward (base, same order)",
+                f"{med['plain_base']:.3f}",
+                f"{med['fit']:.3f}",
+                f"{result['ratio_vs_base']:.3f}",
+                "(info)",
+                "",
+            ),
+        ]
+    out = []
+    for case in result["cases"]:
+        med = case["medians_s"]
+        out.append(
+            (
+                f"apply {case['component']} ({case['mode']}, k={case['k']})",
+                f"{med['unsteered']:.3f}",
+                f"{med['steered']:.3f}",
+                f"{case['ratio']:.3f}",
+                f"<= {case['target']}",
+                ok(case["meets_target"]),
+            )
+        )
+    return out
+
+
+def print_table(table: list[tuple[str, str, str, str, str, str]]) -> None:
+    header = ("case", "baseline s", "measured s", "ratio", "target", "ok")
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
+    for i, r in enumerate([header, *table]):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--only", choices=BENCHMARKS, help="run one benchmark only")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=(
+            "recorded interleaved rounds per comparison (default: "
+            f"fit {bench_fit.DEFAULT_REPEATS}, apply {bench_apply.DEFAULT_REPEATS})"
+        ),
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    names = [args.only] if args.only else list(BENCHMARKS)
+    model, tok = load_default_model()
+    table: list[tuple[str, str, str, str, str, str]] = []
+    all_ok = True
+    for name in names:
+        start = time.perf_counter()
+        if name == "fit":
+            result = bench_fit.run(repeats=args.repeats, model=model, tok=tok, out_dir=args.out)
+        else:
+            result = bench_apply.run(repeats=args.repeats, model=model, tok=tok, out_dir=args.out)
+        all_ok = all_ok and bool(result["meets_target"])
+        print(
+            f"[{name}] {time.perf_counter() - start:.0f} s, {result['repeats']} repeats "
+            f"-> {args.out / (name + '.json')}",
+            flush=True,
+        )
+        table += rows(name, result)
+    print()
+    print_table(table)
+    print()
+    print("all targets met" if all_ok else "some targets NOT met (see the table)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The lm-eval wrapper's log-likelihoods equal a by-hand steered forward, at any batch size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from torch import Tensor, nn
+
+from sadi.lm_eval_model import SteeredLM
+from sadi.steerers import SADI
+from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+
+MAX_LENGTH = 48
+CONTEXTS = [
+    "The sky is",
+    "Two plus two is",
+    "A",
+    "Water is wet and the sea is",
+    "x" * 70,  # longer than max_length: lm-eval truncates it on the left
+    "Question: is fire hot?\nAnswer:",
+]
+CONTINUATIONS = [" b", " blue", " very long answer here", " no", " yes", "!"]
+
+
+def requests() -> list[Instance]:
+    pairs = [(c, k) for c in CONTEXTS for k in CONTINUATIONS[: 3 + len(c) % 3]]
+    # one request whose context+continuation equals another's but with a different split:
+    # identical rows with different context boundaries must still be edited correctly
+    pairs.append(("The sky is blu", "e"))
+    pairs.append(("The sky is", " blue"))
+    return [
+        Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i)
+        for i, a in enumerate(pairs)
+    ]
+
+
+def by_hand(model: nn.Module, sadi: SADI, lm: SteeredLM, ctx: str, cont: str) -> float:
+    """Steered log-likelihood with the edit applied by a hand-written hook on o_proj."""
+    context_enc, cont_enc = lm._encode_pair(ctx, cont)
+    row = (context_enc + cont_enc)[-(MAX_LENGTH + 1) :][:-1]
+    p = len(row) - len(cont_enc)  # last context token
+    state = sadi.fitted_state()
+    head_dim = sadi.fitted_shape().head_dim
+    handles = []
+    for layer in sadi.selected_layers():
+        m = state.mask[layer].repeat_interleave(head_dim)
+
+        def pre(module: nn.Module, args: tuple, m: Tensor = m) -> tuple:
+            x = args[0].clone()
+            a = x[0, p]
+            x[0, p] = torch.where(m, a * sadi.strength, a)
+            return (x,)
+
+        o_proj = model.model.layers[layer].self_attn.o_proj
+        handles.append(o_proj.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            logp = model(torch.tensor([row])).logits.log_softmax(-1)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    picked = logp[p : p + len(cont_enc)].gather(1, torch.tensor(cont_enc)[:, None])
+    return float(picked.sum())
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[nn.Module, SADI]:
+    model = make_tiny("llama")
+    sadi = SADI("head", k=3, strength=4.0, progress=False).fit(model, byte_tokenizer(), PAIRS)
+    return model, sadi
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, "auto"])
+def test_loglikelihoods_equal_by_hand(setup: tuple, batch_size: int | str) -> None:
+    model, sadi = setup
+    lm = SteeredLM(
+        model,
+        steerer=sadi,
+        tokenizer=byte_tokenizer(),
+        batch_size=batch_size,
+        max_length=MAX_LENGTH,
+        max_batch_size=8,
+        device="cpu",
+    )
+    reqs = requests()
+    assert len(reqs) >= 20
+    a = lm._row(*lm._encode_pair(*reqs[-2].arguments))
+    b = lm._row(*lm._encode_pair(*reqs[-1].arguments))
+    assert a[0] == b[0] and a[2] != b[2], "the last two requests share a row, not a boundary"
+    got = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
+    want = [by_hand(model, sadi, lm, *r.arguments) for r in reqs]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=0)
+    unsteered = SteeredLM(
+        model, tokenizer=byte_tokenizer(), batch_size=batch_size, max_length=MAX_LENGTH,
+        device="cpu",
+    )
+    base = [ll for ll, _ in unsteered.loglikelihood(reqs, disable_tqdm=True)]
+    assert not torch.allclose(torch.tensor(got), torch.tensor(base), atol=1e-3)
+
+
+def test_rolling_and_generate_run_steered(setup: tuple) -> None:
+    model, sadi = setup
+    lm = SteeredLM(model, steerer=sadi, tokenizer=byte_tokenizer(), batch_size=2, device="cpu")
+    rolling = Instance("loglikelihood_rolling", {}, ("Some text to score here.",), 0)
+    (score,) = lm.loglikelihood_rolling([rolling], disable_tqdm=True)
+    assert isinstance(score, float) and score < 0
+    gen = [
+        Instance("generate_until", {}, ("The sky is", {"until": ["\n"], "max_gen_toks": 4}), i)
+        for i in range(3)
+    ]
+    outs = lm.generate_until(gen, disable_tqdm=True)
+    assert len(outs) == 3 and all(isinstance(o, str) for o in outs)
