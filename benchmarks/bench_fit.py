@@ -86,7 +86,9 @@ def run(
     # plain_full: pair order (positives, then negatives), as a user would batch them
     natural = _batches(tok, prompts, completions, list(range(len(prompts))), limit)
     # plain_base: exactly fit's batches (sorted by length, longest first, as read_activations)
-    lengths = [len(tok(p + join_completion(p, c))["input_ids"]) for p, c in zip(prompts, completions)]
+    lengths = [
+        len(tok(p + join_completion(p, c))["input_ids"]) for p, c in zip(prompts, completions)
+    ]
     fit_order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     sorted_batches = _batches(tok, prompts, completions, fit_order, limit)
     base = getattr(model, "base_model", model)

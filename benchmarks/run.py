@@ -63,7 +63,11 @@ def print_table(table: list[tuple[str, str, str, str, str, str]]) -> None:
     header = ("case", "baseline s", "measured s", "ratio", "target", "ok")
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     for i, r in enumerate([header, *table]):
-        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        print(
+            "  ".join(
+                c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))
+            )
+        )
         if i == 0:
             print("  ".join("-" * w for w in widths))
 

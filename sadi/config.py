@@ -1,0 +1,97 @@
+"""Structured-config schemas: YAML files in conf/ extend these, so a typo or a wrong type
+fails when the config is composed, not mid-run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# OmegaConf needs typing.Optional rather than `X | None` in schemas (Python 3.10 support).
+
+
+@dataclass
+class ModelSchema:
+    name: str = MISSING
+    source: str = MISSING  # embedded:<name>, a local path or a hub id
+    dtype: str = "float32"
+    device: Optional[str] = None  # None: CUDA when present, else CPU
+    batch_size: Any = 16  # int or "auto"
+    max_length: Optional[int] = None
+
+
+@dataclass
+class TaskSchema:
+    name: str = MISSING
+    format: str = "lm_eval"  # lm_eval | ab
+    n_pairs: int = 150
+    limit: Optional[int] = None  # items per split, for quick runs
+    path: Optional[str] = None  # the generic `jsonl` task's file or folder
+    primary_metric: str = "acc"  # acc | mc2; what optimized_metric reads on the select split
+    splits: list[str] = field(default_factory=lambda: ["select", "report"])
+
+
+@dataclass
+class ComponentSchema:
+    name: str = MISSING  # head | neuron | neuron_down | hidden | residual
+
+
+@dataclass
+class InterventionSchema:
+    _target_: Optional[str] = None  # None: no steering (baseline only)
+    name: str = "none"
+
+
+@dataclass
+class SadiSchema(InterventionSchema):
+    _target_: Optional[str] = "sadi.steerers.SADI"
+    name: str = "sadi"
+    k: int = 4
+    strength: float = 5.0
+    mode: str = "online"  # online | faithful
+    variant: str = "dynamic"  # dynamic | fixed | random
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class LoggerSchema:
+    name: str = "none"  # none | wandb
+    project: str = "sadi"
+    mode: str = "offline"  # the WANDB_MODE environment variable wins when set
+    group: Optional[str] = None
+    entity: Optional[str] = None
+
+
+@dataclass
+class PathsSchema:
+    data_dir: Optional[str] = None  # None: $SADI_DATA_DIR, else shared/data beside the repo
+    cache_dir: Optional[str] = None  # None: $SADI_CACHE_DIR, else $XDG_CACHE_HOME/sadi
+    output_dir: str = MISSING
+
+
+@dataclass
+class RunSchema:
+    model: ModelSchema = MISSING
+    task: TaskSchema = MISSING
+    component: ComponentSchema = MISSING
+    intervention: InterventionSchema = MISSING
+    logger: LoggerSchema = MISSING
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    seed: int = 0
+    progress: bool = True
+    # the metric a sweep optimises: always on the select split
+    optimized_metric: str = "select/${task.primary_metric}"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_run", node=RunSchema)
+    cs.store(group="model", name="base_model", node=ModelSchema)
+    cs.store(group="task", name="base_task", node=TaskSchema)
+    cs.store(group="component", name="base_component", node=ComponentSchema)
+    cs.store(group="intervention", name="base_none", node=InterventionSchema)
+    cs.store(group="intervention", name="base_sadi", node=SadiSchema)
+    cs.store(group="logger", name="base_logger", node=LoggerSchema)

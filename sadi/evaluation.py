@@ -1,0 +1,124 @@
+"""Score a sadi task split through lm-evaluation-harness, with or without a steerer.
+
+Each split is written as a JSONL file (id, question, choices, label, correct) into the run's
+work directory and handed to lm-eval as a `multiple_choice` task built from a config dict
+(`dataset_path: json`), so lm-eval does the request building, batching and metrics offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lm_eval import simple_evaluate
+from lm_eval.api.model import LM
+
+from sadi.tasks import Item, Metric
+
+log = logging.getLogger(__name__)
+
+
+def process_mc2(doc: dict[str, Any], results: Sequence[tuple[float, bool]]) -> dict[str, float]:
+    """TruthfulQA MC2: normalised probability mass on the correct choices."""
+    probs = [math.exp(ll) for ll, _ in results]
+    true = sum(probs[i] for i in doc["correct"])
+    return {"mc2": true / sum(probs)}
+
+
+def task_config(name: str, data_file: Path, metric: Metric) -> dict[str, Any]:
+    """An lm-eval task config (as a dict) scoring a canonical JSONL file."""
+    config: dict[str, Any] = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "question",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        # sadi's continuations carry their own leading space
+        "target_delimiter": "",
+        "metadata": {"version": 1.0},
+    }
+    if metric == "mc2":
+        config["process_results"] = process_mc2
+        config["metric_list"] = [{"metric": "mc2", "aggregation": "mean", "higher_is_better": True}]
+    else:
+        config["metric_list"] = [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ]
+    return config
+
+
+def write_split(items: Sequence[Item], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for item in items:
+            row = asdict(item)
+            row["choices"], row["correct"] = list(item.choices), list(item.correct)
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def evaluate_split(
+    lm: LM,
+    items: Sequence[Item],
+    *,
+    task_name: str,
+    metric: Metric,
+    work_dir: Path,
+    seed: int = 0,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score `items` with `lm` through lm-eval.
+
+    Returns:
+        (metrics, samples): metrics as {metric: value, metric_stderr: value}; samples, one per
+        item, with its context, continuations, log-likelihoods, prediction and scores.
+    """
+    data_file = write_split(items, work_dir / f"{task_name}.jsonl")
+    out = simple_evaluate(
+        model=lm,
+        tasks=[task_config(task_name, data_file, metric)],
+        num_fewshot=0,
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    assert out is not None
+    raw = out["results"][task_name]
+    metrics: dict[str, float] = {}
+    for key, value in raw.items():
+        if "," not in key or not isinstance(value, int | float):
+            continue
+        name = key.split(",")[0]
+        metrics[name] = float(value)
+    if metric == "acc":  # mean of 0/1: the binomial standard error, as lm-eval reports
+        n = len(items)
+        for name in ("acc", "acc_norm"):
+            p = metrics[name]
+            metrics[f"{name}_stderr"] = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
+    samples = []
+    for s in sorted(out["samples"][task_name], key=lambda s: s["doc_id"]):
+        doc = s["doc"]
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        samples.append(
+            {
+                "id": doc["id"],
+                "context": doc["question"],
+                "continuations": doc["choices"],
+                "loglikelihoods": lls,
+                "label": doc["label"],
+                "prediction": max(range(len(lls)), key=lambda i: lls[i]),
+                **{k: s[k] for k in ("acc", "acc_norm", "mc2") if k in s},
+            }
+        )
+    return metrics, samples

@@ -1,0 +1,218 @@
+"""Hydra entry point: compose, fit, evaluate with and without steering, write, log.
+
+    python -m sadi.run                                  # SADI heads, COPA, SmolLM2
+    python -m sadi.run task=sst2 component=neuron intervention.k=50 intervention.strength=10
+    python -m sadi.run -m intervention.k=2,4 intervention.strength=5,10   # a sweep
+
+The run directory receives: `.hydra/` (the resolved config), `results.json`, `pairs.jsonl`,
+`splits.json` (item ids and split rules), `steerer/` (the fitted artifact) and
+`samples_<task>_<split>.jsonl` (steered; `_baseline` for the unsteered model).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sadi.config import register_configs
+from sadi.evaluation import evaluate_split
+from sadi.lm_eval_model import SteeredLM
+from sadi.models import load_model
+from sadi.pairs import make_pairs, save_pairs
+from sadi.steerers.base import Steerer
+from sadi.tasks import load_task, split_ids
+from sadi.tracking import NoTracker, Tracker, WandbTracker, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("model", "task", "component", "intervention", "logger", "experiment")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_tracker(cfg: DictConfig, run_dir: Path, name: str) -> Tracker:
+    if cfg.logger.name == "none":
+        return NoTracker()
+    if cfg.logger.name != "wandb":
+        raise ValueError(f"logger={cfg.logger.name!r} is not one of 'wandb', 'none'")
+    return WandbTracker(
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        project=cfg.logger.project,
+        mode=cfg.logger.mode,
+        group=cfg.logger.group,
+        entity=cfg.logger.entity,
+        name=name,
+        job_type="eval",
+    )
+
+
+def run(cfg: DictConfig) -> float:
+    """Fit on the fit split, score select and report with and without steering.
+
+    Returns:
+        The value of `optimized_metric` (a select-split metric of the steered model).
+    """
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    task = load_task(
+        cfg.task.name,
+        data_dir=cfg.paths.data_dir,
+        format=cfg.task.format,
+        limit=cfg.task.limit,
+        seed=cfg.seed,
+        path=cfg.task.path,
+    )
+    write_json(
+        run_dir / "splits.json",
+        {"task": task.name, "rules": task.spec.split_rule, "ids": split_ids(task)},
+    )
+    model, tokenizer = load_model(
+        cfg.model.source,
+        dtype=cfg.model.dtype,
+        device=cfg.model.device,
+        cache_dir=cfg.paths.cache_dir,
+    )
+    timings["load_model_s"] = time.perf_counter() - t0
+
+    steerer: Steerer | None = None
+    n_pairs = 0
+    if cfg.intervention.get("_target_"):
+        pairs = make_pairs(task.splits["fit"], n_pairs=cfg.task.n_pairs, seed=cfg.seed)
+        save_pairs(pairs, run_dir / "pairs.jsonl")
+        n_pairs = len(pairs)
+        params = {k: v for k, v in cfg.intervention.items() if k != "name"}
+        steerer = instantiate(params, component=cfg.component.name, progress=cfg.progress)
+        t = time.perf_counter()
+        assert steerer is not None
+        steerer.fit(model, tokenizer, pairs)
+        timings["fit_s"] = time.perf_counter() - t
+        steerer.save(run_dir / "steerer")
+
+    lm_kwargs: dict[str, Any] = {"tokenizer": tokenizer, "batch_size": cfg.model.batch_size}
+    if cfg.model.max_length:
+        lm_kwargs["max_length"] = cfg.model.max_length
+    conditions: dict[str, Steerer | None] = {"baseline": None}
+    if steerer is not None:
+        conditions["steered"] = steerer
+    metrics: dict[str, dict[str, dict[str, float]]] = {c: {} for c in conditions}
+    for split in cfg.task.splits:
+        for condition, st in conditions.items():
+            lm = SteeredLM(model, steerer=st, **lm_kwargs)
+            t = time.perf_counter()
+            values, samples = evaluate_split(
+                lm,
+                task.splits[split],
+                task_name=f"sadi_{task.name}_{split}",
+                metric=task.metric,
+                work_dir=run_dir / "lm_eval_data" / condition,
+                seed=cfg.seed,
+            )
+            timings[f"eval_{split}_{condition}_s"] = time.perf_counter() - t
+            metrics[condition][split] = values
+            suffix = "" if condition == "steered" or steerer is None else "_baseline"
+            write_jsonl(run_dir / f"samples_{task.name}_{split}{suffix}.jsonl", samples)
+    timings["total_s"] = time.perf_counter() - t0
+
+    steered = metrics.get("steered", metrics["baseline"])
+    results = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "metrics": steered,
+        "baseline_metrics": metrics["baseline"],
+        "steered": steerer is not None,
+        "n_pairs": n_pairs,
+        "timings": timings,
+        "steerer": str(run_dir / "steerer") if steerer is not None else None,
+        "splits_file": str(run_dir / "splits.json"),
+        "split_sizes": {s: len(items) for s, items in task.splits.items()},
+    }
+    write_json(run_dir / "results.json", results)
+    print_table(task.name, metrics, cfg.task.splits)
+
+    tracker = make_tracker(cfg, run_dir, name=run_dir.name)
+    try:
+        flat = {
+            f"{'baseline/' if c == 'baseline' else ''}{split}/{name}": value
+            for c, per_split in metrics.items()
+            for split, values in per_split.items()
+            for name, value in values.items()
+        }
+        tracker.log(flat)
+        if steerer is not None:
+            tracker.log_artifact(run_dir / "steerer", f"steerer-{task.name}", "steerer")
+    finally:
+        tracker.finish()
+    split, _, name = str(cfg.optimized_metric).partition("/")
+    if split != "select":
+        raise ValueError(
+            f"optimized_metric={cfg.optimized_metric!r} must read the select split "
+            "(e.g. select/acc): hyperparameters are never chosen on the report split"
+        )
+    return float(steered["select"][name]) if "select" in steered else float("nan")
+
+
+def print_table(task: str, metrics: dict[str, dict[str, dict[str, float]]], splits: Any) -> None:
+    rows = [f"{'task':<12} {'split':<7} {'metric':<9} {'baseline':>16} {'steered':>16}"]
+    for split in splits:
+        base = metrics["baseline"][split]
+        for name in (k for k in base if not k.endswith("_stderr")):
+            cells = []
+            for c in ("baseline", "steered"):
+                v = metrics.get(c, {}).get(split)
+                cells.append(
+                    f"{100 * v[name]:6.2f} ± {100 * v[name + '_stderr']:5.2f}"
+                    if v and name + "_stderr" in v
+                    else (f"{100 * v[name]:6.2f}" if v else "-")
+                )
+            rows.append(f"{task:<12} {split:<7} {name:<9} {cells[0]:>16} {cells[1]:>16}")
+    print("\n".join(rows))
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Fail early on a config-group option that does not exist, suggesting the nearest."""
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        group = group.lstrip("+~")
+        if not sep or group not in GROUPS:
+            continue
+        known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        for option in value.split(","):
+            if option and option not in known:
+                near = difflib.get_close_matches(option, known, n=3, cutoff=0.4)
+                hint = f" Did you mean {near}?" if near else ""
+                raise SystemExit(
+                    f"error: unknown {group} {option!r}.{hint} Available: {known} "
+                    f"(one YAML per option in {CONF_DIR / group})"
+                )
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
+    main()

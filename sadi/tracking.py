@@ -1,0 +1,97 @@
+"""Run-directory outputs and Weights & Biases logging (offline by default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class Tracker(Protocol):
+    def log(self, metrics: dict[str, float]) -> None: ...
+    def log_artifact(self, path: Path, name: str, kind: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NoTracker:
+    """logger=none: nothing leaves the run directory."""
+
+    def log(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker:
+    """One W&B run; files and artifact staging stay inside the run directory."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        *,
+        project: str,
+        mode: str,
+        group: str | None,
+        entity: str | None,
+        name: str,
+        job_type: str,
+    ) -> None:
+        os.environ.setdefault("WANDB_DATA_DIR", str(run_dir / "wandb-staging"))
+        os.environ.setdefault("WANDB_CACHE_DIR", str(run_dir / "wandb-staging" / "cache"))
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            mode=os.environ.get("WANDB_MODE", mode),  # type: ignore[arg-type]
+            dir=str(run_dir),
+            config=config,
+            group=group,
+            name=name,
+            job_type=job_type,
+        )
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.run.log(metrics)
+        for key, value in metrics.items():
+            self.run.summary[key] = value
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        artifact = self._wandb.Artifact(name=name, type=kind)
+        if path.is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def finish(self) -> None:
+        self.run.finish()
