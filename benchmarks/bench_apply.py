@@ -96,6 +96,7 @@ def run(
     out_dir: Path | None = None,
     components: tuple[str, ...] = COMPONENTS,
     modes: tuple[str, ...] = MODES,
+    max_wait_s: float = 5.0,
 ) -> dict[str, Any]:
     """Measure steered vs unsteered forwards; write `<out_dir>/apply.json`, return it."""
     if model is None or tok is None:
@@ -128,9 +129,14 @@ def run(
             steered = steered_with(s)
             # sanity check: the steering changes the logits (so the hooks do fire)
             diff = float((steered() - reference).abs().max())
-            times = interleaved(
-                {"unsteered": unsteered, "steered": steered}, repeats=n_repeats, warmup=WARMUP
+            timings = interleaved(
+                {"unsteered": unsteered, "steered": steered},
+                repeats=n_repeats,
+                warmup=WARMUP,
+                max_wait_s=max_wait_s,
+                total_wait_s=3 * max_wait_s,
             )
+            times = timings.times
             med = {k: summary(v)["median_s"] for k, v in times.items()}
             ratio = med["steered"] / med["unsteered"]
             target = TARGETS[mode]
@@ -150,6 +156,7 @@ def run(
                     ),
                     "target": target,
                     "meets_target": ratio <= target,
+                    "contention": timings.contention(),
                 }
             )
     result: dict[str, Any] = {

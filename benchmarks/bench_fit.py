@@ -73,6 +73,7 @@ def run(
     model: nn.Module | None = None,
     tok: PreTrainedTokenizerBase | None = None,
     out_dir: Path | None = None,
+    max_wait_s: float = 10.0,
 ) -> dict[str, Any]:
     """Measure fit vs plain forwards; write `<out_dir>/fit.json` and return its content."""
     if model is None or tok is None:
@@ -114,7 +115,14 @@ def run(
         "plain_full": side_plain_full,
         "plain_base": side_plain_base,
     }
-    times = interleaved(sides, repeats=n_repeats, warmup=WARMUP)
+    timings = interleaved(
+        sides,
+        repeats=n_repeats,
+        warmup=WARMUP,
+        max_wait_s=max_wait_s,
+        total_wait_s=4 * max_wait_s,
+    )
+    times = timings.times
     med = {k: summary(v)["median_s"] for k, v in times.items()}
     ratio = med["fit"] / med["plain_full"]
     ratio_base = med["fit"] / med["plain_base"]
@@ -153,6 +161,7 @@ def run(
         "paired_ratio_vs_base_median": paired_ratio_median(times["fit"], times["plain_base"]),
         "target": TARGET,
         "meets_target": ratio <= TARGET,
+        "contention": timings.contention(),
     }
     write_result(NAME, result, out_dir)
     return result

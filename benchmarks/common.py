@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +34,117 @@ def load_default_model() -> tuple[nn.Module, PreTrainedTokenizerBase]:
     return load_model(device="cpu")
 
 
+# Other processes busy above this fraction of the machine's CPU count as contention.
+CONTENDED = 0.10
+
+
+class CpuMeter:
+    """CPU used by *other* processes, as a fraction of the whole machine (Linux /proc).
+
+    The benchmarks share the machine with whatever else runs; on 2 cores one busy
+    neighbour slows a forward pass several-fold. This meter records, for each timed call,
+    how much of the machine others used meanwhile, so contended calls are visible in the
+    JSON, and lets a round wait (bounded) for a quiet machine before it starts.
+    """
+
+    def __init__(self) -> None:
+        self.available = Path("/proc/stat").exists() and Path("/proc/self/stat").exists()
+        self._tick = os.sysconf("SC_CLK_TCK") if self.available else 100
+
+    def _sample(self) -> tuple[float, float, float]:
+        """(busy jiffies of all CPUs, total jiffies, this process's jiffies)."""
+        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        total = sum(fields[:8])  # guest time is already counted in user
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        mine = float(own[11]) + float(own[12])  # utime + stime, all threads
+        return total - idle, total, mine
+
+    def start(self) -> tuple[float, float, float] | None:
+        return self._sample() if self.available else None
+
+    def foreign(self, since: tuple[float, float, float] | None) -> float | None:
+        """Fraction of the machine's CPU used by other processes since `since`."""
+        if since is None:
+            return None
+        busy, total, mine = self._sample()
+        d_total = total - since[1]
+        if d_total <= 0:
+            return 0.0
+        return max(0.0, ((busy - since[0]) - (mine - since[2])) / d_total)
+
+    def wait_for_quiet(self, max_wait_s: float, window_s: float = 0.5) -> float:
+        """Sleep until others use < CONTENDED of the CPU over a window; returns seconds waited."""
+        if not self.available or max_wait_s <= 0:
+            return 0.0
+        start = time.perf_counter()
+        while True:
+            mark = self.start()
+            time.sleep(window_s)
+            busy = self.foreign(mark)
+            waited = time.perf_counter() - start
+            if busy is None or busy < CONTENDED or waited >= max_wait_s:
+                return waited
+
+
+@dataclass
+class Timings:
+    """Raw seconds per side and round, with the CPU others used during each call."""
+
+    times: dict[str, list[float]]
+    foreign_cpu: dict[str, list[float | None]]
+    waited_s: float
+
+    def contention(self) -> dict[str, Any]:
+        fractions = [f for v in self.foreign_cpu.values() for f in v if f is not None]
+        return {
+            "contended_threshold": CONTENDED,
+            "contended_calls": sum(f >= CONTENDED for f in fractions),
+            "calls": sum(len(v) for v in self.times.values()),
+            "max_foreign_cpu": max(fractions) if fractions else None,
+            "waited_for_quiet_s": round(self.waited_s, 1),
+            "foreign_cpu_per_call": self.foreign_cpu,
+        }
+
+
 def interleaved(
-    sides: Mapping[str, Callable[[], object]], repeats: int, warmup: int
-) -> dict[str, list[float]]:
+    sides: Mapping[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    max_wait_s: float = 0.0,
+    total_wait_s: float = 0.0,
+) -> Timings:
     """Time each side once per round, rounds interleaved; returns raw seconds per side.
 
     Round r runs the sides in the order rotated by r (A B C, B C A, C A B, ...). The first
     `warmup` rounds are run and discarded. `gc.collect()` runs before every call, outside
     the timed region, so a collection triggered by one side is not billed to the next.
+    With `max_wait_s` > 0 each recorded round first waits (at most that long, and at most
+    `total_wait_s` over all rounds) for other processes to go quiet; the CPU they used
+    during every call is recorded either way.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    meter = CpuMeter()
     names = list(sides)
     times: dict[str, list[float]] = {n: [] for n in names}
+    foreign: dict[str, list[float | None]] = {n: [] for n in names}
+    waited = 0.0
     for r in range(warmup + repeats):
+        if r >= warmup:
+            waited += meter.wait_for_quiet(min(max_wait_s, total_wait_s - waited))
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             gc.collect()
+            mark = meter.start()
             start = time.perf_counter()
             sides[name]()
             elapsed = time.perf_counter() - start
+            busy = meter.foreign(mark)
             if r >= warmup:
                 times[name].append(elapsed)
-    return times
+                foreign[name].append(None if busy is None else round(busy, 3))
+    return Timings(times, foreign, waited)
 
 
 def summary(times: list[float]) -> dict[str, float]:

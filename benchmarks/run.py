@@ -12,16 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bench_apply, bench_fit
-from benchmarks.common import RESULTS_DIR, load_default_model
+from benchmarks.common import CONTENDED, RESULTS_DIR, load_default_model
 
 BENCHMARKS = ("fit", "apply")
 
 
-def rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
-    """(case, baseline median, measured median, ratio, target, ok) rows of one result."""
+Row = tuple[str, str, str, str, str, str, str]
+
+
+def rows(name: str, result: dict[str, Any]) -> list[Row]:
+    """(case, baseline median, measured median, ratio, target, ok, contended) rows."""
 
     def ok(flag: bool) -> str:
         return "yes" if flag else "NO"
+
+    def busy(contention: dict[str, Any]) -> str:
+        return f"{contention['contended_calls']}/{contention['calls']}"
 
     if name == "fit":
         med = result["medians_s"]
@@ -33,6 +39,7 @@ def rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str, st
                 f"{result['ratio']:.3f}",
                 f"<= {result['target']}",
                 ok(result["meets_target"]),
+                busy(result["contention"]),
             ),
             (
                 "fit / plain forward (base, same order)",
@@ -41,6 +48,7 @@ def rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str, st
                 f"{result['ratio_vs_base']:.3f}",
                 "(info)",
                 "",
+                busy(result["contention"]),
             ),
         ]
     out = []
@@ -54,13 +62,14 @@ def rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str, st
                 f"{case['ratio']:.3f}",
                 f"<= {case['target']}",
                 ok(case["meets_target"]),
+                busy(case["contention"]),
             )
         )
     return out
 
 
-def print_table(table: list[tuple[str, str, str, str, str, str]]) -> None:
-    header = ("case", "baseline s", "measured s", "ratio", "target", "ok")
+def print_table(table: list[Row]) -> None:
+    header = ("case", "baseline s", "measured s", "ratio", "target", "ok", "contended")
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     for i, r in enumerate([header, *table]):
         print(
@@ -85,6 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=None,
+        help=(
+            "seconds each recorded round may wait for other processes to go quiet "
+            "(default: fit 10, apply 5; 0 disables waiting)"
+        ),
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results"
     )
     args = parser.parse_args(argv)
@@ -92,14 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--repeats must be >= 1")
     names = [args.only] if args.only else list(BENCHMARKS)
     model, tok = load_default_model()
-    table: list[tuple[str, str, str, str, str, str]] = []
+    table: list[Row] = []
     all_ok = True
     for name in names:
         start = time.perf_counter()
+        common = {"repeats": args.repeats, "model": model, "tok": tok, "out_dir": args.out}
+        if args.max_wait is not None:
+            common["max_wait_s"] = args.max_wait
         if name == "fit":
-            result = bench_fit.run(repeats=args.repeats, model=model, tok=tok, out_dir=args.out)
+            result = bench_fit.run(**common)
         else:
-            result = bench_apply.run(repeats=args.repeats, model=model, tok=tok, out_dir=args.out)
+            result = bench_apply.run(**common)
         all_ok = all_ok and bool(result["meets_target"])
         print(
             f"[{name}] {time.perf_counter() - start:.0f} s, {result['repeats']} repeats "
@@ -111,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(table)
     print()
     print("all targets met" if all_ok else "some targets NOT met (see the table)")
+    print(
+        "contended: timed calls during which other processes used >= "
+        f"{CONTENDED:.0%} of the machine's CPU (see 'contention' in the JSON)"
+    )
     return 0
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: UP045  (OmegaConf schemas need typing.Optional, not X | None)
 """Structured-config schemas: YAML files in conf/ extend these, so a typo or a wrong type
 fails when the config is composed, not mid-run."""
 

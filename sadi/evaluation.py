@@ -17,10 +17,20 @@ from typing import Any
 
 from lm_eval import simple_evaluate
 from lm_eval.api.model import LM
+from lm_eval.tasks import TaskManager
 
 from sadi.tasks import Item, Metric
 
 log = logging.getLogger(__name__)
+_TASK_MANAGER: TaskManager | None = None
+
+
+def task_manager() -> TaskManager:
+    """One TaskManager without lm-eval's built-in index (building that takes ~5 s)."""
+    global _TASK_MANAGER
+    if _TASK_MANAGER is None:
+        _TASK_MANAGER = TaskManager(include_defaults=False)
+    return _TASK_MANAGER
 
 
 def process_mc2(doc: dict[str, Any], results: Sequence[tuple[float, bool]]) -> dict[str, float]:
@@ -86,6 +96,7 @@ def evaluate_split(
         model=lm,
         tasks=[task_config(task_name, data_file, metric)],
         num_fewshot=0,
+        task_manager=task_manager(),
         log_samples=True,
         bootstrap_iters=0,
         random_seed=seed,

@@ -14,7 +14,8 @@ steer generated tokens, each decoding step.
 
 From lm-eval's CLI (which does not import plugins), use `sadi-lm-eval`, lm-eval's CLI with
 this model registered:
-    sadi-lm-eval run --model sadi --model_args pretrained=embedded:smollm2-135m-instruct,steerer=DIR ...
+    sadi-lm-eval run --model sadi --tasks ... \
+        --model_args pretrained=embedded:smollm2-135m-instruct,steerer=DIR
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lm_eval.models.huggingface import HFLM
 
 from sadi.models import EMBEDDED_PREFIX, embedded_path
 from sadi.positions import BatchLayout
-from sadi.steerers.base import SteeringHandle, Steerer
+from sadi.steerers.base import Steerer, SteeringHandle
 
 # a row's tokens with trailing pad zeros stripped -> (row length, last context index)
 RowKey = tuple[int, ...]

@@ -92,7 +92,10 @@ def test_loglikelihoods_equal_by_hand(setup: tuple, batch_size: int | str) -> No
     want = [by_hand(model, sadi, lm, *r.arguments) for r in reqs]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=0)
     unsteered = SteeredLM(
-        model, tokenizer=byte_tokenizer(), batch_size=batch_size, max_length=MAX_LENGTH,
+        model,
+        tokenizer=byte_tokenizer(),
+        batch_size=batch_size,
+        max_length=MAX_LENGTH,
         device="cpu",
     )
     base = [ll for ll, _ in unsteered.loglikelihood(reqs, disable_tqdm=True)]

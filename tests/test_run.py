@@ -1,0 +1,190 @@
+"""The Hydra entry point: composition, an end-to-end run on a tiny model, results schema."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from sadi.run import CONF_DIR, check_overrides, run
+from sadi.tasks import EXAMPLE_DATA
+from tests.conftest import byte_tokenizer, make_tiny
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_run(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_every_combination_composes() -> None:
+    combos = list(
+        itertools.product(
+            options("model"), options("task"), options("component"), options("intervention")
+        )
+    )
+    assert len(combos) >= 6 * 14 * 5 * 2
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for model, task, component, intervention in combos:
+            cfg = compose(
+                "config",
+                overrides=[
+                    f"model={model}",
+                    f"task={task}",
+                    f"component={component}",
+                    f"intervention={intervention}",
+                    "paths.output_dir=/tmp/x",
+                ]
+                + (["task.path=/some/file.jsonl"] if task == "jsonl" else []),
+            )
+            assert cfg.model.name == model and cfg.task.name == task
+            assert cfg.component.name == component and cfg.intervention.name == intervention
+            assert cfg.optimized_metric.startswith("select/")
+
+
+@pytest.mark.parametrize(
+    "override, cause, names",
+    [
+        ("intervention.kk=3", ConfigAttributeError, "kk"),
+        ("intervention.k=four", ValidationError, "four"),
+        ("task.n_pairs=many", ValidationError, "many"),
+        ("model.batchsize=4", ConfigAttributeError, "batchsize"),
+    ],
+)
+def test_typos_and_wrong_types_fail_at_composition(override: str, cause: type, names: str) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_run([override, "paths.output_dir=/tmp/x"])
+    assert isinstance(info.value.__cause__, cause)
+    assert names in str(info.value.__cause__)
+
+
+def test_unknown_group_option_suggests_nearest() -> None:
+    with pytest.raises(SystemExit, match=r"unknown task 'cpoa'.*Did you mean \['copa'\]"):
+        check_overrides(["task=cpoa"])
+    with pytest.raises(SystemExit, match=r"unknown model 'smollm2'.*smollm2_135m"):
+        check_overrides(["model=smollm2"])
+    check_overrides(["task=copa,sst2", "intervention.k=3"])  # valid: no error
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny("llama").save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def tiny_overrides(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"model.source={model_dir}",
+        "model.name=tiny",
+        "task=jsonl",
+        f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}",
+        "task.n_pairs=8",
+        "intervention.k=3",
+        "intervention.strength=4.0",
+        "logger=none",
+        "progress=false",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+
+
+def test_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    value = run(compose_run(tiny_overrides(tiny_model_dir, out)))
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {
+        "config",
+        "metrics",
+        "baseline_metrics",
+        "n_pairs",
+        "timings",
+        "steerer",
+    }
+    for key in ("metrics", "baseline_metrics"):
+        assert set(results[key]) == {"select", "report"}
+        for split_metrics in results[key].values():
+            assert {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"} <= set(split_metrics)
+            assert 0.0 <= split_metrics["acc"] <= 1.0
+    assert value == results["metrics"]["select"]["acc"]
+    assert results["n_pairs"] == 8 and results["config"]["intervention"]["k"] == 3
+    assert (out / "steerer" / "steerer.safetensors").exists()
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 8 and set(pairs[0]) == {"prompt", "positive", "negative", "item_id"}
+    splits = json.loads((out / "splits.json").read_text())
+    fit_ids = {p["item_id"] for p in pairs}
+    assert fit_ids <= set(splits["ids"]["fit"])
+    assert not set(splits["ids"]["fit"]) & set(splits["ids"]["report"])
+    samples = (out / "samples_jsonl_select.jsonl").read_text().splitlines()
+    first = json.loads(samples[0])
+    assert {"id", "context", "continuations", "loglikelihoods", "acc"} <= set(first)
+    assert len(samples) == len(splits["ids"]["select"])
+    assert (out / "samples_jsonl_report_baseline.jsonl").exists()
+    # the steered metrics are computed from the steered samples, which differ from baseline
+    base = [
+        json.loads(s)["loglikelihoods"]
+        for s in (out / "samples_jsonl_select_baseline.jsonl").read_text().splitlines()
+    ]
+    steer = [json.loads(s)["loglikelihoods"] for s in samples]
+    assert base != steer
+
+
+def test_same_command_twice_and_any_batch_size_give_identical_metrics(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    metrics = []
+    for i, bs in enumerate([4, 4, 1, 7]):
+        out = tmp_path / f"run{i}"
+        run(compose_run(tiny_overrides(tiny_model_dir, out, f"model.batch_size={bs}")))
+        r = json.loads((out / "results.json").read_text())
+        metrics.append((r["metrics"], r["baseline_metrics"]))
+    assert all(m == metrics[0] for m in metrics)
+
+
+def test_intervention_none_scores_the_baseline_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "none"
+    overrides = [
+        o for o in tiny_overrides(tiny_model_dir, out) if not o.startswith("intervention.")
+    ]
+    run(compose_run([*overrides, "intervention=none"]))
+    results = json.loads((out / "results.json").read_text())
+    assert results["steerer"] is None and results["metrics"] == results["baseline_metrics"]
+
+
+def test_missing_data_dir_says_where_it_looked(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_run(
+        [*tiny_overrides(tiny_model_dir, tmp_path), "task=copa", f"paths.data_dir={tmp_path}/nope"]
+    )
+    with pytest.raises(FileNotFoundError, match="nope"):
+        run(cfg)
+
+
+@pytest.mark.slow
+def test_end_to_end_on_smollm2_copa(tmp_path: Path) -> None:
+    out = tmp_path / "copa"
+    run(
+        compose_run(
+            [
+                "task.limit=6",
+                "task.n_pairs=12",
+                "logger=wandb",
+                "progress=false",
+                f"paths.output_dir={out}",
+            ]
+        )
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["model"]["source"] == "embedded:smollm2-135m-instruct"
+    assert results["split_sizes"] == {"fit": 6, "select": 6, "report": 6}
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert not list(Path.home().joinpath(".local/share/wandb").glob("*"))
