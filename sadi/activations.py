@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sadi.architectures import ModelShape, decoder_layers, site
+from sadi.architectures import ModelShape, decoder_layers, model_site
 from sadi.hooks import LayerHook, hooked
 from sadi.positions import BatchLayout, PositionPolicy
 
@@ -113,9 +113,7 @@ def read_activations(
     Returns:
         float32 tensor [rows, layers, width], in the order of `prompts`.
     """
-    from sadi.architectures import architecture_of
-
-    hook_site = site(architecture_of(model), component)
+    hook_site = model_site(model, component)
     n_layers = len(decoder_layers(model))
     limit = context_limit(model)
     device = next(model.parameters()).device

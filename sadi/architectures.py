@@ -114,6 +114,22 @@ def check_component(component: str) -> None:
         )
 
 
+def model_site(model: nn.Module, component: str) -> Site:
+    """The hook point of `component` in `model`, checked to exist on its decoder layers."""
+    arch = architecture_of(model)
+    hook_site = site(arch, component)
+    try:
+        for layer in decoder_layers(model):
+            get_module(layer, hook_site.module)
+    except AttributeError as err:
+        raise ValueError(
+            f"component {component!r} is not available on this {type(model).__name__} "
+            f"({arch.family} entry: {hook_site.module!r}): {err}. Choose another component, "
+            "or correct the architecture's entry in sadi.architectures.ARCHITECTURES"
+        ) from err
+    return hook_site
+
+
 def architecture_of(model: nn.Module) -> Architecture:
     """The table entry for `model`, found by `model.config.model_type`."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)

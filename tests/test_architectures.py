@@ -56,3 +56,14 @@ def test_missing_module_error_names_children() -> None:
     model = make_tiny("llama")
     with pytest.raises(AttributeError, match="has no 'mlpp'"):
         get_module(model.model.layers[0], "mlpp.act_fn")
+
+
+def test_component_the_model_lacks_is_named() -> None:
+    from sadi.architectures import model_site
+
+    model = make_tiny("llama")
+    for layer in model.model.layers:
+        del layer.mlp.act_fn
+    with pytest.raises(ValueError, match="component 'neuron' is not available.*'mlp.act_fn'"):
+        model_site(model, "neuron")
+    assert model_site(model, "head").module == "self_attn.o_proj"

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.architectures import ModelShape, architecture_of, check_component, model_shape, site
+from sadi.architectures import ModelShape, check_component, model_shape, model_site
 from sadi.hooks import LayerHook, hooked, observe_forward
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
@@ -224,7 +224,7 @@ class Steerer(ABC):
             return hook
 
         hooks = [LayerHook(layer, make_hook(fn)) for layer, fn in self._edit_fns(model).items()]
-        hook_site = site(architecture_of(model), self.component)
+        hook_site = model_site(model, self.component)
         with ExitStack() as stack:
             stack.enter_context(observe_forward(base, before_forward))
             stack.enter_context(hooked(model, hook_site, hooks))

@@ -26,7 +26,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.activations import read_activations
-from sadi.architectures import architecture_of, site
+from sadi.architectures import model_site
 from sadi.hooks import LayerHook, hooked
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout
@@ -242,7 +242,7 @@ class SADI(Steerer):
             if isinstance(value, Tensor) and value.dim() == 2:
                 call[key] = value[:, :cut]
         base = getattr(model, "base_model", model)
-        hook_site = site(architecture_of(model), self.component)
+        hook_site = model_site(model, self.component)
         with hooked(model, hook_site, [LayerHook(layer, grab) for layer in layers]):
             try:
                 base(**call)
