@@ -114,3 +114,61 @@ def test_rolling_and_generate_run_steered(setup: tuple) -> None:
     ]
     outs = lm.generate_until(gen, disable_tqdm=True)
     assert len(outs) == 3 and all(isinstance(o, str) for o in outs)
+
+
+def test_lm_eval_cli_runs_the_sadi_model(setup: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """lm-eval's own CLI (`sadi-lm-eval`) evaluates a saved steerer on a task YAML."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from sadi.evaluation import task_config, write_split
+    from sadi.tasks import EXAMPLE_DATA, load_task
+
+    model, sadi = setup
+    model_dir, steer_dir, task_dir = tmp_path / "model", tmp_path / "steerer", tmp_path / "tasks"
+    model.save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    sadi.save(steer_dir)
+    items = load_task("jsonl", path=EXAMPLE_DATA / "tiny_mc.jsonl").splits["select"]
+    data = write_split(items, task_dir / "tiny.jsonl")
+    (task_dir / "tiny.yaml").write_text(yaml.safe_dump(task_config("sadi_tiny", data, "acc")))
+    script = [sys.executable, "-c", "from sadi.lm_eval_model import cli; cli()"]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            *script,
+            "run",
+            "--model",
+            "sadi",
+            "--tasks",
+            "sadi_tiny",
+            "--include_path",
+            str(task_dir),
+            "--device",
+            "cpu",
+            "--batch_size",
+            "4",
+            "--model_args",
+            f"pretrained={model_dir},steerer={steer_dir}",
+            "--output_path",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = out.rglob("results_*.json")
+    acc = json.loads(result_file.read_text())["results"]["sadi_tiny"]["acc,none"]
+    # the same numbers as the Python API on the same model, steerer and items
+    lm = SteeredLM(model, steerer=sadi, tokenizer=byte_tokenizer(), batch_size=4, device="cpu")
+    from sadi.evaluation import evaluate_split
+
+    metrics, _ = evaluate_split(
+        lm, items, task_name="sadi_tiny_py", metric="acc", work_dir=tmp_path
+    )
+    assert acc == metrics["acc"]
