@@ -101,12 +101,14 @@ def read_activations(
     shape: ModelShape,
     *,
     policy: PositionPolicy = "last_token",
+    offset: int = 0,
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "reading activations",
 ) -> Tensor:
     """Activations of `component` at one position per row, for every layer.
 
+    `offset` moves the read cell left of the policy's cell (see `BatchLayout.indices`).
     Rows are sorted by length so batches carry little padding; the lm head is skipped
     (the base model is called), since only intermediate activations are read.
 
@@ -141,7 +143,7 @@ def read_activations(
                 [completions[i] for i in idx] if completions is not None else None,
                 max_length=limit,
             )
-            cells[:] = [batch.layout.indices(policy)]
+            cells[:] = [batch.layout.indices(policy, offset)]
             base(
                 input_ids=batch.input_ids.to(device),
                 attention_mask=batch.attention_mask.to(device),

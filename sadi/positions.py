@@ -82,20 +82,32 @@ class BatchLayout:
             return torch.zeros_like(self.seq_lengths)
         return self.padded_length - self.seq_lengths
 
-    def indices(self, policy: PositionPolicy) -> tuple[Tensor, Tensor]:
+    def indices(self, policy: PositionPolicy, offset: int = 0) -> tuple[Tensor, Tensor]:
         """(rows, positions): 1-D long tensors of the absolute [batch, pos] cells of `policy`.
 
         - last_prompt: the last prompt token of each row (one cell per row).
         - last_token: the last real token of each row (one cell per row).
         - continuation: every continuation token (none for a row without continuation).
         - all: every real (non-pad) token.
+
+        `offset` (<= 0, one-cell policies only) moves the cell left, e.g. -1 reads the token
+        before the last one (CAA reads the answer letter before a closing parenthesis).
         """
         starts = self.starts()
         rows = torch.arange(self.batch_size)
-        if policy == "last_prompt":
-            return rows, starts + self.prompt_lengths - 1
-        if policy == "last_token":
-            return rows, starts + self.seq_lengths - 1
+        if offset and policy not in ("last_prompt", "last_token"):
+            raise ValueError(f"offset applies to last_prompt/last_token, not {policy!r}")
+        if offset > 0:
+            raise ValueError(f"offset must be <= 0 (towards the row start), got {offset}")
+        if policy in ("last_prompt", "last_token"):
+            length = self.prompt_lengths if policy == "last_prompt" else self.seq_lengths
+            pos = starts + length - 1 + offset
+            if bool((pos < starts).any()):
+                raise ValueError(
+                    f"offset {offset} reaches before the start of a row of "
+                    f"{length.min().item()} tokens; use a smaller |offset|"
+                )
+            return rows, pos
         if policy in ("continuation", "all"):
             mask = self.mask(policy)
             r, p = mask.nonzero(as_tuple=True)

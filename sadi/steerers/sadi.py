@@ -29,7 +29,7 @@ from sadi.activations import read_activations
 from sadi.architectures import model_site
 from sadi.hooks import LayerHook, hooked
 from sadi.pairs import Pair
-from sadi.positions import BatchLayout
+from sadi.positions import BatchLayout, PositionPolicy
 from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 SadiMode = Literal["online", "faithful"]
@@ -74,7 +74,7 @@ class SADI(Steerer):
     """
 
     method: ClassVar[str] = "sadi"
-    edit_policy = "last_prompt"
+    edit_policy: PositionPolicy = "last_prompt"
     edit_generated = False
 
     def __init__(
