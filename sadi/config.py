@@ -31,6 +31,7 @@ class TaskSchema:
     limit: Optional[int] = None  # items per split, for quick runs
     path: Optional[str] = None  # the generic `jsonl` task's file or folder
     primary_metric: str = "acc"  # acc | mc2; what optimized_metric reads on the select split
+    chat_template: bool = False  # render prompts in the model's chat template (CAA)
     splits: list[str] = field(default_factory=lambda: ["select", "report"])
 
 
@@ -54,6 +55,31 @@ class SadiSchema(InterventionSchema):
     mode: str = "online"  # online | faithful
     variant: str = "dynamic"  # dynamic | fixed | random
     seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class ItiSchema(InterventionSchema):
+    _target_: Optional[str] = "sadi.steerers.ITI"
+    name: str = "iti"
+    k: int = 48  # authors' default for 1024 heads; ITI.scaled_k gives the comparable value
+    alpha: float = 15.0
+    direction: str = "mass_mean"  # mass_mean | probe
+    positions: str = "continuation"  # continuation | all
+    heldout: float = 0.2
+    seed: int = 42
+    batch_size: int = 16
+
+
+@dataclass
+class CaaSchema(InterventionSchema):
+    _target_: Optional[str] = "sadi.steerers.CAA"
+    name: str = "caa"
+    layer: int = 13
+    multiplier: float = 1.0
+    read_offset: int = 0  # 0 = last token of prompt + completion
+    normalize: bool = False
+    positions: str = "continuation"  # continuation | all
     batch_size: int = 16
 
 
@@ -95,4 +121,6 @@ def register_configs() -> None:
     cs.store(group="component", name="base_component", node=ComponentSchema)
     cs.store(group="intervention", name="base_none", node=InterventionSchema)
     cs.store(group="intervention", name="base_sadi", node=SadiSchema)
+    cs.store(group="intervention", name="base_iti", node=ItiSchema)
+    cs.store(group="intervention", name="base_caa", node=CaaSchema)
     cs.store(group="logger", name="base_logger", node=LoggerSchema)

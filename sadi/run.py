@@ -25,6 +25,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sadi.chat import apply_chat_template
 from sadi.config import register_configs
 from sadi.evaluation import evaluate_split
 from sadi.lm_eval_model import SteeredLM
@@ -93,6 +94,8 @@ def run(cfg: DictConfig) -> float:
         cache_dir=cfg.paths.cache_dir,
     )
     timings["load_model_s"] = time.perf_counter() - t0
+    if cfg.task.chat_template:
+        task = apply_chat_template(task, tokenizer)
 
     steerer: Steerer | None = None
     n_pairs = 0
