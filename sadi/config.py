@@ -32,6 +32,8 @@ class TaskSchema:
     path: Optional[str] = None  # the generic `jsonl` task's file or folder
     primary_metric: str = "acc"  # acc | mc2; what optimized_metric reads on the select split
     chat_template: bool = False  # render prompts in the model's chat template (CAA)
+    open_ended: bool = False  # also generate on the CAA open-ended test set
+    max_gen_toks: int = 64
     splits: list[str] = field(default_factory=lambda: ["select", "report"])
 
 

@@ -133,3 +133,72 @@ def evaluate_split(
             }
         )
     return metrics, samples
+
+
+def open_ended_prompts(task_name: str, data_dir: str | Path | None) -> list[tuple[str, str]]:
+    """(id, question) of a CAA behaviour's open-ended test set, `test_open_ended.jsonl`."""
+    from sadi.tasks import TASKS, default_data_dir, read_jsonl
+
+    if task_name not in TASKS or not TASKS[task_name].folder.startswith("caa/"):
+        raise ValueError(
+            f"open-ended generation is defined for the CAA behaviour tasks (caa_*), "
+            f"not {task_name!r}; set task.open_ended=false"
+        )
+    root = Path(data_dir) if data_dir else default_data_dir()
+    rows = read_jsonl(root / TASKS[task_name].folder / "test_open_ended.jsonl")
+    return [(str(r["id"]), str(r["question"])) for r in rows]
+
+
+def _generation_length(doc: dict[str, Any], results: Sequence[str]) -> dict[str, float]:
+    return {"gen_chars": float(len(results[0]))}
+
+
+def generate_split(
+    lm: LM,
+    prompts: Sequence[tuple[str, str]],
+    *,
+    task_name: str,
+    work_dir: Path,
+    max_gen_toks: int = 64,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Greedy generations for (id, prompt) pairs through lm-eval's generate_until.
+
+    Open-ended answers need a judge (CAA used GPT-4) that is not available offline; the
+    generations are returned for rating, with their length as the only automatic metric.
+    """
+    data_file = work_dir / f"{task_name}.jsonl"
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    with data_file.open("w") as f:
+        for item_id, text in prompts:
+            f.write(json.dumps({"id": item_id, "question": text}) + "\n")
+    config = {
+        "task": task_name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "question",
+        "doc_to_target": "",
+        "generation_kwargs": {"until": [], "max_gen_toks": max_gen_toks, "do_sample": False},
+        "process_results": _generation_length,
+        "metric_list": [{"metric": "gen_chars", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+    out = simple_evaluate(
+        model=lm,
+        tasks=[config],
+        num_fewshot=0,
+        task_manager=task_manager(),
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    assert out is not None
+    return [
+        {"id": s["doc"]["id"], "prompt": s["doc"]["question"], "generation": s["resps"][0][0]}
+        for s in sorted(out["samples"][task_name], key=lambda s: s["doc_id"])
+    ]

@@ -25,9 +25,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sadi.chat import apply_chat_template
+from sadi.chat import apply_chat_template, chat_prompt
 from sadi.config import register_configs
-from sadi.evaluation import evaluate_split
+from sadi.evaluation import evaluate_split, generate_split, open_ended_prompts
 from sadi.lm_eval_model import SteeredLM
 from sadi.models import load_model
 from sadi.pairs import make_pairs, save_pairs
@@ -134,6 +134,25 @@ def run(cfg: DictConfig) -> float:
             metrics[condition][split] = values
             suffix = "" if condition == "steered" or steerer is None else "_baseline"
             write_jsonl(run_dir / f"samples_{task.name}_{split}{suffix}.jsonl", samples)
+    if cfg.task.open_ended:
+        prompts = open_ended_prompts(task.name, cfg.paths.data_dir)
+        if cfg.task.limit:
+            prompts = prompts[: cfg.task.limit]
+        if cfg.task.chat_template:
+            prompts = [(i, chat_prompt(text, tokenizer)) for i, text in prompts]
+        for condition, st in conditions.items():
+            t = time.perf_counter()
+            rows = generate_split(
+                SteeredLM(model, steerer=st, **lm_kwargs),
+                prompts,
+                task_name=f"sadi_{task.name}_open_ended",
+                work_dir=run_dir / "lm_eval_data" / condition,
+                max_gen_toks=cfg.task.max_gen_toks,
+                seed=cfg.seed,
+            )
+            timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
+            suffix = "" if condition == "steered" or steerer is None else "_baseline"
+            write_jsonl(run_dir / f"generations_{task.name}{suffix}.jsonl", rows)
     timings["total_s"] = time.perf_counter() - t0
 
     steered = metrics.get("steered", metrics["baseline"])

@@ -187,3 +187,32 @@ def test_end_to_end_on_smollm2_copa(tmp_path: Path) -> None:
     assert results["split_sizes"] == {"fit": 6, "select": 6, "report": 6}
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert not list(Path.home().joinpath(".local/share/wandb").glob("*"))
+
+
+def test_caa_task_in_chat_form_with_open_ended_generations(tmp_path: Path) -> None:
+    model_dir = tmp_path / "chat-model"
+    model = make_tiny("llama")
+    model.config.max_position_embeddings = 2048  # byte-level tokens: CAA prompts are long
+    model.save_pretrained(model_dir)
+    tok = byte_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    overrides = [o for o in tiny_overrides(model_dir, out) if not o.startswith("task")]
+    run(compose_run([*overrides, "task=caa_refusal", "task.limit=3", "task.max_gen_toks=4"]))
+    samples = [
+        json.loads(s) for s in (out / "samples_caa_refusal_select.jsonl").read_text().splitlines()
+    ]
+    assert samples[0]["context"].startswith("<user>") and samples[0]["continuations"] == [
+        "(A)",
+        "(B)",
+    ]
+    pairs = [json.loads(s) for s in (out / "pairs.jsonl").read_text().splitlines()]
+    assert pairs[0]["prompt"].endswith("<assistant>") and pairs[0]["positive"] in ("(A)", "(B)")
+    for name in ("generations_caa_refusal.jsonl", "generations_caa_refusal_baseline.jsonl"):
+        rows = [json.loads(s) for s in (out / name).read_text().splitlines()]
+        assert len(rows) == 3 and all(r["prompt"].startswith("<user>") for r in rows)
+        assert all(isinstance(r["generation"], str) for r in rows)

@@ -1,0 +1,258 @@
+"""CAA: Contrastive Activation Addition (Rimsky et al. 2023, arXiv 2312.06681).
+
+Fit: read the residual stream (decoder layer output) of every layer at one token of
+prompt+positive and prompt+negative; the steering vector of layer l is
+v_l = mean over pairs of (a_l(pos) - a_l(neg)). Vectors of all layers are kept, so one fit
+serves a sweep over `layer`.
+
+Apply: add `multiplier * v_layer` to the output of decoder layer `layer` at every position
+after the prompt ("continuation", the authors' setting: all response tokens) or at every
+real position ("all", what lm-eval's built-in `steered` model does), and at every token
+generated with a KV cache.
+
+Read position: `read_offset` counts back from the last token of prompt + completion, so 0
+reads the last token and -1 the one before it. The authors read token -2 because their
+completions end in the answer letter followed by ")" (e.g. "(A)"): that is read_offset=-1.
+steering-vectors' `read_token_index` is `read_offset - 1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing_extensions import Self
+
+from sadi.activations import read_activations
+from sadi.architectures import decoder_layers, model_shape
+from sadi.pairs import Pair
+from sadi.positions import PositionPolicy
+from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+
+CaaPositions = Literal["continuation", "all"]
+CAA_POSITIONS: tuple[str, ...] = get_args(CaaPositions)
+
+
+@dataclass
+class CAAState:
+    """Fitted CAA state.
+
+    vectors: [layers, d_model] float32, mean difference (pos - neg) of the decoder layer
+        outputs at the read position, unnormalised, one row per layer.
+    """
+
+    vectors: Tensor
+
+
+class CAA(Steerer):
+    """Contrastive activation addition on the residual stream of one layer.
+
+    Args:
+        component: must be "residual" (the decoder layer output); kept for the common
+            constructor signature of steerers.
+        layer: decoder layer whose output is steered (0-based; the authors' headline setting
+            is 13 of 32 on Llama-2-7B-chat).
+        multiplier: m in `output + m * v_layer`; 0 leaves the model bit-identical, negative
+            values steer away from the positive completions.
+        read_offset: read position relative to the last token of prompt + completion
+            (0 = last token, -1 = the token before it, the authors' answer letter before ")").
+        normalize: rescale every layer's vector to the mean norm over layers of the
+            unnormalised vectors (see `steering_vectors`). Applied at steering time; the
+            saved state is always the raw mean difference.
+        positions: "continuation" (every position after the prompt, the paper's setting) or
+            "all" (every real position, prompt included, as lm-eval's `steered` model).
+        batch_size: batch size of the fitting passes.
+        progress: show a progress bar while fitting.
+
+    Only `read_offset` changes what `fit` computes; `layer`, `multiplier`, `normalize` and
+    `positions` act at steering time, so `with_params` derives variants of one fit.
+
+    Example:
+        >>> caa = CAA(layer=13, multiplier=1.5).fit(model, tokenizer, pairs)
+        >>> with caa.apply(model):
+        ...     out = model.generate(**tokenizer(prompts, return_tensors="pt"))
+        >>> with caa.with_params(layer=10, multiplier=-1.0).apply(model):
+        ...     ...
+    """
+
+    method: ClassVar[str] = "caa"
+    edit_policy: PositionPolicy = "continuation"
+    edit_generated = True
+
+    def __init__(
+        self,
+        component: str = "residual",
+        layer: int = 13,
+        multiplier: float = 1.0,
+        read_offset: int = 0,
+        normalize: bool = False,
+        positions: CaaPositions = "continuation",
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(component)
+        if component != "residual":
+            raise ValueError(
+                f"CAA adds its vector to the residual stream (the decoder layer output), so "
+                f"component must be 'residual', got {component!r}; set component=residual"
+            )
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise ValueError(
+                f"layer must be a non-negative integer (0-based decoder layer), got {layer!r}; "
+                "e.g. intervention.layer=13"
+            )
+        if isinstance(read_offset, bool) or not isinstance(read_offset, int) or read_offset > 0:
+            raise ValueError(
+                f"read_offset must be an integer <= 0 (0 = last token, -1 = the one before), "
+                f"got {read_offset!r}"
+            )
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be true or false, got {normalize!r}")
+        if positions not in CAA_POSITIONS:
+            raise ValueError(
+                f"positions must be one of {list(CAA_POSITIONS)}, got {positions!r}; "
+                "'continuation' edits every position after the prompt, 'all' every position"
+            )
+        self.layer = layer
+        self.multiplier = check_finite("multiplier", multiplier)
+        self.read_offset = read_offset
+        self.normalize = normalize
+        self.positions: CaaPositions = positions
+        self.edit_policy = positions
+        self.batch_size = batch_size
+        self.progress = progress
+        self.state: CAAState | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "multiplier": self.multiplier,
+            "read_offset": self.read_offset,
+            "normalize": self.normalize,
+            "positions": self.positions,
+        }
+
+    def with_params(self, **changes: Any) -> CAA:
+        """A copy with some hyperparameters changed, sharing this fit's vectors.
+
+        Example:
+            >>> for layer in range(n_layers):
+            ...     with caa.with_params(layer=layer).apply(model): ...
+        """
+        if "read_offset" in changes and changes["read_offset"] != self.read_offset:
+            raise ValueError(
+                "read_offset changes what fit() reads; fit a new CAA with "
+                f"read_offset={changes['read_offset']!r} instead"
+            )
+        kwargs = {
+            **self.params(),
+            "batch_size": self.batch_size,
+            "progress": self.progress,
+            **changes,
+        }
+        new = CAA(self.component, **kwargs)
+        new.shape, new.model_id, new.n_pairs, new.state = (
+            self.shape,
+            self.model_id,
+            self.n_pairs,
+            self.state,
+        )
+        if new.shape is not None:
+            new._check_layer(new.shape.n_layers)
+        return new
+
+    def _check_layer(self, n_layers: int) -> None:
+        if not 0 <= self.layer < n_layers:
+            raise ValueError(
+                f"layer={self.layer} is out of range: the model has {n_layers} decoder layers; "
+                f"choose 0 <= layer <= {n_layers - 1}"
+            )
+
+    # ----- fit -----------------------------------------------------------------------
+    def fit(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair]
+    ) -> Self:
+        """Mean (pos - neg) residual stream at the read position, for every layer.
+
+        Deterministic: a function of the model, the pairs and `read_offset` only.
+        """
+        check_pairs(pairs)
+        self._check_layer(model_shape(model).n_layers)
+        shape = self._remember_model(model, len(pairs))
+        prompts = [p.prompt for p in pairs] * 2
+        completions = [p.positive for p in pairs] + [p.negative for p in pairs]
+        acts = read_activations(
+            model,
+            tokenizer,
+            prompts,
+            completions,
+            "residual",
+            shape,
+            policy="last_token",
+            offset=self.read_offset,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc="CAA fit (residual)",
+        )  # [2 * pairs, layers, d_model]
+        n = len(pairs)
+        self.state = CAAState(vectors=(acts[:n] - acts[n:]).mean(dim=0))  # [layers, d_model]
+        return self
+
+    # ----- apply ---------------------------------------------------------------------
+    def fitted_state(self) -> CAAState:
+        if self.state is None:
+            raise RuntimeError("CAA is not fitted: call fit() or CAA.load()")
+        return self.state
+
+    def steering_vectors(self) -> Tensor:
+        """[layers, d_model] float32: the vectors as applied (normalised when `normalize`).
+
+        The authors rescale each layer's vectors so that different behaviours have equal
+        norm at that layer. With one behaviour that is the identity, so `normalize` instead
+        equalises across layers: every layer's vector gets the mean norm over layers of the
+        raw vectors (directions kept; a zero vector stays zero). A multiplier then means the
+        same vector size at every layer of a layer sweep, and the overall scale stays that
+        of this model's own differences.
+        """
+        raw = self.fitted_state().vectors.float()  # [layers, d_model]
+        if not self.normalize:
+            return raw
+        norms = raw.norm(dim=1)  # [layers]
+        scale = torch.where(norms > 0, norms.mean() / norms, torch.zeros_like(norms))
+        return raw * scale[:, None]
+
+    def vector(self) -> Tensor:
+        """[d_model] float32: the vector added (times `multiplier`) at `layer`."""
+        vectors = self.steering_vectors()
+        self._check_layer(int(vectors.shape[0]))
+        return vectors[self.layer]
+
+    def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
+        self._check_layer(len(decoder_layers(model)))
+        if self.multiplier == 0.0:  # the identity: register nothing
+            return {}
+        delta = self.multiplier * self.vector()  # [d_model]
+
+        def edit(layer: int, act: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
+            d = delta.to(device=act.device, dtype=act.dtype)
+            return act.index_put((rows, pos), act[rows, pos] + d)
+
+        return {self.layer: edit}
+
+    # ----- artifacts -----------------------------------------------------------------
+    def tensors(self) -> dict[str, Tensor]:
+        return {"vectors": self.fitted_state().vectors.float()}
+
+    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        vectors = tensors["vectors"]
+        if vectors.dim() != 2:
+            raise ValueError(f"CAA vectors must be [layers, d_model], got {tuple(vectors.shape)}")
+        self._check_layer(int(vectors.shape[0]))
+        self.state = CAAState(vectors=vectors.float())
+
+
+__all__ = ["CAA", "CAAState", "CAA_POSITIONS", "CaaPositions"]
