@@ -111,6 +111,7 @@ class RunSchema:
     paths: PathsSchema = field(default_factory=PathsSchema)
     seed: int = 0
     progress: bool = True
+    sweep_name: str = "default"  # names the sweep directory and the W&B group
     # the metric a sweep optimises: always on the select split
     optimized_metric: str = "select/${task.primary_metric}"
 

@@ -1,12 +1,13 @@
-"""Hydra entry point: compose, fit, evaluate with and without steering, write, log.
+"""Hydra entry point: compose, fit (cached), evaluate with and without steering, write, log.
 
     python -m sadi.run                                  # SADI heads, COPA, SmolLM2
     python -m sadi.run task=sst2 component=neuron intervention.k=50 intervention.strength=10
-    python -m sadi.run -m intervention.k=2,4 intervention.strength=5,10   # a sweep
+    python -m sadi.run -m experiment=sadi_head task=copa,sst2      # a sweep (select split)
 
 The run directory receives: `.hydra/` (the resolved config), `results.json`, `pairs.jsonl`,
 `splits.json` (item ids and split rules), `steerer/` (the fitted artifact) and
-`samples_<task>_<split>.jsonl` (steered; `_baseline` for the unsteered model).
+`samples_<task>_<split>.jsonl` (steered; `_baseline` for the unsteered model). A point whose
+`results.json` already holds the same config is skipped, so a crashed sweep resumes.
 """
 
 from __future__ import annotations
@@ -17,27 +18,39 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from sadi.cache import get_or_create
 from sadi.chat import apply_chat_template, chat_prompt
 from sadi.config import register_configs
 from sadi.evaluation import evaluate_split, generate_split, open_ended_prompts
 from sadi.lm_eval_model import SteeredLM
-from sadi.models import load_model
-from sadi.pairs import make_pairs, save_pairs
+from sadi.models import default_cache_dir, load_model
+from sadi.pairs import Pair, make_pairs, save_pairs
 from sadi.steerers.base import Steerer
-from sadi.tasks import load_task, split_ids
-from sadi.tracking import NoTracker, Tracker, WandbTracker, write_json, write_jsonl
+from sadi.tasks import SplitName, Task, load_task, split_ids
+from sadi.tracking import (
+    NoTracker,
+    Tracker,
+    WandbTracker,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "task", "component", "intervention", "logger", "experiment")
+Metrics = dict[str, float]
 
 
 def seed_everything(seed: int) -> None:
@@ -46,7 +59,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_tracker(cfg: DictConfig, run_dir: Path, name: str) -> Tracker:
+def make_tracker(cfg: DictConfig, run_dir: Path, name: str, job_type: str) -> Tracker:
     if cfg.logger.name == "none":
         return NoTracker()
     if cfg.logger.name != "wandb":
@@ -56,15 +69,139 @@ def make_tracker(cfg: DictConfig, run_dir: Path, name: str) -> Tracker:
         OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
         project=cfg.logger.project,
         mode=cfg.logger.mode,
-        group=cfg.logger.group,
+        group=cfg.logger.group or cfg.sweep_name,
         entity=cfg.logger.entity,
         name=name,
-        job_type="eval",
+        job_type=job_type,
     )
 
 
+def cache_root(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else default_cache_dir()
+
+
+def comparable(config: Any) -> Any:
+    """The config without where it ran, for recognising a completed identical point."""
+    config = dict(config)
+    config.pop("paths", None)
+    config.pop("progress", None)
+    config.pop("logger", None)
+    return config
+
+
+def fit_steerer(
+    cfg: DictConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[Pair],
+    run_dir: Path,
+    timings: dict[str, float],
+) -> Steerer:
+    """Instantiate the intervention; fit it, or take its state from the fit cache."""
+    params = {k: v for k, v in cfg.intervention.items() if k != "name"}
+    steerer: Steerer = instantiate(params, component=cfg.component.name, progress=cfg.progress)
+    t = time.perf_counter()
+
+    def create(tmp: Path) -> None:
+        steerer.fit(model, tokenizer, pairs)
+        steerer.save(tmp)
+        tracker = make_tracker(cfg, run_dir, name=f"fit-{run_dir.name}", job_type="fit")
+        try:
+            tracker.log_artifact(tmp, f"steerer-{steerer.method}-{cfg.task.name}", "steerer")
+        finally:
+            tracker.finish()
+
+    entry, hit = get_or_create(cache_root(cfg) / "fits", steerer.fit_key(model, pairs), create)
+    if hit:
+        steerer.adopt(Steerer.load(entry, model))
+    timings["fit_s"] = time.perf_counter() - t
+    timings["fit_cache_hit"] = float(hit)
+    steerer.save(run_dir / "steerer")
+    return steerer
+
+
+def evaluate(
+    cfg: DictConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    split: SplitName,
+    steerer: Steerer | None,
+    run_dir: Path,
+) -> tuple[Metrics, list[dict[str, Any]]]:
+    """Score one split; unsteered scores are cached (they are the same for every point)."""
+    lm_kwargs: dict[str, Any] = {"tokenizer": tokenizer, "batch_size": cfg.model.batch_size}
+    if cfg.model.max_length:
+        lm_kwargs["max_length"] = cfg.model.max_length
+    condition = "baseline" if steerer is None else "steered"
+
+    def score(out: Path | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
+        values, samples = evaluate_split(
+            SteeredLM(model, steerer=steerer, **lm_kwargs),
+            task.splits[split],
+            task_name=f"sadi_{task.name}_{split}",
+            metric=task.metric,
+            work_dir=run_dir / "lm_eval_data" / condition,
+            seed=cfg.seed,
+        )
+        if out is not None:
+            write_json(out / "metrics.json", values)
+            write_jsonl(out / "samples.jsonl", samples)
+        return values, samples
+
+    if steerer is not None:
+        return score()
+    key = {
+        "model": cfg.model.source,
+        "dtype": cfg.model.dtype,
+        "max_length": cfg.model.max_length,
+        "task": task.name,
+        "metric": task.metric,
+        "items": [[i.id, i.question, list(i.choices), i.label] for i in task.splits[split]],
+    }
+    entry, _ = get_or_create(cache_root(cfg) / "baselines", key, lambda tmp: score(tmp) and None)
+    return read_json(entry / "metrics.json"), read_jsonl(entry / "samples.jsonl")
+
+
+def generate_open_ended(
+    cfg: DictConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    conditions: dict[str, Steerer | None],
+    run_dir: Path,
+    timings: dict[str, float],
+) -> None:
+    prompts = open_ended_prompts(task.name, cfg.paths.data_dir)[: cfg.task.limit or None]
+    if cfg.task.chat_template:
+        prompts = [(i, chat_prompt(text, tokenizer)) for i, text in prompts]
+    for condition, st in conditions.items():
+        t = time.perf_counter()
+        rows = generate_split(
+            SteeredLM(model, steerer=st, tokenizer=tokenizer, batch_size=cfg.model.batch_size),
+            prompts,
+            task_name=f"sadi_{task.name}_open_ended",
+            work_dir=run_dir / "lm_eval_data" / condition,
+            max_gen_toks=cfg.task.max_gen_toks,
+            seed=cfg.seed,
+        )
+        timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
+        suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
+        write_jsonl(run_dir / f"generations_{task.name}{suffix}.jsonl", rows)
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, Metrics]) -> float:
+    split, _, name = str(cfg.optimized_metric).partition("/")
+    if split != "select":
+        raise ValueError(
+            f"optimized_metric={cfg.optimized_metric!r} must read the select split "
+            "(e.g. select/acc): hyperparameters are never chosen on the report split"
+        )
+    return float(metrics["select"][name]) if "select" in metrics else float("nan")
+
+
 def run(cfg: DictConfig) -> float:
-    """Fit on the fit split, score select and report with and without steering.
+    """Fit on the fit split, score the configured splits with and without steering.
 
     Returns:
         The value of `optimized_metric` (a select-split metric of the steered model).
@@ -72,9 +209,15 @@ def run(cfg: DictConfig) -> float:
     seed_everything(cfg.seed)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    done = run_dir / "results.json"
+    if done.exists() and comparable(read_json(done)["config"]) == comparable(config):
+        log.info("%s holds the results of this exact config: skipped", run_dir)
+        print(f"skipping completed point {run_dir}")
+        return optimized_value(cfg, read_json(done)["metrics"])
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-
     task = load_task(
         cfg.task.name,
         data_dir=cfg.paths.data_dir,
@@ -103,61 +246,30 @@ def run(cfg: DictConfig) -> float:
         pairs = make_pairs(task.splits["fit"], n_pairs=cfg.task.n_pairs, seed=cfg.seed)
         save_pairs(pairs, run_dir / "pairs.jsonl")
         n_pairs = len(pairs)
-        params = {k: v for k, v in cfg.intervention.items() if k != "name"}
-        steerer = instantiate(params, component=cfg.component.name, progress=cfg.progress)
-        t = time.perf_counter()
-        assert steerer is not None
-        steerer.fit(model, tokenizer, pairs)
-        timings["fit_s"] = time.perf_counter() - t
-        steerer.save(run_dir / "steerer")
+        steerer = fit_steerer(cfg, model, tokenizer, pairs, run_dir, timings)
 
-    lm_kwargs: dict[str, Any] = {"tokenizer": tokenizer, "batch_size": cfg.model.batch_size}
-    if cfg.model.max_length:
-        lm_kwargs["max_length"] = cfg.model.max_length
     conditions: dict[str, Steerer | None] = {"baseline": None}
     if steerer is not None:
         conditions["steered"] = steerer
-    metrics: dict[str, dict[str, dict[str, float]]] = {c: {} for c in conditions}
+    metrics: dict[str, dict[str, Metrics]] = {c: {} for c in conditions}
+    samples: dict[str, list[dict[str, Any]]] = {}
     for split in cfg.task.splits:
         for condition, st in conditions.items():
-            lm = SteeredLM(model, steerer=st, **lm_kwargs)
             t = time.perf_counter()
-            values, samples = evaluate_split(
-                lm,
-                task.splits[split],
-                task_name=f"sadi_{task.name}_{split}",
-                metric=task.metric,
-                work_dir=run_dir / "lm_eval_data" / condition,
-                seed=cfg.seed,
+            metrics[condition][split], rows = evaluate(
+                cfg, model, tokenizer, task, cast(SplitName, split), st, run_dir
             )
             timings[f"eval_{split}_{condition}_s"] = time.perf_counter() - t
-            metrics[condition][split] = values
-            suffix = "" if condition == "steered" or steerer is None else "_baseline"
-            write_jsonl(run_dir / f"samples_{task.name}_{split}{suffix}.jsonl", samples)
+            suffix = "_baseline" if condition == "baseline" and steerer is not None else ""
+            write_jsonl(run_dir / f"samples_{task.name}_{split}{suffix}.jsonl", rows)
+            samples[f"{split}{suffix}"] = rows
     if cfg.task.open_ended:
-        prompts = open_ended_prompts(task.name, cfg.paths.data_dir)
-        if cfg.task.limit:
-            prompts = prompts[: cfg.task.limit]
-        if cfg.task.chat_template:
-            prompts = [(i, chat_prompt(text, tokenizer)) for i, text in prompts]
-        for condition, st in conditions.items():
-            t = time.perf_counter()
-            rows = generate_split(
-                SteeredLM(model, steerer=st, **lm_kwargs),
-                prompts,
-                task_name=f"sadi_{task.name}_open_ended",
-                work_dir=run_dir / "lm_eval_data" / condition,
-                max_gen_toks=cfg.task.max_gen_toks,
-                seed=cfg.seed,
-            )
-            timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
-            suffix = "" if condition == "steered" or steerer is None else "_baseline"
-            write_jsonl(run_dir / f"generations_{task.name}{suffix}.jsonl", rows)
+        generate_open_ended(cfg, model, tokenizer, task, conditions, run_dir, timings)
     timings["total_s"] = time.perf_counter() - t0
 
     steered = metrics.get("steered", metrics["baseline"])
     results = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
         "metrics": steered,
         "baseline_metrics": metrics["baseline"],
         "steered": steerer is not None,
@@ -167,32 +279,38 @@ def run(cfg: DictConfig) -> float:
         "splits_file": str(run_dir / "splits.json"),
         "split_sizes": {s: len(items) for s, items in task.splits.items()},
     }
-    write_json(run_dir / "results.json", results)
     print_table(task.name, metrics, cfg.task.splits)
+    log_run(cfg, run_dir, metrics, samples, steerer)
+    write_json(done, results)  # last: its presence marks the point as complete
+    return optimized_value(cfg, steered)
 
-    tracker = make_tracker(cfg, run_dir, name=run_dir.name)
+
+def log_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    metrics: dict[str, dict[str, Metrics]],
+    samples: dict[str, list[dict[str, Any]]],
+    steerer: Steerer | None,
+) -> None:
+    tracker = make_tracker(cfg, run_dir, name=run_dir.name, job_type="eval")
     try:
-        flat = {
-            f"{'baseline/' if c == 'baseline' else ''}{split}/{name}": value
-            for c, per_split in metrics.items()
-            for split, values in per_split.items()
-            for name, value in values.items()
-        }
-        tracker.log(flat)
+        tracker.log(
+            {
+                f"{'baseline/' if c == 'baseline' else ''}{split}/{name}": value
+                for c, per_split in metrics.items()
+                for split, values in per_split.items()
+                for name, value in values.items()
+            }
+        )
+        for name, rows in samples.items():
+            tracker.log_table(f"samples/{name}", rows)
         if steerer is not None:
-            tracker.log_artifact(run_dir / "steerer", f"steerer-{task.name}", "steerer")
+            tracker.log_artifact(run_dir / "steerer", f"steerer-{cfg.task.name}", "steerer")
     finally:
         tracker.finish()
-    split, _, name = str(cfg.optimized_metric).partition("/")
-    if split != "select":
-        raise ValueError(
-            f"optimized_metric={cfg.optimized_metric!r} must read the select split "
-            "(e.g. select/acc): hyperparameters are never chosen on the report split"
-        )
-    return float(steered["select"][name]) if "select" in steered else float("nan")
 
 
-def print_table(task: str, metrics: dict[str, dict[str, dict[str, float]]], splits: Any) -> None:
+def print_table(task: str, metrics: dict[str, dict[str, Metrics]], splits: Any) -> None:
     rows = [f"{'task':<12} {'split':<7} {'metric':<9} {'baseline':>16} {'steered':>16}"]
     for split in splits:
         base = metrics["baseline"][split]

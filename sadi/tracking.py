@@ -20,6 +20,14 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
@@ -33,6 +41,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float]) -> None: ...
     def log_artifact(self, path: Path, name: str, kind: str) -> None: ...
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -43,6 +52,9 @@ class NoTracker:
         pass
 
     def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        pass
+
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
         pass
 
     def finish(self) -> None:
@@ -92,6 +104,17 @@ class WandbTracker:
         else:
             artifact.add_file(str(path))
         self.run.log_artifact(artifact)
+
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
+        """Per-sample rows as a W&B table (lists are stored as JSON text)."""
+        if not rows:
+            return
+        columns: list[str | int] = list(rows[0])
+        data = [
+            [json.dumps(r[c]) if isinstance(r[c], list | dict) else r[c] for c in rows[0]]
+            for r in rows
+        ]
+        self.run.log({key: self._wandb.Table(columns=columns, data=data)})
 
     def finish(self) -> None:
         self.run.finish()

@@ -100,6 +100,9 @@ class Steerer(ABC):
     """
 
     method: ClassVar[str]
+    # hyperparameters that only change how a fitted state is applied, not the state itself:
+    # a sweep over them reuses one fit (see `fit_key`)
+    apply_params: ClassVar[tuple[str, ...]] = ()
     # where a full forward is edited, and whether KV-cache decoding steps are; a method may
     # set these per instance (e.g. ITI's "continuation" or "all")
     edit_policy: PositionPolicy = "last_prompt"
@@ -231,6 +234,29 @@ class Steerer(ABC):
             stack.enter_context(observe_forward(base, before_forward))
             stack.enter_context(hooked(model, hook_site, hooks))
             yield handle
+
+    # ----- fit cache ---------------------------------------------------------------------
+    def fit_key(self, model: nn.Module, pairs: Sequence[Pair]) -> dict[str, Any]:
+        """Everything that determines the fitted state: method, component, fit parameters,
+        model identity and shape, and the exact pairs (so task, split, seed and data)."""
+        params = {k: v for k, v in self.params().items() if k not in self.apply_params}
+        return {
+            "method": self.method,
+            "component": self.component,
+            "params": params,
+            "model": str(getattr(model.config, "name_or_path", "")),
+            "dtype": str(next(model.parameters()).dtype),
+            "fingerprint": model_shape(model).as_dict(),
+            "pairs": [[p.prompt, p.positive, p.negative, p.item_id] for p in pairs],
+        }
+
+    def adopt(self, fitted: Steerer) -> Self:
+        """Take the fitted state of `fitted` (same method and fit parameters); returns self."""
+        if type(fitted) is not type(self) or fitted.component != self.component:
+            raise ValueError(f"cannot adopt a {fitted.method}/{fitted.component} state")
+        self._load_tensors(fitted.tensors())
+        self.shape, self.model_id, self.n_pairs = fitted.shape, fitted.model_id, fitted.n_pairs
+        return self
 
     # ----- artifacts -------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class SADI(Steerer):
     """
 
     method: ClassVar[str] = "sadi"
+    apply_params = ("strength", "mode")
     edit_policy: PositionPolicy = "last_prompt"
     edit_generated = False
 

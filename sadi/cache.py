@@ -1,0 +1,62 @@
+"""On-disk caches shared by sweep points: fitted steerers and unsteered evaluations.
+
+An entry is a directory named by the digest of everything that determines its content. A
+per-key file lock makes parallel jobs (joblib, submitit, Slurm) that reach for the same key
+compute it once: the first holds the lock and writes the entry atomically (temporary
+directory, then rename); the others wait, then read it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def digest(obj: Any) -> str:
+    """A stable hex digest of a JSON-serialisable object (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def get_or_create(
+    root: Path, key: dict[str, Any], create: Callable[[Path], None]
+) -> tuple[Path, bool]:
+    """The entry directory for `key`, calling `create(tmp_dir)` to fill it on a miss.
+
+    Returns:
+        (entry directory, hit): hit is False when this call created the entry.
+    """
+    name = digest(key)
+    entry = root / name
+    with _locked(root / f"{name}.lock"):
+        if (entry / "key.json").exists():
+            return entry, True
+        tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=root))
+        try:
+            create(tmp)
+            (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+            if entry.exists():  # a half-written entry from a crashed job: replace it
+                shutil.rmtree(entry)
+            os.replace(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry, False
