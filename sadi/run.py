@@ -200,7 +200,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Metrics]) -> float:
     return float(metrics["select"][name]) if "select" in metrics else float("nan")
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig, job_type: str = "eval") -> float:
     """Fit on the fit split, score the configured splits with and without steering.
 
     Returns:
@@ -214,7 +214,8 @@ def run(cfg: DictConfig) -> float:
     if done.exists() and comparable(read_json(done)["config"]) == comparable(config):
         log.info("%s holds the results of this exact config: skipped", run_dir)
         print(f"skipping completed point {run_dir}")
-        return optimized_value(cfg, read_json(done)["metrics"])
+        metrics_done: dict[str, Metrics] = read_json(done)["metrics"]
+        return optimized_value(cfg, metrics_done)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -280,7 +281,7 @@ def run(cfg: DictConfig) -> float:
         "split_sizes": {s: len(items) for s, items in task.splits.items()},
     }
     print_table(task.name, metrics, cfg.task.splits)
-    log_run(cfg, run_dir, metrics, samples, steerer)
+    log_run(cfg, run_dir, metrics, samples, steerer, job_type)
     write_json(done, results)  # last: its presence marks the point as complete
     return optimized_value(cfg, steered)
 
@@ -291,8 +292,9 @@ def log_run(
     metrics: dict[str, dict[str, Metrics]],
     samples: dict[str, list[dict[str, Any]]],
     steerer: Steerer | None,
+    job_type: str,
 ) -> None:
-    tracker = make_tracker(cfg, run_dir, name=run_dir.name, job_type="eval")
+    tracker = make_tracker(cfg, run_dir, name=run_dir.name, job_type=job_type)
     try:
         tracker.log(
             {

@@ -38,6 +38,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+_USER_WANDB_ENV = {k for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR") if k in os.environ}
+
+
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float]) -> None: ...
     def log_artifact(self, path: Path, name: str, kind: str) -> None: ...
@@ -76,8 +79,10 @@ class WandbTracker:
         name: str,
         job_type: str,
     ) -> None:
-        os.environ.setdefault("WANDB_DATA_DIR", str(run_dir / "wandb-staging"))
-        os.environ.setdefault("WANDB_CACHE_DIR", str(run_dir / "wandb-staging" / "cache"))
+        # Stage artifacts inside this run's directory unless the user chose a place.
+        for var, sub in (("WANDB_DATA_DIR", "wandb-staging"), ("WANDB_CACHE_DIR", "wandb-cache")):
+            if var not in _USER_WANDB_ENV:
+                os.environ[var] = str(run_dir / sub)
         import wandb
 
         self._wandb = wandb

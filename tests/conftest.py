@@ -126,3 +126,12 @@ def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     from sadi.models import load_model
 
     return load_model()  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A tiny random Llama and the byte tokenizer, saved as a local model directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny("llama").save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path

@@ -75,16 +75,10 @@ def test_unknown_group_option_suggests_nearest() -> None:
     check_overrides(["task=copa,sst2", "intervention.k=3"])  # valid: no error
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny("llama").save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
-
-
 def tiny_overrides(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    """A run of SADI on a tiny random model and the project's own tiny JSONL task."""
     return [
+        f"paths.cache_dir={out.parent / 'cache'}",
         f"model.source={model_dir}",
         "model.name=tiny",
         "task=jsonl",
@@ -94,7 +88,7 @@ def tiny_overrides(model_dir: Path, out: Path, *extra: str) -> list[str]:
         "intervention.strength=4.0",
         "logger=none",
         "progress=false",
-        f"paths.output_dir={out}",
+        f"paths.output_dir='{out}'",
         *extra,
     ]
 
@@ -145,8 +139,13 @@ def test_same_command_twice_and_any_batch_size_give_identical_metrics(
     metrics = []
     for i, bs in enumerate([4, 4, 1, "auto"]):
         out = tmp_path / f"run{i}"
-        run(compose_run(tiny_overrides(tiny_model_dir, out, f"model.batch_size={bs}")))
+        # a cache of its own per run: every run fits and scores from scratch
+        overrides = tiny_overrides(
+            tiny_model_dir, out, f"model.batch_size={bs}", f"paths.cache_dir={tmp_path}/c{i}"
+        )
+        run(compose_run(overrides))
         r = json.loads((out / "results.json").read_text())
+        assert r["timings"]["fit_cache_hit"] == 0.0
         metrics.append((r["metrics"], r["baseline_metrics"]))
     assert all(m == metrics[0] for m in metrics)
 
@@ -178,7 +177,7 @@ def test_end_to_end_on_smollm2_copa(tmp_path: Path) -> None:
                 "task.n_pairs=12",
                 "logger=wandb",
                 "progress=false",
-                f"paths.output_dir={out}",
+                f"paths.output_dir='{out}'",
             ]
         )
     )

@@ -1,0 +1,132 @@
+"""Honest selection: choose hyperparameters on the select split, report the report split once.
+
+    python -m sadi.select outputs/sweeps/<sweep_name> [--logger none]
+
+For each group of sweep points (same task, model, component and method) the point with the
+best select-split value of its `optimized_metric` is chosen. Ties go to the weakest
+intervention: the smallest |strength - 1| (SADI), |alpha| (ITI) or |multiplier| (CAA), then
+the smallest k, then the override string in alphabetical order. Only the chosen point is
+then scored on the report split (its fit comes from the fit cache), in
+`<sweep>/selected/<group>/report/`, and `<sweep>/selected/<group>/selection.json` records the
+choice, every candidate's select value, and the report metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sadi.run import run
+from sadi.tracking import read_json, write_json
+
+SELECTED = "selected"
+
+
+def points(sweep_dir: Path) -> list[Path]:
+    """Run directories of a sweep (those with results.json), outside `selected/`."""
+    found = [
+        p.parent
+        for p in sweep_dir.rglob("results.json")
+        if SELECTED not in p.relative_to(sweep_dir).parts
+    ]
+    if not found:
+        raise FileNotFoundError(
+            f"no results.json under {sweep_dir}; pass the directory of a finished sweep "
+            "(outputs/sweeps/<sweep_name>)"
+        )
+    return sorted(found)
+
+
+def group_of(config: dict[str, Any]) -> str:
+    return "_".join(
+        str(x)
+        for x in (
+            config["task"]["name"],
+            config["model"]["name"],
+            config["component"]["name"],
+            config["intervention"]["name"],
+        )
+    )
+
+
+def tie_break(config: dict[str, Any], run_dir: Path) -> tuple[Any, ...]:
+    """Smaller is preferred: the weakest intervention, then fewer elements, then the name."""
+    iv = config["intervention"]
+    magnitude = abs(float(iv.get("strength", 1.0)) - 1.0)
+    magnitude += abs(float(iv.get("alpha", 0.0))) + abs(float(iv.get("multiplier", 0.0)))
+    return (magnitude, int(iv.get("k", 0)), run_dir.name)
+
+
+def select(sweep_dir: Path, logger: str | None = None) -> list[dict[str, Any]]:
+    """Choose per group on the select split, then evaluate the report split once per group."""
+    groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for point in points(sweep_dir):
+        results = read_json(point / "results.json")
+        groups.setdefault(group_of(results["config"]), []).append((point, results))
+    selections = []
+    for group, members in sorted(groups.items()):
+        candidates = []
+        for point, results in members:
+            split, _, metric = results["config"]["optimized_metric"].partition("/")
+            assert split == "select", f"{point}: optimized_metric must read the select split"
+            value = results["metrics"].get("select", {}).get(metric, math.nan)
+            candidates.append((point, results, metric, float(value)))
+        valid = [c for c in candidates if not math.isnan(c[3])]
+        if not valid:
+            raise ValueError(f"group {group}: no point has a select-split value to choose by")
+        best = max(c[3] for c in valid)
+        tied = [c for c in valid if c[3] == best]
+        point, results, metric, value = min(tied, key=lambda c: tie_break(c[1]["config"], c[0]))
+
+        out = sweep_dir / SELECTED / group
+        config = OmegaConf.create(results["config"])
+        config.task.splits = ["report"]
+        config.paths.output_dir = str(out / "report")
+        if logger is not None:
+            config.logger.name = logger
+        run(config, job_type="select")
+        report = read_json(out / "report" / "results.json")
+        selection = {
+            "group": group,
+            "metric": metric,
+            "rule": "max select value; ties: weakest intervention, then smallest k, then name",
+            "chosen": {
+                "run_dir": str(point),
+                "overrides": point.name,
+                "params": results["config"]["intervention"],
+                "select": results["metrics"]["select"],
+                "select_baseline": results["baseline_metrics"].get("select", {}),
+            },
+            "candidates": [{"run_dir": str(p), "select": v} for p, _, _, v in candidates],
+            "n_points": len(candidates),
+            "report": {
+                "metrics": report["metrics"]["report"],
+                "baseline_metrics": report["baseline_metrics"]["report"],
+            },
+            "report_run_dir": str(out / "report"),
+        }
+        write_json(out / "selection.json", selection)
+        selections.append(selection)
+        print(
+            f"{group}: chose {point.name} (select {metric} {100 * value:.2f} of "
+            f"{len(candidates)} points); report {metric} "
+            f"{100 * selection['report']['metrics'][metric]:.2f} vs baseline "
+            f"{100 * selection['report']['baseline_metrics'][metric]:.2f}"
+        )
+    return selections
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--logger", choices=["wandb", "none"], default=None)
+    args = parser.parse_args(argv)
+    select(args.sweep_dir, logger=args.logger)
+
+
+if __name__ == "__main__":
+    main()
