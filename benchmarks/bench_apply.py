@@ -157,6 +157,7 @@ def run(
                     "target": target,
                     "meets_target": ratio <= target,
                     "contention": timings.contention(),
+                    "quiet_only": timings.quiet_ratio("steered", "unsteered"),
                 }
             )
     result: dict[str, Any] = {

@@ -162,6 +162,11 @@ def run(
         "target": TARGET,
         "meets_target": ratio <= TARGET,
         "contention": timings.contention(),
+        "quiet_only": {
+            "definition": "the same ratios over the rounds in which no side was contended",
+            "fit_vs_plain_full": timings.quiet_ratio("fit", "plain_full"),
+            "fit_vs_plain_base": timings.quiet_ratio("fit", "plain_base"),
+        },
     }
     write_result(NAME, result, out_dir)
     return result

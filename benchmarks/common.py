@@ -95,6 +95,23 @@ class Timings:
     foreign_cpu: dict[str, list[float | None]]
     waited_s: float
 
+    def quiet_rounds(self) -> list[int]:
+        """Recorded rounds in which every side ran with others below CONTENDED."""
+        n = len(next(iter(self.times.values())))
+
+        def quiet(f: float | None) -> bool:
+            return f is not None and f < CONTENDED
+
+        return [r for r in range(n) if all(quiet(v[r]) for v in self.foreign_cpu.values())]
+
+    def quiet_ratio(self, num: str, den: str) -> dict[str, Any]:
+        """median(num) / median(den) over the quiet rounds only (None when there are none)."""
+        rounds = self.quiet_rounds()
+        if not rounds:
+            return {"rounds": 0, "ratio": None, "medians_s": None}
+        med = {k: statistics.median(v[r] for r in rounds) for k, v in self.times.items()}
+        return {"rounds": len(rounds), "ratio": med[num] / med[den], "medians_s": med}
+
     def contention(self) -> dict[str, Any]:
         fractions = [f for v in self.foreign_cpu.values() for f in v if f is not None]
         return {
@@ -103,6 +120,7 @@ class Timings:
             "calls": sum(len(v) for v in self.times.values()),
             "max_foreign_cpu": max(fractions) if fractions else None,
             "waited_for_quiet_s": round(self.waited_s, 1),
+            "quiet_rounds": self.quiet_rounds(),
             "foreign_cpu_per_call": self.foreign_cpu,
         }
 

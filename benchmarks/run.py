@@ -17,11 +17,12 @@ from benchmarks.common import CONTENDED, RESULTS_DIR, load_default_model
 BENCHMARKS = ("fit", "apply")
 
 
-Row = tuple[str, str, str, str, str, str, str]
+Row = tuple[str, ...]
+HEADER: Row = ("case", "baseline s", "measured s", "ratio", "target", "ok", "contended", "quiet")
 
 
 def rows(name: str, result: dict[str, Any]) -> list[Row]:
-    """(case, baseline median, measured median, ratio, target, ok, contended) rows."""
+    """One table row per comparison: medians, ratio, target, contention, quiet-only ratio."""
 
     def ok(flag: bool) -> str:
         return "yes" if flag else "NO"
@@ -29,8 +30,12 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
     def busy(contention: dict[str, Any]) -> str:
         return f"{contention['contended_calls']}/{contention['calls']}"
 
+    def quiet(q: dict[str, Any]) -> str:
+        return "-" if q["ratio"] is None else f"{q['ratio']:.3f} ({q['rounds']})"
+
     if name == "fit":
         med = result["medians_s"]
+        q = result["quiet_only"]
         return [
             (
                 "fit / plain forward (full model)",
@@ -40,6 +45,7 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
                 f"<= {result['target']}",
                 ok(result["meets_target"]),
                 busy(result["contention"]),
+                quiet(q["fit_vs_plain_full"]),
             ),
             (
                 "fit / plain forward (base, same order)",
@@ -49,9 +55,10 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
                 "(info)",
                 "",
                 busy(result["contention"]),
+                quiet(q["fit_vs_plain_base"]),
             ),
         ]
-    out = []
+    out: list[Row] = []
     for case in result["cases"]:
         med = case["medians_s"]
         out.append(
@@ -63,13 +70,14 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
                 f"<= {case['target']}",
                 ok(case["meets_target"]),
                 busy(case["contention"]),
+                quiet(case["quiet_only"]),
             )
         )
     return out
 
 
 def print_table(table: list[Row]) -> None:
-    header = ("case", "baseline s", "measured s", "ratio", "target", "ok", "contended")
+    header = HEADER
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     for i, r in enumerate([header, *table]):
         print(
@@ -134,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("all targets met" if all_ok else "some targets NOT met (see the table)")
     print(
         "contended: timed calls during which other processes used >= "
-        f"{CONTENDED:.0%} of the machine's CPU (see 'contention' in the JSON)"
+        f"{CONTENDED:.0%} of the machine's CPU (see 'contention' in the JSON); "
+        "quiet: the ratio over uncontended rounds only (their count)"
     )
     return 0
 

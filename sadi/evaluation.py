@@ -1,8 +1,11 @@
 """Score a sadi task split through lm-evaluation-harness, with or without a steerer.
 
-Each split is written as a JSONL file (id, question, choices, label, correct) into the run's
-work directory and handed to lm-eval as a `multiple_choice` task built from a config dict
-(`dataset_path: json`), so lm-eval does the request building, batching and metrics offline.
+Each split is written as a JSONL file (id, question, choices, label, correct) into a private
+temporary directory (the `datasets` json loader treats paths as glob patterns, so run
+directories named after overrides such as `task.splits=[select]` cannot hold it) and handed
+to lm-eval as a `multiple_choice` task built from a config dict (`dataset_path: json`), so
+lm-eval does the request building, batching and metrics offline. The run directory keeps the
+per-sample records instead.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -66,6 +70,23 @@ def task_config(name: str, data_file: Path, metric: Metric) -> dict[str, Any]:
     return config
 
 
+def _simple_evaluate(lm: LM, config: dict[str, Any], seed: int) -> dict[str, Any]:
+    out = simple_evaluate(
+        model=lm,
+        tasks=[config],
+        num_fewshot=0,
+        task_manager=task_manager(),
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    assert out is not None
+    return out
+
+
 def write_split(items: Sequence[Item], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
@@ -82,7 +103,6 @@ def evaluate_split(
     *,
     task_name: str,
     metric: Metric,
-    work_dir: Path,
     seed: int = 0,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score `items` with `lm` through lm-eval.
@@ -91,21 +111,11 @@ def evaluate_split(
         (metrics, samples): metrics as {metric: value, metric_stderr: value}; samples, one per
         item, with its context, continuations, log-likelihoods, prediction and scores.
     """
-    data_file = write_split(items, work_dir / f"{task_name}.jsonl")
-    out = simple_evaluate(
-        model=lm,
-        tasks=[task_config(task_name, data_file, metric)],
-        num_fewshot=0,
-        task_manager=task_manager(),
-        log_samples=True,
-        bootstrap_iters=0,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
-    assert out is not None
+    with tempfile.TemporaryDirectory(prefix="sadi-lm-eval-") as tmp:
+        data_file = write_split(items, Path(tmp) / f"{task_name}.jsonl")
+        out = _simple_evaluate(lm, task_config(task_name, data_file, metric), seed)
     raw = out["results"][task_name]
+
     metrics: dict[str, float] = {}
     for key, value in raw.items():
         if "," not in key or not isinstance(value, int | float):
@@ -158,7 +168,6 @@ def generate_split(
     prompts: Sequence[tuple[str, str]],
     *,
     task_name: str,
-    work_dir: Path,
     max_gen_toks: int = 64,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
@@ -167,8 +176,8 @@ def generate_split(
     Open-ended answers need a judge (CAA used GPT-4) that is not available offline; the
     generations are returned for rating, with their length as the only automatic metric.
     """
-    data_file = work_dir / f"{task_name}.jsonl"
-    data_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.TemporaryDirectory(prefix="sadi-lm-eval-")
+    data_file = Path(tmp.name) / f"{task_name}.jsonl"
     with data_file.open("w") as f:
         for item_id, text in prompts:
             f.write(json.dumps({"id": item_id, "question": text}) + "\n")
@@ -185,19 +194,8 @@ def generate_split(
         "metric_list": [{"metric": "gen_chars", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
     }
-    out = simple_evaluate(
-        model=lm,
-        tasks=[config],
-        num_fewshot=0,
-        task_manager=task_manager(),
-        log_samples=True,
-        bootstrap_iters=0,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
-    assert out is not None
+    with tmp:
+        out = _simple_evaluate(lm, config, seed)
     return [
         {"id": s["doc"]["id"], "prompt": s["doc"]["question"], "generation": s["resps"][0][0]}
         for s in sorted(out["samples"][task_name], key=lambda s: s["doc_id"])

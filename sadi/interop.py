@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from sadi.architectures import architecture_of, decoder_layers
 from sadi.steerers.base import check_finite
-from sadi.steerers.caa import CAA, CAAState, CaaPositions
+from sadi.steerers.caa import CAA, CaaPositions, CAAState
 
 LM_EVAL_SUFFIXES = (".pt", ".pth")  # the file types lm-eval's `steered` model reads as vectors
 
@@ -142,8 +142,10 @@ def import_lm_eval_steer(
         )
     for key in ("head_index", "bias"):
         if info.get(key) is not None:
+            value = info[key]
+            shown = f"<tensor {tuple(value.shape)}>" if isinstance(value, Tensor) else repr(value)
             raise ValueError(
-                f"{src}: hookpoint {hookpoint!r} has {key}={info[key]!r}; CAA adds one vector "
+                f"{src}: hookpoint {hookpoint!r} has {key}={shown}; CAA adds one vector "
                 f"to the whole decoder layer output, so {key} must be None"
             )
     layer = _layer_of(hookpoint, model)

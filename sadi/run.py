@@ -133,7 +133,6 @@ def evaluate(
     lm_kwargs: dict[str, Any] = {"tokenizer": tokenizer, "batch_size": cfg.model.batch_size}
     if cfg.model.max_length:
         lm_kwargs["max_length"] = cfg.model.max_length
-    condition = "baseline" if steerer is None else "steered"
 
     def score(out: Path | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
         values, samples = evaluate_split(
@@ -141,7 +140,6 @@ def evaluate(
             task.splits[split],
             task_name=f"sadi_{task.name}_{split}",
             metric=task.metric,
-            work_dir=run_dir / "lm_eval_data" / condition,
             seed=cfg.seed,
         )
         if out is not None:
@@ -181,7 +179,6 @@ def generate_open_ended(
             SteeredLM(model, steerer=st, tokenizer=tokenizer, batch_size=cfg.model.batch_size),
             prompts,
             task_name=f"sadi_{task.name}_open_ended",
-            work_dir=run_dir / "lm_eval_data" / condition,
             max_gen_toks=cfg.task.max_gen_toks,
             seed=cfg.seed,
         )

@@ -74,7 +74,7 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         (path,) = path.glob("run-*.wandb")
     out = OfflineRun()
     for payload in _payloads(path.read_bytes()):
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":

@@ -168,7 +168,5 @@ def test_lm_eval_cli_runs_the_sadi_model(setup: tuple, tmp_path) -> None:  # typ
     lm = SteeredLM(model, steerer=sadi, tokenizer=byte_tokenizer(), batch_size=4, device="cpu")
     from sadi.evaluation import evaluate_split
 
-    metrics, _ = evaluate_split(
-        lm, items, task_name="sadi_tiny_py", metric="acc", work_dir=tmp_path
-    )
+    metrics, _ = evaluate_split(lm, items, task_name="sadi_tiny_py", metric="acc")
     assert acc == metrics["acc"]

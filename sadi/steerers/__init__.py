@@ -1,8 +1,21 @@
 """Steering methods: one module and one class each, registered by method name."""
 
 from sadi.steerers.base import FingerprintMismatch, Steerer, SteeringHandle
-from sadi.steerers.sadi import SADI
+from sadi.steerers.caa import CAA, CAAState
+from sadi.steerers.iti import ITI, ITIState
+from sadi.steerers.sadi import SADI, SADIState
 
-STEERERS: dict[str, type[Steerer]] = {SADI.method: SADI}
+STEERERS: dict[str, type[Steerer]] = {cls.method: cls for cls in (SADI, ITI, CAA)}
 
-__all__ = ["SADI", "STEERERS", "FingerprintMismatch", "Steerer", "SteeringHandle"]
+__all__ = [
+    "CAA",
+    "CAAState",
+    "ITI",
+    "ITIState",
+    "SADI",
+    "SADIState",
+    "STEERERS",
+    "FingerprintMismatch",
+    "Steerer",
+    "SteeringHandle",
+]

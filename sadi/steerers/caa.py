@@ -80,6 +80,7 @@ class CAA(Steerer):
     """
 
     method: ClassVar[str] = "caa"
+    apply_params = ("layer", "multiplier", "normalize", "positions")
     edit_policy: PositionPolicy = "continuation"
     edit_generated = True
 
@@ -149,12 +150,13 @@ class CAA(Steerer):
                 f"read_offset={changes['read_offset']!r} instead"
             )
         kwargs = {
+            "component": self.component,
             **self.params(),
             "batch_size": self.batch_size,
             "progress": self.progress,
             **changes,
         }
-        new = CAA(self.component, **kwargs)
+        new = CAA(**kwargs)
         new.shape, new.model_id, new.n_pairs, new.state = (
             self.shape,
             self.model_id,

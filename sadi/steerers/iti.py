@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -82,9 +83,14 @@ class ITI(Steerer):
         direction: "mass_mean" (mu_true - mu_false) or "probe" (the probe's weights).
         positions: cells edited in a full forward: "continuation" (every continuation
             token of a scored row) or "all" (every real token, prompt included). Tokens
-            generated with a KV cache are edited in both cases.
+            generated with a KV cache are edited in both cases. Under `generate` the
+            prefill is all prompt, so with "continuation" the first new token is predicted
+            from an unedited prefill (the authors' generation code also edits the last
+            prompt token); "all" edits the whole prefill.
         heldout: fraction of the pairs held apart to score the probes, in (0, 1); the
             train part has int(n_pairs * (1 - heldout)) pairs, as in the authors' code.
+            The held-apart pairs only score the probes for selection; the mass-mean theta
+            and sigma use every fit pair, as the authors' code does.
         seed: seeds the pair split and the probes' `random_state` (authors: 42).
         batch_size: batch size of the activation-reading passes.
         progress: show progress bars while fitting.
@@ -98,6 +104,7 @@ class ITI(Steerer):
     """
 
     method: ClassVar[str] = "iti"
+    apply_params = ("alpha", "positions")
     edit_generated = True
 
     def __init__(
@@ -254,7 +261,8 @@ class ITI(Steerer):
         theta = torch.where(norm > 0, raw / norm.clamp(min=1e-300), torch.zeros_like(raw))
         theta = torch.where(mask.unsqueeze(-1), theta, torch.zeros_like(theta))
         proj = (heads * theta).sum(dim=-1)  # [2 * pairs, L, H]
-        sigma = torch.where(mask, proj.std(dim=0, correction=0), torch.zeros(()))
+        std = proj.std(dim=0, correction=0)  # [L, H], population std like np.std
+        sigma = torch.where(mask, std, torch.zeros_like(std))
 
         self.state = ITIState(
             accuracy=accuracy.float(), mask=mask, direction=theta.float(), sigma=sigma.float()
@@ -272,11 +280,14 @@ class ITI(Steerer):
         accuracy = np.zeros((n_layers, n_heads))
         coef = np.zeros((n_layers, n_heads, head_dim))
         cells = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-        for layer, head in tqdm(cells, desc="ITI probes", disable=not self.progress):
-            probe = LogisticRegression(max_iter=1000, random_state=self.seed)
-            probe.fit(x_train[:, layer, head], y_train)
-            accuracy[layer, head] = probe.score(x_held[:, layer, head], y_held)
-            coef[layer, head] = probe.coef_[0]  # points towards class 1 (true)
+        # each probe is a tiny problem (head_dim features); a multithreaded BLAS only spins
+        # on it (10-20x slower measured on 2 cores), so run one BLAS thread while probing
+        with threadpool_limits(limits=1, user_api="blas"):
+            for layer, head in tqdm(cells, desc="ITI probes", disable=not self.progress):
+                probe = LogisticRegression(max_iter=1000, random_state=self.seed)
+                probe.fit(x_train[:, layer, head], y_train)
+                accuracy[layer, head] = probe.score(x_held[:, layer, head], y_held)
+                coef[layer, head] = probe.coef_[0]  # points towards class 1 (true)
         return torch.from_numpy(accuracy), torch.from_numpy(coef)
 
     # ----- apply ---------------------------------------------------------------------

@@ -1,0 +1,314 @@
+"""Report tables, confidence intervals, paired tests and plots on synthetic run directories.
+
+`build_dirs` is shared with tests/test_notebook.py: it writes run and sweep directories in the
+layout of `python -m sadi.run` (results.json, samples, steerer) without running a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sadi.report import (
+    _axes,
+    bootstrap_ci,
+    collect,
+    main,
+    paired_test,
+    plot_head_heatmap,
+    plot_methods,
+    plot_strength,
+    table,
+    to_html,
+    to_markdown,
+)
+
+N_LAYERS, N_HEADS = 6, 4
+
+
+def scores_pair(n: int, p_base: float, gain: float, seed: int) -> tuple[list[float], list[float]]:
+    """(steered, baseline) 0/1 scores: baseline has round(p_base * n) ones; steered turns
+    round(gain * n) of its zeros into ones, so every discordant item favours steering."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros(n)
+    base[rng.permutation(n)[: round(p_base * n)]] = 1
+    steered = base.copy()
+    steered[np.flatnonzero(base == 0)[: round(gain * n)]] = 1
+    return steered.tolist(), base.tolist()
+
+
+def _summary(scores: list[float]) -> dict[str, float]:
+    x = np.asarray(scores)
+    return {"acc": float(x.mean()), "acc_stderr": float(x.std(ddof=1) / math.sqrt(len(x)))}
+
+
+def _write_steerer(directory: Path, method: str, component: str, k: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    directory.mkdir(parents=True)
+    if method == "caa":
+        tensors = {"vectors": torch.randn(N_LAYERS, 16, generator=g)}
+    else:
+        score = torch.rand(N_LAYERS, N_HEADS, generator=g)
+        score = score - 0.5 if method == "sadi" else 0.5 + score / 2
+        mask = torch.zeros(N_LAYERS * N_HEADS, dtype=torch.bool)
+        mask[score.flatten().topk(k).indices] = True
+        name = "delta" if method == "sadi" else "accuracy"
+        tensors = {name: score, "mask": mask.view(N_LAYERS, N_HEADS)}
+    save_file(tensors, str(directory / "steerer.safetensors"))
+    shape = {"n_layers": N_LAYERS, "n_heads": N_HEADS, "head_dim": 4, "d_model": 16}
+    meta = {"method": method, "component": component, "k": k, "fingerprint": shape}
+    (directory / "steerer.json").write_text(json.dumps({**meta, "model_id": "tiny-random"}))
+
+
+def write_run(
+    run_dir: Path,
+    scores: dict[str, tuple[list[float], list[float]]],
+    *,
+    intervention: str = "sadi",
+    component: str = "head",
+    params: dict[str, Any] | None = None,
+    task: str = "copa",
+    samples: bool = True,
+) -> Path:
+    """One run directory; `scores` maps split -> (steered, baseline) per-item scores."""
+    run_dir.mkdir(parents=True)
+    steered = intervention != "none"
+    params = dict(params or {})
+    cfg = {
+        "task": {"name": task, "primary_metric": "acc", "splits": list(scores)},
+        "model": {"name": "tiny"},
+        "component": {"name": component},
+        "intervention": {"name": intervention, "_target_": "x", "seed": 0, **params},
+    }
+    results = {
+        "config": cfg,
+        "metrics": {s: _summary(st if steered else b) for s, (st, b) in scores.items()},
+        "baseline_metrics": {s: _summary(b) for s, (_, b) in scores.items()},
+        "steered": steered,
+        "steerer": str(run_dir / "steerer") if steered else None,
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    for split, (st, b) in scores.items():
+        if not samples:
+            continue
+        files = {"": st, "_baseline": b} if steered else {"": b}
+        for suffix, values in files.items():
+            rows = [{"id": f"{task}-{i}", "label": 0, "acc": v} for i, v in enumerate(values)]
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            (run_dir / f"samples_{task}_{split}{suffix}.jsonl").write_text(text)
+    if steered:
+        k = int(params.get("k", params.get("layer", 3)))
+        _write_steerer(run_dir / "steerer", intervention, component, k, seed=k)
+    return run_dir
+
+
+def build_dirs(root: Path, layout: Literal["select", "flat", "none"] = "select") -> list[Path]:
+    """Synthetic runs; returns [SADI sweep, ITI run, CAA run, unsteered run].
+
+    The SADI sweep has 2 K x 3 strengths scored on the select split; k=4, strength=5 is best.
+    `layout` "select": as `python -m sadi.select` writes it (selection.json listing its
+    candidates and the report run in `selected/<group>/`); "flat": selection.json and the
+    report run in the sweep directory itself, no candidates listed; "none": no select stage.
+    The ITI run has samples, the CAA run only results.json. Report split: baseline 60%,
+    SADI 75%, ITI and CAA 66%.
+    """
+    sweep = root / "sweep_sadi"
+    points = []
+    for i, (k, strength) in enumerate((k, s) for k in (2, 4) for s in (1.0, 5.0, 10.0)):
+        gain = 0.1 if (k, strength) == (4, 5.0) else 0.02 * k * min(strength, 5.0) / 5
+        params = {"k": k, "strength": strength, "mode": "online"}
+        select = {"select": scores_pair(300, 0.55, gain, 1)}
+        points.append(write_run(sweep / f"{i}_k={k}_s={strength}", select, params=params))
+    if layout != "none":
+        group = sweep / "selected" / "copa_tiny_head_sadi" if layout == "select" else sweep
+        report = {"report": scores_pair(200, 0.6, 0.15, 2)}
+        report_dir = write_run(group / "report", report, params={"k": 4, "strength": 5.0})
+        results = json.loads((report_dir / "results.json").read_text())
+        chosen = json.loads((points[4] / "results.json").read_text())
+        sel: dict[str, Any] = {
+            "metric": "acc",
+            "chosen": {
+                "run_dir": str(points[4]),
+                "overrides": points[4].name,
+                "params": chosen["config"]["intervention"],
+                "select": chosen["metrics"]["select"],
+            },
+            "report": {k: results[k]["report"] for k in ("metrics", "baseline_metrics")},
+            "report_run_dir": str(report_dir),
+            "n_points": 6,
+        }
+        if layout == "select":
+            sel["candidates"] = [{"run_dir": str(p), "select": 0.5} for p in points]
+        (group / "selection.json").write_text(json.dumps(sel))
+    both = {"select": scores_pair(300, 0.55, 0.05, 3), "report": scores_pair(200, 0.6, 0.06, 2)}
+    iti = write_run(root / "iti_run", both, intervention="iti", params={"k": 3, "alpha": 15.0})
+    caa = write_run(
+        root / "caa_run",
+        both,
+        intervention="caa",
+        component="residual",
+        params={"layer": 3, "multiplier": 1.0},
+        samples=False,
+    )
+    none = write_run(root / "none_run", both, intervention="none", component="head")
+    return [sweep, iti, caa, none]
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> list[Path]:
+    return build_dirs(tmp_path / "runs")
+
+
+def test_bootstrap_ci_binary() -> None:
+    x = np.zeros(500)
+    x[np.random.default_rng(0).permutation(500)[:350]] = 1  # p = 0.7
+    e = bootstrap_ci(x, n_resamples=2000, seed=0)
+    assert e.value == pytest.approx(0.7) and e.n == 500
+    assert e.lo is not None and e.hi is not None and e.lo < 0.7 < e.hi
+    # normal approximation: 1.96 * sqrt(0.7 * 0.3 / 500) = 0.0402
+    assert 0.035 < (e.hi - e.lo) / 2 < 0.046
+    assert bootstrap_ci(x, seed=0) == e  # seeded
+    wide = bootstrap_ci(x[:125], seed=0)
+    assert wide.lo is not None and wide.hi is not None
+    assert (wide.hi - wide.lo) == pytest.approx(2 * (e.hi - e.lo), rel=0.2)  # ~ 1 / sqrt(n)
+
+
+def test_paired_test_identical_scores() -> None:
+    a, _ = scores_pair(200, 0.6, 0.0, 0)
+    t = paired_test(a, a)
+    assert t.test == "mcnemar" and t.p_value == 1.0 and t.diff.value == 0.0
+    c = np.random.default_rng(0).random(200)
+    t = paired_test(c, c)
+    assert t.test == "bootstrap" and t.p_value == 1.0 and t.diff.lo == t.diff.hi == 0.0
+
+
+def test_paired_test_large_consistent_difference() -> None:
+    steered, base = scores_pair(200, 0.6, 0.15, 0)
+    t = paired_test(steered, base)
+    assert t.test == "mcnemar" and t.p_value == pytest.approx(2 * 0.5**30)  # 30 vs 0 discordant
+    assert t.diff.value == pytest.approx(0.15) and t.diff.lo is not None and t.diff.lo > 0
+    c = np.random.default_rng(0).random(200)
+    t = paired_test(c + 0.1 + 0.01 * np.random.default_rng(1).standard_normal(200), c)
+    assert t.test == "bootstrap" and t.p_value < 0.01
+
+
+def test_mcnemar_exact_value() -> None:
+    a = [1.0] * 8 + [0.0] * 2 + [1.0] * 5
+    b = [0.0] * 8 + [1.0] * 2 + [1.0] * 5  # 8 vs 2 discordant
+    assert paired_test(a, b).p_value == pytest.approx(2 * (1 + 10 + 45) / 2**10)
+
+
+@pytest.mark.parametrize("layout", ["select", "flat"])
+def test_collect_uses_selection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: Literal["select", "flat"]
+) -> None:
+    dirs = build_dirs(tmp_path / "runs", layout)
+    records = collect(dirs)
+    assert [r.method for r in records] == ["sadi-head", "iti-head", "caa-residual", "none"]
+    sadi = records[0]
+    assert sadi.params["k"] == 4 and sadi.params["strength"] == 5.0
+    assert sadi.chosen_by == "selection.json (6 points)"
+    assert len(sadi.points) == 6  # the report run is not a point of the sweep
+    assert sadi.metrics["report"]["acc"] == pytest.approx(0.75)
+    assert sadi.sample_dirs["report"].name == "report"
+    # a directory above everything: the same four records, the sweep not split in two
+    assert sorted(r.method for r in collect([tmp_path / "runs"])) == sorted(
+        r.method for r in records
+    )
+    monkeypatch.chdir(tmp_path)  # relative paths against the absolute ones in selection.json
+    (rel,) = collect(["runs/sweep_sadi"])
+    assert len(rel.points) == 6 and rel.run_dir == sadi.run_dir
+    for f in (tmp_path / "runs").rglob("selection.json"):  # no candidates listed
+        f.write_text(
+            json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "candidates"})
+        )
+    (unlisted,) = collect(["runs/sweep_sadi"])
+    assert len(unlisted.points) == 6 and unlisted.chosen_by == sadi.chosen_by
+
+
+def test_collect_without_selection_chooses_on_select(tmp_path: Path) -> None:
+    (sweep, *_) = build_dirs(tmp_path, layout="none")
+    (rec,) = [r for r in collect([sweep]) if r.points]
+    assert (rec.params["k"], rec.params["strength"]) == (4, 5.0)
+    assert rec.chosen_by.startswith("best select/acc")
+
+
+def test_table_markdown_html(dirs: list[Path]) -> None:
+    rows = table(collect(dirs), n_resamples=500)
+    by = {r["method"]: r for r in rows}
+    assert rows[0]["method"] == "none"  # the unsteered row first within a task
+    assert by["sadi-head"]["p_value"] < 1e-6 and by["sadi-head"]["test"] == "mcnemar"
+    assert by["none"]["p_value"] is None and by["caa-residual"]["report"].lo is None
+    md = to_markdown(rows, n_resamples=500)
+    assert "chosen on the **select** split" in md and "shown once" in md
+    sadi_line = next(line for line in md.splitlines() if "| sadi-head |" in line)
+    assert "| 75.0 [" in sadi_line and "| 60.0 [" in sadi_line and "| +15.0 [+" in sadi_line
+    assert "k=4, strength=5.0" in sadi_line and "selection.json" in sadi_line
+    caa_line = next(line for line in md.splitlines() if "| caa-residual |" in line)
+    assert "66.0 +- 3.4 (CI n/a)" in caa_line
+    page = to_html(rows)
+    assert page.startswith("<!DOCTYPE html>") and "<td>iti-head</td>" in page
+    assert "<td>66.0 +- 3.4 (CI n/a)</td>" in page and "<style>" in page
+
+
+def test_plots_written(dirs: list[Path], tmp_path: Path) -> None:
+    records = collect(dirs)
+    sadi, iti, caa, _ = records
+    out = tmp_path / "out"
+    out.mkdir()
+    p = plot_strength(sadi.points, out / "strength.png", sadi)
+    assert p is not None and p.stat().st_size > 1000
+    for rec in (sadi, iti):
+        assert rec.steerer_dir is not None
+        p = plot_head_heatmap(rec.steerer_dir, out / f"heads_{rec.method}.png")
+        assert p is not None and p.stat().st_size > 1000
+    assert caa.steerer_dir is not None and plot_head_heatmap(caa.steerer_dir, out / "x.png") is None
+    (p,) = plot_methods(table(records, n_resamples=200), out)
+    assert p.stat().st_size > 1000
+
+
+def test_cli(dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert main([*map(str, dirs), "--out", str(out), "--resamples", "300"]) == 0
+    assert "| sadi-head |" in capsys.readouterr().out
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 4 and all(
+        (out / p).stat().st_size > 0 for p in pngs
+    )  # strength, 2 heads, bars
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert "![" in (out / "report.md").read_text()
+
+
+def test_strength_axes_per_method(tmp_path: Path) -> None:
+    grids = {
+        "caa": ("residual", [{"layer": la, "multiplier": m} for la in (2, 3) for m in (-1, 1)]),
+        "iti": ("head", [{"k": k, "alpha": a} for k in (4, 8) for a in (5.0, 15.0)]),
+    }
+    for method, (component, grid) in grids.items():
+        for i, params in enumerate(grid):
+            run = tmp_path / method / str(i)
+            write_run(
+                run,
+                {"select": scores_pair(50, 0.5, 0.02 * i, i)},
+                intervention=method,
+                component=component,
+                params=params,
+            )
+        (rec,) = collect([tmp_path / method])
+        assert len(rec.points) == 4
+        assert (
+            _axes(rec.points) == {"caa": ("multiplier", ["layer"]), "iti": ("alpha", ["k"])}[method]
+        )
+        assert plot_strength(rec.points, tmp_path / f"{method}.png", rec) is not None
+
+
+def test_collect_names_the_fix_for_an_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="python -m sadi.run"):
+        collect([tmp_path])
