@@ -135,7 +135,8 @@ def test_left_and_right_padding_equal_one_by_one(family: str, positions: str) ->
 
 @pytest.mark.parametrize("positions", POSITIONS)
 def test_generate_edits_generated_tokens(family: str, positions: str) -> None:
-    """Decode steps are edited; the prefill only under "all" (the whole input is prompt)."""
+    """Decode steps are edited; in the prefill the last token (it produces the first new
+    token) under "continuation", every real token under "all"."""
     model, caa = fitted(family, multiplier=3.0, positions=positions)
     batch = encode(byte_tokenizer(), ["Hello there", "Hi"], padding_side="left")
     edited: list[tuple[int, int]] = []
@@ -150,7 +151,8 @@ def test_generate_edits_generated_tokens(family: str, positions: str) -> None:
     with torch.no_grad(), caa.apply(model):
         out = model.generate(batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
     prefill = [(batch.input_ids.shape[1], int(batch.attention_mask.sum()))]
-    assert edited == (prefill if positions == "all" else []) + [(1, 2), (1, 2)]
+    last = [(batch.input_ids.shape[1], 2)]
+    assert edited == (prefill if positions == "all" else last) + [(1, 2), (1, 2)]
     assert out.shape == (2, batch.input_ids.shape[1] + 3)
 
 

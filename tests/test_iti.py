@@ -206,8 +206,8 @@ def test_generate_edits_every_generated_token(family: str, positions: str) -> No
     if positions == "all":  # the prefill edits every real prompt token
         prefill = [(batch.input_ids.shape[1], int(batch.attention_mask.sum()))]
         assert calls == prefill + decode_steps
-    else:  # no continuation in a plain prompt: the prefill is not edited
-        assert calls == decode_steps
+    else:  # the prefill's last token produces the first new token: edited in each row
+        assert calls == [(batch.input_ids.shape[1], 2)] + decode_steps
 
 
 def test_no_hook_remains_after_exit_or_exception(family: str) -> None:

@@ -26,13 +26,20 @@ def compose_run(overrides: list[str]) -> DictConfig:
         return compose("config", overrides=overrides)
 
 
-def test_every_combination_composes() -> None:
-    combos = list(
-        itertools.product(
+# ITI steers attention heads and CAA the residual stream; other methods take any component
+FIXED_COMPONENT = {"iti": "head", "caa": "residual"}
+
+
+@pytest.mark.slow  # ~1,800 compositions
+def test_every_valid_combination_composes() -> None:
+    combos = [
+        (m, t, c, i)
+        for m, t, c, i in itertools.product(
             options("model"), options("task"), options("component"), options("intervention")
         )
-    )
-    assert len(combos) >= 6 * 14 * 5 * 2
+        if FIXED_COMPONENT.get(i, c) == c
+    ]
+    assert len(combos) >= 6 * 14 * (5 * 4 + 2)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for model, task, component, intervention in combos:
             cfg = compose(
@@ -215,3 +222,18 @@ def test_caa_task_in_chat_form_with_open_ended_generations(tmp_path: Path) -> No
         rows = [json.loads(s) for s in (out / name).read_text().splitlines()]
         assert len(rows) == 3 and all(r["prompt"].startswith("<user>") for r in rows)
         assert all(isinstance(r["generation"], str) for r in rows)
+
+
+def test_every_experiment_composes_with_its_grid() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name in options("experiment"):
+            cfg = compose(
+                "config",
+                overrides=[f"experiment={name}", "paths.output_dir=/tmp/x"],
+                return_hydra_config=True,
+            )
+            assert list(cfg.task.splits) == ["select"], name  # sweeps never see report
+            assert cfg.hydra.sweeper.params, name
+            assert FIXED_COMPONENT.get(cfg.intervention.name, cfg.component.name) == (
+                cfg.component.name
+            )

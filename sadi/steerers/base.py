@@ -211,7 +211,14 @@ class Steerer(ABC):
                     f"{(layout.batch_size, layout.padded_length)} but the forward got "
                     f"{(batch, length)}; call handle.set_layout() for each batch"
                 )
-            cells[0] = layout.indices(self.edit_policy)
+            if self.edit_generated and kwargs.get("past_key_values") is not None:
+                # the prefill of a generation: its last position produces the first
+                # generated token, so a method that steers generated tokens edits it too
+                mask = layout.mask(self.edit_policy) | layout.mask("last_token")
+                rows, pos = mask.nonzero(as_tuple=True)
+                cells[0] = (rows, pos)
+            else:
+                cells[0] = layout.indices(self.edit_policy)
             state["busy"] = True
             try:
                 self._before_full_forward(model, args, kwargs, layout)

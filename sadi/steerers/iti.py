@@ -83,10 +83,9 @@ class ITI(Steerer):
         direction: "mass_mean" (mu_true - mu_false) or "probe" (the probe's weights).
         positions: cells edited in a full forward: "continuation" (every continuation
             token of a scored row) or "all" (every real token, prompt included). Tokens
-            generated with a KV cache are edited in both cases. Under `generate` the
-            prefill is all prompt, so with "continuation" the first new token is predicted
-            from an unedited prefill (the authors' generation code also edits the last
-            prompt token); "all" edits the whole prefill.
+            generated with a KV cache are edited in both cases, and so is the last prompt
+            token of a `generate` prefill, which produces the first new token (as the
+            authors' generation code does); "all" edits the whole prefill.
         heldout: fraction of the pairs held apart to score the probes, in (0, 1); the
             train part has int(n_pairs * (1 - heldout)) pairs, as in the authors' code.
             The held-apart pairs only score the probes for selection; the mass-mean theta
