@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,18 +11,16 @@ import torch
 from steering_vectors import SteeringVector, train_steering_vector
 from torch import Tensor, nn
 
-from sadi.activations import EncodedBatch, encode, join_completion, position_ids
-from sadi.architectures import architecture_of, model_shape, site
-from sadi.hooks import LayerHook, hooked
+from sadi.activations import encode, join_completion
+from sadi.architectures import model_shape
 from sadi.pairs import Pair
 from sadi.steerers import STEERERS, FingerprintMismatch, Steerer
 from sadi.steerers.caa import CAA, CAAState
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
 
 STEERERS.setdefault("caa", CAA)
 
-PROMPTS = ["The sky is", "Water is wet and", "Hi"]
-CONTS = [" blue today", " cold", " there friend"]
 POSITIONS = ["continuation", "all"]
 
 
@@ -42,38 +38,6 @@ def fitted(family: str, read_offset: int = 0, **kw: object) -> tuple[nn.Module, 
     return model, caa.with_params(**kw)
 
 
-def forward(model: nn.Module, batch: EncodedBatch) -> Tensor:
-    kwargs = {"attention_mask": batch.attention_mask}
-    if architecture_of(model).family != "bloom":  # BLOOM uses ALiBi, no position ids
-        kwargs["position_ids"] = position_ids(batch.attention_mask)
-    with torch.no_grad():
-        return model(batch.input_ids, **kwargs).logits
-
-
-def steered(model: nn.Module, steerer: Steerer, batch: EncodedBatch) -> Tensor:
-    with steerer.apply(model) as handle:
-        handle.set_layout(batch.layout)
-        return forward(model, batch)
-
-
-@contextmanager
-def recording(model: nn.Module) -> Iterator[dict[int, Tensor]]:
-    seen: dict[int, Tensor] = {}
-
-    def grab(layer: int, act: Tensor) -> None:
-        seen[layer] = act.detach().clone()
-
-    n = model_shape(model).n_layers
-    with hooked(
-        model, site(architecture_of(model), "residual"), [LayerHook(i, grab) for i in range(n)]
-    ):
-        yield seen
-
-
-def count_hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
 def test_multiplier_zero_is_bit_identical(family: str) -> None:
     model, caa = fitted(family, multiplier=0.0, positions="all")
     batch = encode(byte_tokenizer(), PROMPTS, CONTS)
@@ -86,13 +50,13 @@ def test_edited_cells_equal_output_plus_vector(family: str, positions: str) -> N
     model, caa = fitted(family, multiplier=-1.5, positions=positions)
     batch = encode(byte_tokenizer(), PROMPTS, CONTS, padding_side="left")
     mask = batch.layout.mask(positions)  # type: ignore[arg-type]
-    with recording(model) as clean:
+    with recording(model, "residual") as clean:
         forward(model, batch)
     # `before` sees each layer's live output in the steered pass before the edit, `after` after
-    with recording(model) as before:
+    with recording(model, "residual") as before:
         with caa.apply(model) as handle:
             handle.set_layout(batch.layout)
-            with recording(model) as after:
+            with recording(model, "residual") as after:
                 forward(model, batch)
     delta = -1.5 * caa.fitted_state().vectors[1]
     for layer in range(model_shape(model).n_layers):
@@ -178,7 +142,7 @@ def test_fit_is_deterministic_and_reads_the_offset_token(family: str) -> None:
     for p in PAIRS:  # independent recomputation from single-row forwards
         acts = []
         for completion in (p.positive, p.negative):
-            with recording(model) as seen:
+            with recording(model, "residual") as seen:
                 forward(model, encode(tok, [p.prompt], [completion]))
             acts.append(torch.stack([seen[i][0, read_offset - 1] for i in sorted(seen)]))
         diffs.append(acts[0] - acts[1])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +12,13 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from sadi.activations import EncodedBatch, encode, position_ids
-from sadi.architectures import architecture_of, model_shape, site
-from sadi.hooks import LayerHook, hooked
+from sadi.activations import encode
+from sadi.architectures import model_shape
 from sadi.pairs import Pair
 from sadi.steerers import STEERERS, FingerprintMismatch, Steerer
 from sadi.steerers.iti import ITI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
 
 STEERERS.setdefault("iti", ITI)
 
@@ -33,8 +31,6 @@ ITI_PAIRS = PAIRS + [
     Pair("Cats say", " meow", " moo", "p10"),
     Pair("Honey is", " sweet", " sour", "p11"),
 ]
-PROMPTS = ["The sky is", "Water is wet and", "Hi"]
-CONTS = [" blue today", " cold", " there friend"]
 ALPHA = 3.0
 
 # fit does not depend on alpha or positions (asserted in test_fit_is_deterministic...), so
@@ -59,39 +55,6 @@ def fitted(family: str, **kw: object) -> tuple[nn.Module, ITI]:
     return model, iti
 
 
-def forward(model: nn.Module, batch: EncodedBatch) -> Tensor:
-    kwargs = {"attention_mask": batch.attention_mask}
-    if architecture_of(model).family != "bloom":  # BLOOM uses ALiBi, no position ids
-        kwargs["position_ids"] = position_ids(batch.attention_mask)
-    with torch.no_grad():
-        return model(batch.input_ids, **kwargs).logits
-
-
-def steered(model: nn.Module, steerer: Steerer, batch: EncodedBatch) -> Tensor:
-    with steerer.apply(model) as handle:
-        handle.set_layout(batch.layout)
-        return forward(model, batch)
-
-
-@contextmanager
-def recording(model: nn.Module) -> Iterator[dict[int, Tensor]]:
-    """The o_proj input of every layer, as seen at the moment this hook runs."""
-    seen: dict[int, Tensor] = {}
-
-    def grab(layer: int, act: Tensor) -> None:
-        seen[layer] = act.detach().clone()
-
-    n = model_shape(model).n_layers
-    with hooked(
-        model, site(architecture_of(model), "head"), [LayerHook(i, grab) for i in range(n)]
-    ):
-        yield seen
-
-
-def count_hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
 def last_token_heads(model: nn.Module, pairs: list[Pair]) -> tuple[Tensor, Tensor]:
     """[texts, L, H, d] head activations at the last token, one single-row forward per text,
     true texts first; and the labels (1 true, 0 false)."""
@@ -100,7 +63,7 @@ def last_token_heads(model: nn.Module, pairs: list[Pair]) -> tuple[Tensor, Tenso
     rows = []
     for comps in ([p.positive for p in pairs], [p.negative for p in pairs]):
         for p, comp in zip(pairs, comps):
-            with recording(model) as seen:
+            with recording(model, "head") as seen:
                 forward(model, encode(tok, [p.prompt], [comp]))
             rows.append(torch.stack([seen[i][0, -1] for i in range(shape.n_layers)]))
     acts = torch.stack(rows).view(2 * len(pairs), shape.n_layers, shape.n_heads, shape.head_dim)
@@ -127,10 +90,10 @@ def test_edited_elements_equal_the_formula_and_nothing_else_moves(
     batch = encode(byte_tokenizer(), PROMPTS, CONTS)  # right padding: row 1 and 2 carry pads
     cells = batch.layout.mask(positions)  # [batch, pos]
     assert iti.edit_policy == positions and 0 < int(cells.sum()) < cells.numel()
-    with recording(model) as before:
+    with recording(model, "head") as before:
         with iti.apply(model) as handle:
             handle.set_layout(batch.layout)
-            with recording(model) as after:
+            with recording(model, "head") as after:
                 forward(model, batch)
     assert iti.selected_heads(), "fit selected nothing"
     for layer in range(model_shape(model).n_layers):

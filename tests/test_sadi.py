@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from sadi.activations import EncodedBatch, encode, position_ids
-from sadi.architectures import architecture_of, model_shape, site
-from sadi.hooks import LayerHook, hooked
+from sadi.activations import encode
+from sadi.architectures import model_shape
 from sadi.pairs import Pair
 from sadi.steerers import SADI, FingerprintMismatch, Steerer
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
 
 COMPONENTS = ["head", "neuron", "neuron_down", "hidden", "residual"]
-PROMPTS = ["The sky is", "Water is wet and", "Hi"]
-CONTS = [" blue today", " cold", " there friend"]
 
 
 def fitted(family: str, component: str = "head", **kw: object) -> tuple[nn.Module, SADI]:
@@ -28,38 +24,6 @@ def fitted(family: str, component: str = "head", **kw: object) -> tuple[nn.Modul
     k = kw.pop("k", 3)
     sadi = SADI(component, k=k, progress=False, **kw)  # type: ignore[arg-type]
     return model, sadi.fit(model, byte_tokenizer(), PAIRS)
-
-
-def forward(model: nn.Module, batch: EncodedBatch) -> Tensor:
-    kwargs = {"attention_mask": batch.attention_mask}
-    if architecture_of(model).family != "bloom":  # BLOOM uses ALiBi, no position ids
-        kwargs["position_ids"] = position_ids(batch.attention_mask)
-    with torch.no_grad():
-        return model(batch.input_ids, **kwargs).logits
-
-
-def steered(model: nn.Module, steerer: Steerer, batch: EncodedBatch) -> Tensor:
-    with steerer.apply(model) as handle:
-        handle.set_layout(batch.layout)
-        return forward(model, batch)
-
-
-@contextmanager
-def recording(model: nn.Module, component: str) -> Iterator[dict[int, Tensor]]:
-    seen: dict[int, Tensor] = {}
-
-    def grab(layer: int, act: Tensor) -> None:
-        seen[layer] = act.detach().clone()
-
-    n = model_shape(model).n_layers
-    with hooked(
-        model, site(architecture_of(model), component), [LayerHook(i, grab) for i in range(n)]
-    ):
-        yield seen
-
-
-def count_hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
