@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,6 +27,8 @@ from lm_eval.tasks import TaskManager
 from sadi.tasks import Item, Metric
 
 log = logging.getLogger(__name__)
+# lm-eval only ever reads local JSONL files here: never ask the hub about them
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 _TASK_MANAGER: TaskManager | None = None
 
 
