@@ -130,16 +130,16 @@ def interleaved(
     repeats: int,
     warmup: int,
     max_wait_s: float = 0.0,
-    total_wait_s: float = 0.0,
+    total_wait_s: float | None = None,
 ) -> Timings:
     """Time each side once per round, rounds interleaved; returns raw seconds per side.
 
     Round r runs the sides in the order rotated by r (A B C, B C A, C A B, ...). The first
     `warmup` rounds are run and discarded. `gc.collect()` runs before every call, outside
     the timed region, so a collection triggered by one side is not billed to the next.
-    With `max_wait_s` > 0 each recorded round first waits (at most that long, and at most
-    `total_wait_s` over all rounds) for other processes to go quiet; the CPU they used
-    during every call is recorded either way.
+    With `max_wait_s` > 0, a recorded round that follows a contended call first waits (at
+    most that long, and at most `total_wait_s`, default 4 * max_wait_s, over all rounds)
+    for other processes to go quiet; the CPU they used during every call is recorded either way.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -147,10 +147,12 @@ def interleaved(
     names = list(sides)
     times: dict[str, list[float]] = {n: [] for n in names}
     foreign: dict[str, list[float | None]] = {n: [] for n in names}
+    wait_budget = 4 * max_wait_s if total_wait_s is None else total_wait_s
     waited = 0.0
+    last_busy: float | None = None
     for r in range(warmup + repeats):
-        if r >= warmup:
-            waited += meter.wait_for_quiet(min(max_wait_s, total_wait_s - waited))
+        if r >= warmup and (last_busy is None or last_busy >= CONTENDED):
+            waited += meter.wait_for_quiet(min(max_wait_s, wait_budget - waited))
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             gc.collect()
@@ -158,7 +160,7 @@ def interleaved(
             start = time.perf_counter()
             sides[name]()
             elapsed = time.perf_counter() - start
-            busy = meter.foreign(mark)
+            busy = last_busy = meter.foreign(mark)
             if r >= warmup:
                 times[name].append(elapsed)
                 foreign[name].append(None if busy is None else round(busy, 3))

@@ -1,4 +1,4 @@
-"""Run the benchmarks and print a compact table: `python -m benchmarks.run [--only fit|apply]`.
+"""Run the benchmarks and print a compact table: `python -m benchmarks.run [--only NAME]`.
 
 Each benchmark writes its figures to benchmarks/results/<name>.json.
 """
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_apply, bench_fit
+from benchmarks import bench_apply, bench_fit, bench_lm_eval
 from benchmarks.common import CONTENDED, RESULTS_DIR, load_default_model
 
-BENCHMARKS = ("fit", "apply")
+BENCHMARKS = ("fit", "apply", "lm_eval")
 
 
 Row = tuple[str, ...]
@@ -59,6 +59,23 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
             ),
         ]
     out: list[Row] = []
+    if name == "lm_eval":
+        med = result["medians_s"]
+        for side, ratio in result["ratios"].items():
+            target = result["targets"].get(side)
+            out.append(
+                (
+                    f"lm-eval COPA select: {side}",
+                    f"{med['unsteered']:.3f}",
+                    f"{med[side]:.3f}",
+                    f"{ratio:.3f}",
+                    f"<= {target}" if target else "(info)",
+                    ok(ratio <= target) if target else "",
+                    busy(result["contention"]),
+                    "-",
+                )
+            )
+        return out
     for case in result["cases"]:
         med = case["medians_s"]
         out.append(
@@ -127,9 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             common["max_wait_s"] = args.max_wait
         if name == "fit":
             result = bench_fit.run(**common)
-        else:
+        elif name == "apply":
             result = bench_apply.run(**common)
-        all_ok = all_ok and bool(result["meets_target"])
+        else:
+            result = bench_lm_eval.run(
+                repeats=args.repeats or 3,
+                model=model,
+                tok=tok,
+                out_dir=args.out,
+                max_wait_s=args.max_wait if args.max_wait is not None else 5.0,
+            )
+        met = result["meets_target"]
+        all_ok = all_ok and bool(all(met.values()) if isinstance(met, dict) else met)
         print(
             f"[{name}] {time.perf_counter() - start:.0f} s, {result['repeats']} repeats "
             f"-> {args.out / (name + '.json')}",
