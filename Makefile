@@ -22,7 +22,7 @@ test-fast: ## tests on tiny random models only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: ## ruff and mypy
-	$(PY) -m ruff check sadi tests benchmarks
+	$(PY) -m ruff check sadi tests benchmarks experiments
 	$(PY) -m mypy
 
 bench: ## benchmarks; figures as JSON under benchmarks/results/
