@@ -123,3 +123,6 @@ class WandbTracker:
 
     def finish(self) -> None:
         self.run.finish()
+        # finish() can return before the service has written the last records of an offline
+        # run; tearing the service down waits for it, so the .wandb file is complete
+        self._wandb.teardown()

@@ -78,11 +78,11 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            out.run_id, out.group, out.job_type = (
-                record.run.run_id,
-                record.run.run_group,
-                record.run.job_type,
-            )
+            # a run may be recorded more than once (updates); later records can leave
+            # fields empty, so an empty value never overwrites a known one
+            out.run_id = record.run.run_id or out.run_id
+            out.group = record.run.run_group or out.group
+            out.job_type = record.run.job_type or out.job_type
             for item in record.run.config.update:
                 out.config[item.key] = json.loads(item.value_json)
         elif kind == "config":
