@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import save_file
 
 from sadi.report import (
-    _axes,
     bootstrap_ci,
     collect,
     main,
@@ -29,6 +28,7 @@ from sadi.report import (
     to_html,
     to_markdown,
 )
+from sadi.report.plots import _axes
 
 N_LAYERS, N_HEADS = 6, 4
 

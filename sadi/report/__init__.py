@@ -1,0 +1,64 @@
+"""Tables with bootstrap confidence intervals, and plots, over run and sweep directories.
+
+    python -m sadi.report outputs/sweeps/<sweep> outputs/runs/<run> [--out report]
+
+A path is a run directory (with `results.json`, from `python -m sadi.run`) or a directory above
+run directories. Each directory below it holding a `selection.json` (from a select stage) is a
+sweep: its chosen point is reported with the report metrics and samples named there. Other run
+directories are grouped by (task, method, model); of a group of several points the best on the
+select split is chosen. The report split never chooses. Writes `report.md`, `report.html`
+(self-contained), and PNGs into `--out`; the markdown is also printed.
+
+Modules: ``records`` (reading directories), ``stats`` (bootstrap CIs, paired tests),
+``tables`` (the table, Markdown, HTML), ``plots`` (PNGs); ``main`` is the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from sadi.report.plots import plot_all, plot_head_heatmap, plot_methods, plot_strength
+from sadi.report.records import RunRecord, collect, load_run, load_scores
+from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
+from sadi.report.tables import Row, table, to_html, to_markdown
+
+__all__ = [
+    "Estimate",
+    "PairedTest",
+    "Row",
+    "RunRecord",
+    "bootstrap_ci",
+    "collect",
+    "load_run",
+    "load_scores",
+    "main",
+    "paired_test",
+    "plot_all",
+    "plot_head_heatmap",
+    "plot_methods",
+    "plot_strength",
+    "table",
+    "to_html",
+    "to_markdown",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `python -m sadi.report DIR... [--out report] [--resamples 2000] [--seed 0]`."""
+    ap = argparse.ArgumentParser(prog="python -m sadi.report", description=__doc__.split("\n")[0])
+    ap.add_argument("paths", nargs="+", help="run directories or sweep directories")
+    ap.add_argument("--out", default="report", help="output directory (default: ./report)")
+    ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    args = ap.parse_args(argv)
+    records = collect(args.paths)
+    rows = table(records, args.resamples, args.seed)
+    out = Path(args.out)
+    images = plot_all(records, rows, out)
+    md = to_markdown(rows, args.resamples, args.seed)
+    (out / "report.md").write_text(md + "".join(f"\n![{p.stem}]({p.name})\n" for p in images))
+    (out / "report.html").write_text(to_html(rows, images, args.resamples, args.seed))
+    print(md + f"\nwrote report.md, report.html and {len(images)} PNGs to {out}", flush=True)
+    return 0

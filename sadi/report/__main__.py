@@ -1,0 +1,5 @@
+"""`python -m sadi.report DIR... [--out report]`: see the package docstring."""
+
+from sadi.report import main
+
+raise SystemExit(main())

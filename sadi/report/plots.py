@@ -1,0 +1,161 @@
+"""Plots: select metric vs strength per sweep, per-head score heatmaps, methods with CIs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state; PNGs render with Agg
+from matplotlib.patches import Rectangle
+from safetensors.numpy import load_file
+
+from sadi.report.records import AXES, RunRecord
+from sadi.report.tables import Row
+
+
+def _axes(points: Sequence[RunRecord]) -> tuple[str | None, list[str]]:
+    """The x parameter and the parameters that tell lines apart, for a method's sweep."""
+    varying = [k for k in points[0].params if len({repr(p.params.get(k)) for p in points}) > 1]
+    x, line = next(
+        (v for k, v in AXES.items() if points[0].intervention.startswith(k)), (None, None)
+    )
+    numeric = [k for k in varying if all(isinstance(p.params.get(k), int | float) for p in points)]
+    if x not in numeric:
+        x = max(numeric, key=lambda k: len({p.params[k] for p in points}), default=None)
+    lines = [k for k in varying if k != x]
+    if line in points[0].params and line not in lines and line != x:
+        lines.insert(0, line)
+    return x, lines
+
+
+def plot_strength(
+    points: Sequence[RunRecord], path: str | Path, chosen: RunRecord | None = None
+) -> Path | None:
+    """Select-split metric vs the method's strength parameter, one line per K (or layer).
+
+    Returns the PNG path, or None when the points do not vary a numeric parameter.
+    """
+    x, lines = _axes(points) if len(points) > 1 else (None, [])
+    if x is None:
+        return None
+    rec = points[0]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    groups: dict[str, list[RunRecord]] = {}
+    for p in points:
+        groups.setdefault(", ".join(f"{k}={p.params.get(k)}" for k in lines), []).append(p)
+    for label, pts in sorted(groups.items()):
+        pts = sorted(pts, key=lambda p: p.params[x])
+        ys = [100 * p.metrics.get("select", {}).get(rec.metric, math.nan) for p in pts]
+        ax.plot([p.params[x] for p in pts], ys, marker="o", label=label or rec.method)
+    base = rec.baseline_metrics.get("select", {}).get(rec.metric)
+    if base is not None:
+        ax.axhline(100 * base, color="gray", ls="--", label="unsteered baseline")
+    if chosen is not None and x in chosen.params:
+        y = 100 * chosen.metrics.get("select", {}).get(rec.metric, math.nan)
+        ax.plot([chosen.params[x]], [y], "k*", ms=14, label="chosen", zorder=5)
+    ax.set(xlabel=f"intervention.{x}", ylabel=f"select {rec.metric} (%)")
+    ax.set_title(f"{rec.method} on {rec.task} ({rec.model}): select split vs {x}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def plot_head_heatmap(steerer_dir: str | Path, path: str | Path) -> Path | None:
+    """Layer x head grid of fitted head scores (SADI delta, ITI probe accuracy), mask outlined.
+
+    Returns the PNG path, or None for steerers without per-head scores (CAA, SADI on
+    other components).
+    """
+    d = Path(steerer_dir)
+    meta = json.loads((d / "steerer.json").read_text())
+    t = load_file(str(d / "steerer.safetensors"))
+    method = meta["method"]
+    if method.startswith("iti") and "accuracy" in t:
+        scores, cmap, label, edge = t["accuracy"], "viridis", "probe accuracy", "red"
+        vmin, vmax = float(scores.min()), float(scores.max())
+    elif method.startswith("sadi") and meta.get("component") == "head" and "delta" in t:
+        scores, cmap, edge = t["delta"], "RdBu_r", "black"
+        label, vmax = "mean activation difference (pos - neg)", float(np.abs(t["delta"]).max())
+        vmin = -vmax
+    else:
+        return None
+    n_layers, n_heads = scores.shape
+    fig = Figure(figsize=(max(6.0, 0.28 * n_layers + 2.5), max(3.0, 0.3 * n_heads + 1.8)))
+    ax = fig.add_subplot()
+    im = ax.imshow(scores.T, aspect="auto", origin="lower", cmap=cmap, vmin=vmin, vmax=vmax)
+    for layer, head in np.argwhere(t["mask"]):
+        ax.add_patch(Rectangle((layer - 0.5, head - 0.5), 1, 1, fill=False, ec=edge, lw=2))
+    ax.set_xticks(range(0, n_layers, 1 if n_layers <= 32 else 4))
+    ax.set_yticks(range(0, n_heads, 1 if n_heads <= 16 else 4))
+    ax.set(xlabel="layer", ylabel="head")
+    n_sel, model = int(t["mask"].sum()), meta.get("model_id", "")
+    ax.set_title(f"{method.upper()} head scores, {n_sel} selected outlined ({model})", fontsize=10)
+    fig.colorbar(im, ax=ax, label=label, fraction=0.05, pad=0.02)
+    return _save(fig, path)
+
+
+def plot_methods(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
+    """Per (task, model): report metric per method with 95% CI bars, baseline as a line."""
+    out, paths = Path(out_dir), []
+    by_task: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        if r["report"] is not None:
+            by_task.setdefault((r["task"], r["model"]), []).append(r)
+    for (task, model), rs in by_task.items():
+        fig = Figure(figsize=(max(5.0, 1.3 * len(rs) + 2), 4.5))
+        ax = fig.add_subplot()
+        vals = [100 * r["report"].value for r in rs]
+        errs = [
+            [v - 100 * e.lo, 100 * e.hi - v]
+            if e.lo is not None and e.hi is not None
+            else [196 * (e.stderr or 0)] * 2  # no samples: +-1.96 stderr, bar hatched
+            for v, e in zip(vals, (r["report"] for r in rs))
+        ]
+        bars = ax.bar(range(len(rs)), vals, yerr=np.array(errs).T, capsize=5, color="C0")
+        for bar, r in zip(bars, rs):
+            bar.set_hatch("" if r["report"].lo is not None else "//")
+            if r["diff"] is not None:
+                text = f"delta {100 * r['diff'].value:+.1f}\np={r['p_value']:.2g}"
+                xy = (bar.get_x() + bar.get_width() / 2, 2)
+                ax.annotate(text, xy, ha="center", fontsize=8, color="white")
+        base = [(i, 100 * r["baseline"].value) for i, r in enumerate(rs) if r["baseline"]]
+        if base:  # per bar, since runs of different limits or seeds may differ in baseline
+            i, y = (np.array(v, dtype=float) for v in zip(*base))
+            ax.hlines(y, i - 0.45, i + 0.45, colors="k", linestyles="--", label="unsteered")
+        ax.set_xticks(range(len(rs)), [f"{r['method']}\n{r['params']}" for r in rs], fontsize=8)
+        ax.set(ylabel=f"report {rs[0]['metric']} (%)", ylim=(0, 100))
+        if any(r["report"].lo is None for r in rs):
+            ax.set_xlabel("hatched: no per-item samples; error bar = 1.96 x stderr", fontsize=8)
+        ax.set_title(f"{task} ({model}): report split, 95% bootstrap CI")
+        ax.legend(fontsize=9, loc="upper right")
+        paths.append(_save(fig, out / f"methods_{_slug(task)}_{_slug(model)}.png"))
+    return paths
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+def plot_all(records: Sequence[RunRecord], rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
+    """Every plot for these records into `out_dir`: strength sweeps, head heatmaps, methods."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i, rec in enumerate(records):
+        stem = f"{_slug(rec.task)}_{_slug(rec.method)}_{i}"
+        if rec.points and (p := plot_strength(rec.points, out / f"strength_{stem}.png", rec)):
+            paths.append(p)
+        if rec.steerer_dir and (p := plot_head_heatmap(rec.steerer_dir, out / f"heads_{stem}.png")):
+            paths.append(p)
+    return paths + plot_methods(rows, out)

@@ -1,0 +1,163 @@
+"""Reading run and sweep directories into records: which point each sweep chose, and scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SELECTION = "selection.json"
+Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
+NON_PARAMS = {"_target_", "name", "seed", "batch_size"}
+# x axis and line parameter of the strength plot, per intervention name prefix
+AXES = {"sadi": ("strength", "k"), "iti": ("alpha", "k"), "caa": ("multiplier", "layer")}
+
+
+@dataclass
+class RunRecord:
+    """One run directory, or the chosen point of a sweep (`points` then lists the sweep)."""
+
+    run_dir: Path
+    task: str
+    intervention: str  # e.g. "sadi", "iti", "caa", "none"
+    component: str
+    model: str
+    metric: str  # the task's primary metric, e.g. "acc" or "mc2"
+    params: dict[str, Any]
+    metrics: dict[str, dict[str, float]]  # {split: {metric: value, metric_stderr: value}}
+    baseline_metrics: dict[str, dict[str, float]]
+    steered: bool
+    sample_dirs: dict[str, Path] = field(default_factory=dict)  # split -> dir of its samples
+    points: list[RunRecord] = field(default_factory=list, repr=False)
+    chosen_by: str = "single run"
+
+    @property
+    def method(self) -> str:
+        """Intervention name + component, e.g. "sadi-head"; "none" when unsteered."""
+        return f"{self.intervention}-{self.component}" if self.steered else "none"
+
+    @property
+    def steerer_dir(self) -> Path | None:
+        d = self.run_dir / "steerer"
+        return d if (d / "steerer.safetensors").exists() else None
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """Read `results.json` of one run directory."""
+    d = Path(run_dir)
+    res = json.loads((d / "results.json").read_text())
+    cfg = res["config"]
+    iv = cfg.get("intervention", {})
+    return RunRecord(
+        run_dir=d,
+        task=cfg["task"]["name"],
+        intervention=iv.get("name", "none"),
+        component=cfg.get("component", {}).get("name", "-"),
+        model=cfg.get("model", {}).get("name", "-"),
+        metric=cfg["task"].get("primary_metric") or "acc",
+        params={k: v for k, v in iv.items() if k not in NON_PARAMS},
+        metrics=res.get("metrics", {}),
+        baseline_metrics=res.get("baseline_metrics", {}),
+        steered=bool(res.get("steered", iv.get("name", "none") != "none")),
+        sample_dirs={"select": d, "report": d},
+    )
+
+
+def _find(root: Path, path: str) -> Path | None:
+    """A path from selection.json: as written, else below its directory (it may have moved)."""
+    p = Path(path)
+    return next((c.resolve() for c in (p, root / p, root / p.name) if c.exists()), None)
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    return sorted(f.parent.resolve() for f in root.rglob("results.json"))
+
+
+def _from_selection(root: Path) -> RunRecord:
+    """The chosen point of `root/selection.json`, with its report metrics and sweep points.
+
+    The points are the listed `candidates` (as `python -m sadi.select` writes them), else the
+    run directories below `root` other than the report run.
+    """
+    sel = json.loads((root / SELECTION).read_text())
+    chosen = _find(root, sel["chosen"]["run_dir"])
+    if chosen is None:
+        raise FileNotFoundError(f"{root / SELECTION}: chosen run_dir not found; re-run the select")
+    rec = load_run(chosen)
+    report_dir = _find(root, sel["report_run_dir"]) if sel.get("report_run_dir") else None
+    listed = [_find(root, c["run_dir"]) for c in sel.get("candidates", [])]
+    below = [d for d in _run_dirs(root) if d != report_dir or d == chosen]
+    dirs = sorted({chosen, *([d for d in listed if d] or below)})
+    rec.metric = sel.get("metric", rec.metric)
+    rec.metrics["select"] = {**rec.metrics.get("select", {}), **sel["chosen"].get("select", {})}
+    for key in ("metrics", "baseline_metrics"):
+        got = sel.get("report", {}).get(key)
+        if got is None and report_dir is not None:
+            got = getattr(load_run(report_dir), key).get("report")
+        if got:
+            getattr(rec, key)["report"] = got.get("report", got)  # flat or {split: {...}}
+    rec.sample_dirs["report"] = report_dir or rec.run_dir
+    rec.points = [load_run(d) for d in dirs]
+    rec.chosen_by = f"{SELECTION} ({sel.get('n_points', len(dirs))} points)"
+    return rec
+
+
+def _nan_low(v: float | None) -> float:
+    return -math.inf if v is None or math.isnan(v) else float(v)
+
+
+def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
+    """Records to report from run or sweep directories (see the module docstring).
+
+    Example:
+        >>> records = collect(["outputs/sweeps/2026-01-01_00-00-00", "outputs/runs/base"])
+    """
+    records: list[RunRecord] = []
+    for path in map(Path, paths):
+        if (path / "results.json").exists():
+            records.append(load_run(path))
+            continue
+        roots = sorted({f.parent.resolve() for f in path.rglob(SELECTION)})
+        chosen = [_from_selection(root) for root in roots]
+        records += chosen
+        taken = {p.run_dir for r in chosen for p in [r, *r.points]}
+        groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+        for d in _run_dirs(path):  # run dirs below a selection.json are its report runs
+            if d in taken or any(r in d.parents or r == d for r in roots):
+                continue
+            rec = load_run(d)
+            key = (rec.task, rec.method, rec.model)
+            # a sibling of a chosen point in its group: a point its selection did not list
+            owner = [r for r in chosen if (r.task, r.method, r.model) == key]
+            owner = [r for r in owner if r.run_dir.parent == d.parent]
+            if owner:
+                owner[0].points.append(rec)
+            else:
+                groups.setdefault(key, []).append(rec)
+        for pts in groups.values():
+            best = max(pts, key=lambda r: _nan_low(r.metrics.get("select", {}).get(r.metric)))
+            if len(pts) > 1:
+                best = dataclasses.replace(
+                    best, points=pts, chosen_by=f"best select/{best.metric} of {len(pts)} points"
+                )
+            records.append(best)
+        if not roots and not groups:
+            raise FileNotFoundError(
+                f"no results.json in or below {path}: pass run directories written by "
+                "`python -m sadi.run` or sweep directories of `python -m sadi.run -m ...`"
+            )
+    return records
+
+
+def load_scores(rec: RunRecord, split: str, baseline: bool = False) -> dict[str, float] | None:
+    """Per-item scores {id: score} of a split from the samples files; None if absent."""
+    name = f"samples_{rec.task}_{split}{'_baseline' if baseline and rec.steered else ''}.jsonl"
+    f = rec.sample_dirs.get(split, rec.run_dir) / name
+    if not f.exists():
+        return None
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return {str(r["id"]): float(r[rec.metric]) for r in rows}

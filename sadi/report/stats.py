@@ -1,0 +1,67 @@
+"""Uncertainty of per-item scores: percentile bootstrap CIs and paired tests."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+@dataclass
+class Estimate:
+    """A value with a CI (from per-item samples) or a stderr (from results.json)."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+    stderr: float | None = None
+    n: int | None = None
+
+
+@dataclass
+class PairedTest:
+    diff: Estimate  # mean of a - b with its paired bootstrap CI
+    p_value: float
+    test: Literal["mcnemar", "bootstrap"]
+
+
+def _boot_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    chunks = [  # chunked so that large splits do not allocate n_resamples x n at once
+        x[rng.integers(0, len(x), size=(min(256, n_resamples - i), len(x)))].mean(axis=1)
+        for i in range(0, n_resamples, 256)
+    ]
+    return np.concatenate(chunks)
+
+
+def bootstrap_ci(
+    scores: ArrayLike, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> Estimate:
+    """Mean of per-item scores with a percentile bootstrap CI (items resampled, seeded)."""
+    x = np.asarray(scores, dtype=float)
+    lo, hi = np.quantile(_boot_means(x, n_resamples, seed), [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(float(x.mean()), float(lo), float(hi), n=len(x))
+
+
+def paired_test(
+    a: ArrayLike, b: ArrayLike, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> PairedTest:
+    """Paired comparison of scores a and b on the same items (two-sided).
+
+    0/1 scores get an exact McNemar test on the discordant items; others a paired bootstrap
+    (resampled differences shifted to mean 0). The difference's CI is a paired bootstrap.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = x - y
+    diff = bootstrap_ci(d, n_resamples, level, seed)
+    if np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all():
+        n01, n10 = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+        n = n01 + n10
+        tail = sum(math.comb(n, i) for i in range(min(n01, n10) + 1))
+        return PairedTest(diff, min(1.0, 2 * tail / 2**n) if n else 1.0, "mcnemar")
+    boot = _boot_means(d - d.mean(), n_resamples, seed + 1)
+    p = (np.sum(np.abs(boot) >= abs(d.mean()) - 1e-12) + 1) / (n_resamples + 1)
+    return PairedTest(diff, float(p), "bootstrap")

@@ -1,0 +1,115 @@
+"""The method x task table: estimates per split, paired deltas; Markdown and HTML output."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sadi.report.records import AXES, RunRecord, load_scores
+from sadi.report.stats import Estimate, bootstrap_ci, paired_test
+
+Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
+HEADER = (
+    "Hyperparameters were chosen on the **select** split; the **report** split is shown once, "
+    "for the chosen point only. Values are the metric x100 with a 95% bootstrap CI over items "
+    "({n} resamples, seed {seed}); delta = steered - baseline on the same report items, with a "
+    "paired test (exact McNemar for 0/1 scores, paired bootstrap otherwise). 'CI n/a': no "
+    "per-item samples, the value +- stderr from results.json."
+)
+
+
+def _estimate(rec: RunRecord, split: str, baseline: bool, n: int, seed: int) -> Estimate | None:
+    """From the samples when present, else the value and stderr in results.json."""
+    if scores := load_scores(rec, split, baseline):
+        return bootstrap_ci(list(scores.values()), n, seed=seed)
+    v = (rec.baseline_metrics if baseline else rec.metrics).get(split, {})
+    return (
+        Estimate(float(v[rec.metric]), stderr=v.get(f"{rec.metric}_stderr"))
+        if rec.metric in v
+        else None
+    )
+
+
+def _params(rec: RunRecord) -> str:
+    axes = next((v for k, v in AXES.items() if rec.intervention.startswith(k)), None)
+    keys = axes[::-1] if axes else rec.params  # e.g. "k=4, strength=5.0"
+    return ", ".join(f"{k}={rec.params[k]}" for k in keys if k in rec.params)
+
+
+def table(records: Sequence[RunRecord], n_resamples: int = 2000, seed: int = 0) -> list[Row]:
+    """One row per record: select and report (steered), baseline report, paired delta."""
+    rows = []
+    for rec in sorted(records, key=lambda r: (r.task, r.model, r.method != "none", r.method)):
+        row: dict[str, Any] = {"task": rec.task, "method": rec.method, "params": _params(rec)}
+        row |= {"model": rec.model, "metric": rec.metric, "chosen_by": rec.chosen_by}
+        row |= {"run_dir": str(rec.run_dir), "diff": None, "p_value": None, "test": None}
+        row["select"] = _estimate(rec, "select", False, n_resamples, seed)
+        row["report"] = _estimate(rec, "report", False, n_resamples, seed)
+        row["baseline"] = _estimate(rec, "report", True, n_resamples, seed)
+        steered, base_scores = load_scores(rec, "report"), load_scores(rec, "report", True)
+        if rec.steered and steered and base_scores and steered.keys() & base_scores.keys():
+            ids = sorted(steered.keys() & base_scores.keys())  # paired on shared items
+            a, b = [steered[i] for i in ids], [base_scores[i] for i in ids]
+            t = paired_test(a, b, n_resamples, seed=seed)
+            row |= {"diff": t.diff, "p_value": t.p_value, "test": t.test}
+        rows.append(row)
+    return rows
+
+
+def _fmt(e: Estimate | None, sign: str = "") -> str:
+    if e is None:
+        return "-"
+    v = f"{100 * e.value:{sign}.1f}"
+    if e.lo is not None and e.hi is not None:
+        return f"{v} [{100 * e.lo:{sign}.1f}, {100 * e.hi:{sign}.1f}]"
+    return f"{v} +- {100 * e.stderr:.1f} (CI n/a)" if e.stderr is not None else f"{v} (CI n/a)"
+
+
+COLUMNS = ["task", "model", "method", "params", "metric", "select (steered)", "report (steered)"]
+COLUMNS += ["report (baseline)", "delta report", "p (test)", "n report", "chosen by"]
+
+
+def _cells(row: Row) -> list[str]:
+    p = f"{row['p_value']:.3g} ({row['test']})" if row["p_value"] is not None else "-"
+    n = row["report"].n if row["report"] is not None and row["report"].n else "-"
+    fixed = [row[k] for k in ("task", "model", "method", "params", "metric")]
+    values = [_fmt(row[k]) for k in ("select", "report", "baseline")] + [_fmt(row["diff"], "+")]
+    return [*fixed, *values, p, str(n), row["chosen_by"]]
+
+
+def to_markdown(rows: Sequence[Row], n_resamples: int = 2000, seed: int = 0) -> str:
+    """The table as GitHub markdown, headed by how the numbers were chosen and computed."""
+    lines = ["# Steering report", "", HEADER.format(n=n_resamples, seed=seed), ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(
+    rows: Sequence[Row], images: Sequence[Path] = (), n_resamples: int = 2000, seed: int = 0
+) -> str:
+    """A self-contained HTML page: the table and the PNGs embedded as data URIs."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(r)) + "</tr>\n" for r in rows
+    )
+    header = esc(HEADER.format(n=n_resamples, seed=seed)).replace("**", "")
+    figs = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"'
+        f' alt="{esc(p.name)}"><figcaption>{esc(p.name)}</figcaption></figure>\n'
+        for p in images
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:14px}"
+        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eee}"
+        "tr:nth-child(even){background:#f8f8f8}img{max-width:100%}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Steering report</title>"
+        f"<style>{style}</style></head><body><h1>Steering report</h1><p>{header}</p>\n"
+        f"<table><tr>{head}</tr>\n{body}</table>\n{figs}</body></html>\n"
+    )

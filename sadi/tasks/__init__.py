@@ -1,0 +1,68 @@
+"""Benchmark tasks as data: files, disjoint fit/select/report splits, prompt formats.
+
+Every task has three disjoint splits: ``fit`` (source of contrastive pairs), ``select``
+(hyperparameter choice) and ``report`` (the final number, never used for selection).
+Where a dataset lacks a split it is carved from one file with a seeded permutation whose
+seed is part of the task spec (``split_seed``), so report sets never change with the run seed.
+
+Items follow lm-eval: ``Item.question`` is the whole context and ends without a trailing
+space; each of ``Item.choices`` is the continuation appended to it and starts with " ".
+Two prompt formats:
+
+* ``"lm_eval"``: the task's usual lm-eval harness prompt (deviations in ``TaskSpec.notes``).
+* ``"ab"``: lettered options as in the SADI paper: the task stem, then ``"\\n(A) c0\\n(B) c1..."``,
+  then ``"\\nAnswer:"``; continuations ``" (A)"``, ``" (B)"``, ...
+
+Data files are read from a data directory (see ``default_data_dir``), never copied.
+
+Modules: ``base`` (the data types), ``data`` (reading and checking files), ``registry``
+(one ``TaskSpec`` per task: add a task there), ``load`` (``load_task``).
+"""
+
+from sadi.tasks.base import (
+    FORMATS,
+    SPLITS,
+    DataFormatError,
+    Item,
+    Metric,
+    PromptFormat,
+    Record,
+    SplitName,
+    SplitOverlapError,
+    SplitSource,
+    Task,
+    TaskSpec,
+)
+from sadi.tasks.data import (
+    EXAMPLE_DATA,
+    check_disjoint,
+    default_data_dir,
+    read_jsonl,
+    validate_record,
+)
+from sadi.tasks.load import load_task, split_ids
+from sadi.tasks.registry import JSONL_TASK, TASKS
+
+__all__ = [
+    "EXAMPLE_DATA",
+    "FORMATS",
+    "JSONL_TASK",
+    "SPLITS",
+    "TASKS",
+    "DataFormatError",
+    "Item",
+    "Metric",
+    "PromptFormat",
+    "Record",
+    "SplitName",
+    "SplitOverlapError",
+    "SplitSource",
+    "Task",
+    "TaskSpec",
+    "check_disjoint",
+    "default_data_dir",
+    "load_task",
+    "read_jsonl",
+    "split_ids",
+    "validate_record",
+]
