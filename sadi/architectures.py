@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from torch import nn
 
@@ -40,9 +40,13 @@ class Architecture:
     mlp_down: str  # from a decoder layer to the MLP down projection
     n_heads_attr: str  # config attribute holding the number of attention (query) heads
     d_model_attr: str  # config attribute holding the hidden size
+    # takes a custom 4D attention mask and explicit position ids as they are, so faithful
+    # SADI can run in one forward with a shadow position (sadi/shadow.py); ALiBi models
+    # derive positions from the 2D mask and cannot
+    shadow: bool = True
 
 
-_LLAMA_LIKE = dict(
+_LLAMA_LIKE: dict[str, Any] = dict(
     layers="model.layers",
     attn_out="self_attn.o_proj",
     mlp_act="mlp.act_fn",
@@ -50,7 +54,7 @@ _LLAMA_LIKE = dict(
     n_heads_attr="num_attention_heads",
     d_model_attr="hidden_size",
 )
-_BLOOM_LIKE = dict(
+_BLOOM_LIKE: dict[str, Any] = dict(
     layers="transformer.h",
     attn_out="self_attention.dense",
     mlp_down="mlp.dense_4h_to_h",
@@ -75,7 +79,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             n_heads_attr="n_head",
             d_model_attr="n_embd",
         ),
-        Architecture("bloom", ("bloom",), mlp_act="mlp.gelu_impl", **_BLOOM_LIKE),
+        Architecture("bloom", ("bloom",), mlp_act="mlp.gelu_impl", shadow=False, **_BLOOM_LIKE),
         Architecture(
             "falcon",
             ("falcon",),

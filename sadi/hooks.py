@@ -70,16 +70,31 @@ def hooked(model: nn.Module, site: Site, hooks: list[LayerHook]) -> Iterator[Non
             handle.remove()
 
 
-ForwardObserver = Callable[[tuple[Any, ...], dict[str, Any]], None]
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+# (args, kwargs) -> None to run the forward as called, or replacement (args, kwargs)
+ForwardObserver = Callable[[tuple[Any, ...], dict[str, Any]], Inputs | None]
+# output -> None to keep it, or a replacement output
+OutputRewriter = Callable[[Any], Any]
 
 
 @contextmanager
-def observe_forward(model: nn.Module, fn: ForwardObserver) -> Iterator[None]:
-    """Call `fn(args, kwargs)` before each top-level forward of `model`; removed on exit."""
-    handle = model.register_forward_pre_hook(
-        lambda module, args, kwargs: fn(args, kwargs), with_kwargs=True
-    )
+def observe_forward(
+    model: nn.Module, fn: ForwardObserver, after: OutputRewriter | None = None
+) -> Iterator[None]:
+    """Call `fn(args, kwargs)` before each top-level forward of `model`; removed on exit.
+
+    `fn` may return replacement inputs; `after(output)`, when given, runs after each forward
+    and may return a replacement output (e.g. to cut off positions `fn` appended).
+    """
+    handles = [
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: fn(args, kwargs), with_kwargs=True
+        )
+    ]
     try:
+        if after is not None:
+            handles.append(model.register_forward_hook(lambda module, args, out: after(out)))
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

@@ -23,9 +23,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.architectures import ModelShape, check_component, model_shape, model_site
-from sadi.hooks import LayerHook, hooked, observe_forward
+from sadi.hooks import Inputs, LayerHook, hooked, observe_forward
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
+from sadi.shadow import drop_shadow
 
 TENSORS_FILE = "steerer.safetensors"
 META_FILE = "steerer.json"
@@ -140,8 +141,14 @@ class Steerer(ABC):
 
     def _before_full_forward(
         self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
-    ) -> None:
-        """Called before every non-decoding forward under `apply` (e.g. for a clean pass)."""
+    ) -> Inputs | None:
+        """Called before every non-decoding forward under `apply` (e.g. for a clean pass).
+
+        May return replacement base-model inputs that append positions after the padded
+        rows (faithful SADI's shadow, see `sadi.shadow`); `apply` cuts those positions off
+        the base model's output again, so callers see the sequence length they passed.
+        """
+        return None
 
     # ----- shared machinery ----------------------------------------------------------
     def _remember_model(self, model: nn.Module, n_pairs: int) -> ModelShape:
@@ -187,9 +194,12 @@ class Steerer(ABC):
         base = getattr(model, "base_model", model)
         state = {"busy": False}
 
-        def before_forward(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        appended: list[int | None] = [None]  # original length while a rewritten forward runs
+
+        def before_forward(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Inputs | None:
             if state["busy"]:  # a method's own inner pass (faithful SADI) runs unsteered
-                return
+                return None
+            appended[0] = None
             inputs = _input_of(args, kwargs)
             batch, length = int(inputs.shape[0]), int(inputs.shape[1])
             if _is_decoding(kwargs):
@@ -198,7 +208,7 @@ class Steerer(ABC):
                     cells[0] = (rows, torch.arange(length).repeat(batch))
                 else:
                     cells[0] = None
-                return
+                return None
             layout = handle.layout
             if layout is None:
                 mask = kwargs.get("attention_mask")
@@ -221,9 +231,15 @@ class Steerer(ABC):
                 cells[0] = layout.indices(self.edit_policy)
             state["busy"] = True
             try:
-                self._before_full_forward(model, args, kwargs, layout)
+                rewritten = self._before_full_forward(model, args, kwargs, layout)
             finally:
                 state["busy"] = False
+            appended[0] = None if rewritten is None else length
+            return rewritten
+
+        def after_forward(output: Any) -> Any:
+            length, appended[0] = appended[0], None
+            return None if length is None else drop_shadow(output, length)
 
         def make_hook(fn: EditFn) -> Callable[[int, Tensor], Tensor | None]:
             def hook(layer: int, act: Tensor) -> Tensor | None:
@@ -238,7 +254,7 @@ class Steerer(ABC):
         hooks = [LayerHook(layer, make_hook(fn)) for layer, fn in self._edit_fns(model).items()]
         hook_site = model_site(model, self.component)
         with ExitStack() as stack:
-            stack.enter_context(observe_forward(base, before_forward))
+            stack.enter_context(observe_forward(base, before_forward, after_forward))
             stack.enter_context(hooked(model, hook_site, hooks))
             yield handle
 

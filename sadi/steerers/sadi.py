@@ -8,8 +8,10 @@ Apply: A' = A + delta_s * (M * A) at the last prompt token of each row only, wit
 delta_s = strength - 1 (the authors' code sets selected elements to strength * A).
 
 - mode "online": A is the live activation of the steered forward pass.
-- mode "faithful": A is read from a clean (unsteered) pass over the prompt, as in the
-  authors' two-pass code; unselected elements stay live.
+- mode "faithful": A is the clean (unsteered) activation of the prompt, as in the authors'
+  two-pass code; unselected elements stay live. Where the model allows, the clean values
+  come from a shadow position in the same forward (`sadi.shadow`), else from a clean pass
+  over the prompt before the steered one; both give the same numbers up to float rounding.
 - variant "fixed" (ablation): adds delta_s * (M * v), v the per-coordinate mean difference,
   independent of the input. variant "random" (ablation): K random elements, seeded.
 """
@@ -27,9 +29,10 @@ from typing_extensions import Self
 
 from sadi.activations import read_activations
 from sadi.architectures import model_site
-from sadi.hooks import LayerHook, hooked
+from sadi.hooks import Inputs, LayerHook, hooked
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
+from sadi.shadow import shadow_index, shadow_inputs
 from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 SadiMode = Literal["online", "faithful"]
@@ -77,6 +80,9 @@ class SADI(Steerer):
     apply_params = ("strength", "mode")
     edit_policy: PositionPolicy = "last_prompt"
     edit_generated = False
+    # faithful mode: take the clean values from a shadow position in the steered forward
+    # when the model allows (one forward); False always runs the separate clean pass
+    one_pass: bool = True
 
     def __init__(
         self,
@@ -104,8 +110,10 @@ class SADI(Steerer):
         self.batch_size = batch_size
         self.progress = progress
         self.state: SADIState | None = None
-        # faithful mode: clean activations of the current batch, per edited layer
+        # faithful mode, current batch: the clean pass's activations per edited layer, or
+        # the sequence index of the shadow position when the forward carries one
         self._clean: dict[int, Tensor] = {}
+        self._shadow_at: int | None = None
 
     @property
     def delta_s(self) -> float:
@@ -199,7 +207,7 @@ class SADI(Steerer):
                 v = direction[layer].to(device=act.device, dtype=act.dtype)
                 new = torch.where(m, live + ds * v, live)
             else:
-                src = self._clean[layer] if self.mode == "faithful" else live
+                src = live if self.mode == "online" else self._clean_at(layer, act, rows)
                 new = torch.where(m, src + ds * src, live)
             return act.index_put((rows, pos), new)
 
@@ -207,10 +215,21 @@ class SADI(Steerer):
 
     def _before_full_forward(
         self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
-    ) -> None:
-        if self.mode != "faithful" or self.variant == "fixed":
-            return
+    ) -> Inputs | None:
+        if self.mode != "faithful" or self.variant == "fixed" or self.delta_s == 0.0:
+            return None  # (delta_s 0: nothing is edited, the forward must stay as called)
+        self._clean, self._shadow_at = {}, None
+        if self.one_pass and (rewritten := shadow_inputs(model, args, kwargs, layout)):
+            self._shadow_at = shadow_index(layout)
+            return rewritten
         self._clean = self._clean_pass(model, args, kwargs, layout)
+        return None
+
+    def _clean_at(self, layer: int, act: Tensor, rows: Tensor) -> Tensor:
+        """The unsteered activation at the last prompt token: the shadow's, or the clean pass's."""
+        if self._shadow_at is not None:
+            return act[rows, self._shadow_at]
+        return self._clean[layer]
 
     @torch.no_grad()
     def _clean_pass(
