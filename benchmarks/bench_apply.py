@@ -14,7 +14,9 @@ interleaved:
   leaving `apply` (hook registration and removal) is inside the timed region.
 
 Both sides run under `torch.inference_mode`. Targets: online <= 1.05, faithful <= 1.6
-(ratio of the medians, steered / unsteered).
+(ratio of the medians, steered / unsteered). Faithful runs in one forward with a shadow
+position (`sadi.shadow`); `faithful_two_pass` measures the fallback path (a separate clean
+pass first, used for ALiBi models and generation prefills) against the same target.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from sadi.steerers.sadi import SadiMode
 from sadi.tasks import load_task
 
 NAME = "apply"
-TARGETS = {"online": 1.05, "faithful": 1.6}
+TARGETS = {"online": 1.05, "faithful": 1.6, "faithful_two_pass": 1.6}
 K = {"head": 4, "neuron": 100, "neuron_down": 100, "hidden": 10, "residual": 10}
 COMPONENTS = ("head", "neuron", "neuron_down", "hidden", "residual")
-MODES: tuple[SadiMode, ...] = ("online", "faithful")
+MODES: tuple[str, ...] = ("online", "faithful", "faithful_two_pass")
 STRENGTH = 5.0
 BATCH, LENGTH, PROMPT = 8, 64, 48
 DEFAULT_REPEATS = 15
@@ -85,7 +87,7 @@ def run(
     tok: PreTrainedTokenizerBase | None = None,
     out_dir: Path | None = None,
     components: tuple[str, ...] = COMPONENTS,
-    modes: tuple[SadiMode, ...] = MODES,
+    modes: tuple[str, ...] = MODES,
     max_wait_s: float = 5.0,
 ) -> dict[str, Any]:
     """Measure steered vs unsteered forwards; write `<out_dir>/apply.json`, return it."""
@@ -116,8 +118,10 @@ def run(
             fitted.fit(model, tok, pairs)
         for mode in modes:
             # the fit does not depend on the mode: fit once, adopt the state for the other
-            s = SADI(component, k=K[component], strength=STRENGTH, mode=mode, progress=False)
+            sadi_mode: SadiMode = "online" if mode == "online" else "faithful"
+            s = SADI(component, k=K[component], strength=STRENGTH, mode=sadi_mode)
             s.adopt(fitted)
+            s.one_pass = mode != "faithful_two_pass"
             steered = steered_with(s)
             # sanity check: the steering changes the logits (so the hooks do fire)
             diff = float((steered() - reference).abs().max())
