@@ -52,12 +52,14 @@ class CpuMeter:
         self._tick = os.sysconf("SC_CLK_TCK") if self.available else 100
 
     def _sample(self) -> tuple[float, float, float]:
-        """(busy jiffies of all CPUs, total jiffies, this process's jiffies)."""
+        """(busy jiffies of all CPUs, total jiffies, jiffies of this process and its children)."""
         fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
         total = sum(fields[:8])  # guest time is already counted in user
         own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        mine = float(own[11]) + float(own[12])  # utime + stime, all threads
+        # utime + stime of all threads, plus cutime + cstime: the waited-for children this
+        # process ran itself (lm-eval runs `pip list` and others per evaluation) are ours.
+        mine = sum(float(x) for x in own[11:15])
         return total - idle, total, mine
 
     def start(self) -> tuple[float, float, float] | None:

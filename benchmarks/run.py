@@ -72,7 +72,7 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
                     f"<= {target}" if target else "(info)",
                     ok(ratio <= target) if target else "",
                     busy(result["contention"]),
-                    "-",
+                    quiet(result["quiet_only"][side]),
                 )
             )
         return out
@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=(
             "recorded interleaved rounds per comparison (default: "
-            f"fit {bench_fit.DEFAULT_REPEATS}, apply {bench_apply.DEFAULT_REPEATS})"
+            f"fit {bench_fit.DEFAULT_REPEATS}, apply {bench_apply.DEFAULT_REPEATS}, "
+            f"lm_eval {bench_lm_eval.DEFAULT_REPEATS})"
         ),
     )
     parser.add_argument(
@@ -128,11 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
+        "--items",
+        type=int,
+        default=bench_lm_eval.DEFAULT_ITEMS,
+        help="COPA select items the lm_eval benchmark scores (default: all 300)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results"
     )
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if not 2 <= args.items <= bench_lm_eval.DEFAULT_ITEMS:
+        parser.error(f"--items must be in 2..{bench_lm_eval.DEFAULT_ITEMS}, got {args.items}")
     names = [args.only] if args.only else list(BENCHMARKS)
     model, tok = load_default_model()
     table: list[Row] = []
@@ -148,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = bench_apply.run(**common)
         else:
             result = bench_lm_eval.run(
-                repeats=args.repeats or 3,
+                repeats=args.repeats or bench_lm_eval.DEFAULT_REPEATS,
+                items=args.items,
                 model=model,
                 tok=tok,
                 out_dir=args.out,
