@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sadi.architectures import architecture_of
+from sadi.hooks import Inputs
 from sadi.positions import BatchLayout
 
 # keyword inputs a base model forward may get that the shadow rewrite understands
@@ -66,8 +67,10 @@ def supports_shadow(model: nn.Module) -> bool:
 
 def shadow_inputs(
     model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
-) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+) -> Inputs | None:
     """The base-model inputs with one shadow position per row appended, or None (see above).
+
+    The shadow sits at sequence index `layout.padded_length`, right after the padded rows.
 
     Args:
         model: The model whose base model runs the forward.
@@ -102,8 +105,8 @@ def shadow_inputs(
     rows, p = (t.to(device) for t in layout.indices("last_prompt"))
     if rows.numel() != batch or not torch.equal(rows, torch.arange(batch, device=device)):
         return None  # one last prompt token per row, in row order
-    if pos_ids is None:
-        pos_ids = torch.arange(n, device=device).expand(batch, n)
+    if pos_ids is None:  # what the model itself would use
+        pos_ids = torch.arange(n, device=device)[None]
     pos_ids = pos_ids.to(device).expand(batch, n)
     keys = (
         torch.ones(batch, n, dtype=torch.bool, device=device)
@@ -143,9 +146,4 @@ def drop_shadow(output: Any, length: int) -> Any:
     return output
 
 
-def shadow_index(layout: BatchLayout) -> int:
-    """Where the shadow sits in the sequence dimension: right after the padded rows."""
-    return layout.padded_length
-
-
-__all__ = ["drop_shadow", "shadow_index", "shadow_inputs", "supports_shadow"]
+__all__ = ["drop_shadow", "shadow_inputs", "supports_shadow"]

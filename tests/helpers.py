@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+from lm_eval.api.instance import Instance
 from torch import Tensor, nn
 
 from sadi.activations import EncodedBatch, position_ids
@@ -48,3 +49,11 @@ def recording(model: nn.Module, component: str) -> Iterator[dict[int, Tensor]]:
 
 def count_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def loglikelihood_requests(pairs: Sequence[tuple[str, str]]) -> list[Instance]:
+    """lm-eval log-likelihood requests for (context, continuation) pairs, in order."""
+    return [
+        Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i)
+        for i, a in enumerate(pairs)
+    ]

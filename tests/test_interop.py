@@ -24,6 +24,7 @@ from sadi.lm_eval_model import SteeredLM
 from sadi.steerers import STEERERS, FingerprintMismatch
 from sadi.steerers.caa import CAA
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+from tests.helpers import loglikelihood_requests
 
 STEERERS.setdefault("caa", CAA)
 
@@ -86,11 +87,9 @@ def test_export_import_round_trip(tmp_path: Path, normalize: bool) -> None:
 
 
 def requests() -> list[Instance]:
-    args = [(c, k) for c in CONTEXTS for k in CONTINUATIONS[: 2 + len(c) % 3]]
-    return [
-        Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i)
-        for i, a in enumerate(args)
-    ]
+    return loglikelihood_requests(
+        [(c, k) for c in CONTEXTS for k in CONTINUATIONS[: 2 + len(c) % 3]]
+    )
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

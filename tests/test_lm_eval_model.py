@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from sadi.lm_eval_model import SteeredLM
 from sadi.steerers import SADI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+from tests.helpers import loglikelihood_requests
 
 MAX_LENGTH = 48
 CONTEXTS = [
@@ -29,10 +30,7 @@ def requests() -> list[Instance]:
     # identical rows with different context boundaries must still be edited correctly
     pairs.append(("The sky is blu", "e"))
     pairs.append(("The sky is", " blue"))
-    return [
-        Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i)
-        for i, a in enumerate(pairs)
-    ]
+    return loglikelihood_requests(pairs)
 
 
 def by_hand(model: nn.Module, sadi: SADI, lm: SteeredLM, ctx: str, cont: str) -> float:

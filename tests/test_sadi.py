@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from sadi.activations import encode
 from sadi.architectures import model_shape
 from sadi.pairs import Pair
+from sadi.shadow import supports_shadow
 from sadi.steerers import SADI, FingerprintMismatch, Steerer
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
@@ -96,10 +97,14 @@ def test_default_layout_from_attention_mask_edits_last_token(family: str) -> Non
     assert torch.equal(implicit, steered(model, sadi, batch))
 
 
-def test_faithful_uses_clean_prompt_activations(family: str) -> None:
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_faithful_uses_clean_prompt_activations(family: str, one_pass: bool) -> None:
+    """Both faithful paths: the shadow position (sadi.shadow) and the separate clean pass."""
     model, sadi = fitted(family, "neuron", k=6, strength=3.0, mode="faithful")
+    sadi.one_pass = one_pass
     batch = encode(byte_tokenizer(), PROMPTS, CONTS)
     rows, pos = batch.layout.indices("last_prompt")
+    n = batch.input_ids.shape[1]
     with recording(model, "neuron") as clean:
         forward(model, batch)
     with recording(model, "neuron") as before:
@@ -107,12 +112,17 @@ def test_faithful_uses_clean_prompt_activations(family: str) -> None:
             handle.set_layout(batch.layout)
             with recording(model, "neuron") as after:
                 forward(model, batch)
+    shadow = one_pass and supports_shadow(model)
     for layer in sadi.selected_layers():
         m = sadi.width_mask()[layer]
         c = clean[layer][rows, pos]
         got = after[layer][rows, pos]
         torch.testing.assert_close(got[:, m], (c + 2.0 * c)[:, m], atol=1e-5, rtol=1e-5)
         assert torch.equal(got[:, ~m], before[layer][rows, pos][:, ~m])
+        # the shadow rides along inside the forward, and is itself never edited
+        assert after[layer].shape[1] == (n + 1 if shadow else n)
+        if shadow:
+            assert torch.equal(after[layer][:, n], before[layer][:, n])
 
 
 def test_online_equals_faithful_with_a_single_edited_layer() -> None:

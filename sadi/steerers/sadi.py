@@ -32,7 +32,7 @@ from sadi.architectures import model_site
 from sadi.hooks import Inputs, LayerHook, hooked
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
-from sadi.shadow import shadow_index, shadow_inputs
+from sadi.shadow import shadow_inputs
 from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 SadiMode = Literal["online", "faithful"]
@@ -220,7 +220,7 @@ class SADI(Steerer):
             return None  # (delta_s 0: nothing is edited, the forward must stay as called)
         self._clean, self._shadow_at = {}, None
         if self.one_pass and (rewritten := shadow_inputs(model, args, kwargs, layout)):
-            self._shadow_at = shadow_index(layout)
+            self._shadow_at = layout.padded_length  # where shadow_inputs put it
             return rewritten
         self._clean = self._clean_pass(model, args, kwargs, layout)
         return None
