@@ -4,10 +4,10 @@ PIP ?= .venv/bin/pip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint bench
+.PHONY: help setup run test test-fast test-latest lock lint bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 setup: ## create .venv and install sadi with the CPU torch and the embedded models (offline-ready)
 	bash scripts/setup.sh
@@ -20,6 +20,14 @@ test: ## all tests, the slow ones on the embedded model included
 
 test-fast: ## tests on tiny random models only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-latest: ## all tests in .venv-latest, on the newest releases the dependency ranges allow
+	VENV=.venv-latest CONSTRAINTS= bash scripts/setup.sh
+	.venv-latest/bin/python -m pytest -q $(ARGS)
+
+lock: ## rewrite constraints.txt from .venv (after the whole suite passed on it)
+	{ sed -n '1,2p' constraints.txt; $(PIP) freeze --exclude-editable 2>/dev/null | grep -v '^#' \
+	  | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 lint: ## ruff and mypy
 	$(PY) -m ruff check sadi tests benchmarks experiments
