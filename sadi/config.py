@@ -67,7 +67,7 @@ class ItiSchema(InterventionSchema):
     k: int = 48  # authors' default for 1024 heads; ITI.scaled_k gives the comparable value
     alpha: float = 15.0
     direction: str = "mass_mean"  # mass_mean | probe
-    positions: str = "continuation"  # continuation | all
+    positions: str = "response"  # response (last prompt token on) | all
     heldout: float = 0.2
     seed: int = 42
     batch_size: int = 16
@@ -81,7 +81,7 @@ class CaaSchema(InterventionSchema):
     multiplier: float = 1.0
     read_offset: int = 0  # 0 = last token of prompt + completion
     normalize: bool = False
-    positions: str = "continuation"  # continuation | all
+    positions: str = "response"  # response (last prompt token on) | all
     batch_size: int = 16
 
 

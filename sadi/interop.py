@@ -109,7 +109,7 @@ def import_lm_eval_steer(
     Args:
         path: the `.pt`/`.pth` file.
         model: the model to steer; the hookpoint must be one of its decoder layers.
-        positions: "all" reproduces lm-eval's model; "continuation" the paper's setting.
+        positions: "all" reproduces lm-eval's model; "response" the paper's setting.
 
     Returns:
         A fitted CAA (normalize=False) whose vector at the hookpoint's layer is the file's

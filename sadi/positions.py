@@ -8,13 +8,15 @@ and edits by a policy; this module maps the policy to absolute [batch, pos] indi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-PositionPolicy = Literal["last_prompt", "last_token", "continuation", "all"]
+PositionPolicy = Literal["last_prompt", "last_token", "continuation", "response", "all"]
+POLICIES: tuple[str, ...] = ("last_prompt", "last_token", "continuation", "response", "all")
 PaddingSide = Literal["left", "right"]
 
 
@@ -88,6 +90,10 @@ class BatchLayout:
         - last_prompt: the last prompt token of each row (one cell per row).
         - last_token: the last real token of each row (one cell per row).
         - continuation: every continuation token (none for a row without continuation).
+        - response: the last prompt token and every continuation token: the positions whose
+          outputs predict the continuation (in generation: the prefill's last token, whose
+          output is the first new token, and every generated token). A method that steers
+          an answer edits these, or a one-token answer could never change.
         - all: every real (non-pad) token.
 
         `offset` (<= 0, one-cell policies only) moves the cell left, e.g. -1 reads the token
@@ -108,14 +114,11 @@ class BatchLayout:
                     f"{length.min().item()} tokens; use a smaller |offset|"
                 )
             return rows, pos
-        if policy in ("continuation", "all"):
+        if policy in ("continuation", "response", "all"):
             mask = self.mask(policy)
             r, p = mask.nonzero(as_tuple=True)
             return r, p
-        raise ValueError(
-            f"unknown position policy {policy!r}; "
-            "use one of 'last_prompt', 'last_token', 'continuation', 'all'"
-        )
+        raise ValueError(f"unknown position policy {policy!r}; use one of {list(POLICIES)}")
 
     def mask(self, policy: PositionPolicy) -> Tensor:
         """[batch, padded_length] bool mask of the cells of `policy`."""
@@ -125,6 +128,8 @@ class BatchLayout:
             lo = starts
         elif policy == "continuation":
             lo = starts + self.prompt_lengths.unsqueeze(1)
+        elif policy == "response":
+            lo = starts + self.prompt_lengths.unsqueeze(1) - 1
         else:
             rows, cols = self.indices(policy)
             out = torch.zeros(self.batch_size, self.padded_length, dtype=torch.bool)
@@ -132,3 +137,34 @@ class BatchLayout:
             return out
         hi = starts + self.seq_lengths.unsqueeze(1)
         return (pos >= lo) & (pos < hi)
+
+
+# Where a method that steers an answer edits a scored row (ITI, CAA): "response" (from the
+# last prompt token on) or "all" (every real token, as lm-eval's built-in `steered` model).
+AnswerPositions = Literal["response", "all"]
+ANSWER_POSITIONS: tuple[str, ...] = ("response", "all")
+
+
+def answer_positions(value: str) -> AnswerPositions:
+    """Check an answer-steering position setting; returns it.
+
+    "continuation" was this option's name before it included the last prompt token (it
+    edited continuation tokens only, so no one-token answer could change); it is accepted
+    for saved steerers and old configs and read as "response", with a warning.
+    """
+    if value == "continuation":
+        warnings.warn(
+            "positions='continuation' is read as 'response': the last prompt token, whose "
+            "output predicts the first answer token, is edited too (as in generation); "
+            "write positions=response",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "response"
+    if value not in ANSWER_POSITIONS:
+        raise ValueError(
+            f"positions must be one of {list(ANSWER_POSITIONS)}, got {value!r}; 'response' "
+            "edits the last prompt token and every continuation (and generated) token, "
+            "'all' every real token"
+        )
+    return value  # type: ignore[return-value]

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sadi.architectures import architecture_of
+from sadi.forwards import forward_kind
 from sadi.hooks import Inputs
 from sadi.positions import BatchLayout
 
@@ -41,14 +42,15 @@ from sadi.positions import BatchLayout
 _KNOWN = {"input_ids", "inputs_embeds", "attention_mask", "position_ids", "use_cache"}
 _PASSED_ON = {"return_dict"}  # copied as they are
 # ... and those it accepts only when None or False (see `_all_off`)
-_OFF = {"past_key_values", "cache_position", "output_attentions", "output_hidden_states"}
+_OFF = {"past_key_values", "cache", "cache_position", "output_attentions", "output_hidden_states"}
 _MASK_FORMAT = {"sdpa": "bool", "eager": "additive"}
 
 
 def _all_off(kw: dict[str, Any]) -> bool:
-    """No cache given (an empty one still makes it a generation) and no extra outputs asked."""
+    """No cache given, under any keyword (an empty one still makes it a generation's
+    prefill, see `sadi.forwards`), and no extra outputs asked."""
     return (
-        kw.get("past_key_values") is None
+        not forward_kind((), kw).has_cache
         and kw.get("cache_position") is None
         and not kw.get("output_attentions")
         and not kw.get("output_hidden_states")

@@ -21,7 +21,7 @@ from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steer
 
 STEERERS.setdefault("caa", CAA)
 
-POSITIONS = ["continuation", "all"]
+POSITIONS = ["response", "all"]
 
 
 _FITS: dict[tuple[str, int], tuple[nn.Module, CAA]] = {}
@@ -72,14 +72,23 @@ def test_edited_cells_equal_output_plus_vector(family: str, positions: str) -> N
     assert torch.equal(after[2][untouched], clean[2][untouched])
 
 
-def test_prompt_positions_untouched_under_continuation(family: str) -> None:
+def test_prompt_untouched_before_its_last_token_under_response(family: str) -> None:
+    """Every prompt position before the last is the unsteered one; from the last prompt
+    token on (it predicts the first continuation token) the logits move."""
     model, caa = fitted(family, multiplier=4.0)
     batch = encode(byte_tokenizer(), PROMPTS, CONTS)
     base, steer = forward(model, batch), steered(model, caa, batch)
     for row, p in enumerate(batch.layout.prompt_lengths.tolist()):
         n = int(batch.layout.seq_lengths[row])
-        assert torch.equal(steer[row, :p], base[row, :p])
+        assert torch.equal(steer[row, : p - 1], base[row, : p - 1])
+        assert not torch.equal(steer[row, p - 1], base[row, p - 1])
         assert not torch.equal(steer[row, p:n], base[row, p:n])
+
+
+def test_old_continuation_name_reads_as_response() -> None:
+    with pytest.warns(UserWarning, match="read as 'response'"):
+        caa = CAA(positions="continuation")  # type: ignore[arg-type]
+    assert caa.positions == caa.edit_policy == "response"
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -100,7 +109,7 @@ def test_left_and_right_padding_equal_one_by_one(family: str, positions: str) ->
 @pytest.mark.parametrize("positions", POSITIONS)
 def test_generate_edits_generated_tokens(family: str, positions: str) -> None:
     """Decode steps are edited; in the prefill the last token (it produces the first new
-    token) under "continuation", every real token under "all"."""
+    token) under "response", every real token under "all"."""
     model, caa = fitted(family, multiplier=3.0, positions=positions)
     batch = encode(byte_tokenizer(), ["Hello there", "Hi"], padding_side="left")
     edited: list[tuple[int, int]] = []
@@ -212,7 +221,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
     [
         (dict(multiplier=math.inf), "multiplier must be a finite number, got inf"),
         (dict(multiplier=float("nan")), "multiplier must be a finite number"),
-        (dict(positions="last_prompt"), "positions must be one of .*'continuation', 'all'"),
+        (dict(positions="last_prompt"), "positions must be one of .*'response', 'all'"),
         (dict(component="head"), "component must be 'residual', got 'head'"),
         (dict(component="attention"), "unknown component 'attention'"),
         (dict(layer=-1), "layer must be a non-negative integer"),
@@ -289,7 +298,7 @@ def test_steered_logits_equal_steering_vectors(family: str, positions: str) -> N
     sv = SteeringVector({1: caa.fitted_state().vectors[1]})
     for prompt, cont in zip(PROMPTS, CONTS):
         batch = encode(byte_tokenizer(), [prompt], [cont])
-        first = int(batch.layout.prompt_lengths[0]) if positions == "continuation" else 0
+        first = int(batch.layout.prompt_lengths[0]) - 1 if positions == "response" else 0
         ours = steered(model, caa, batch)
         with sv.apply(model, multiplier=-2.5, min_token_index=first), torch.no_grad():
             theirs = model(batch.input_ids).logits

@@ -115,8 +115,8 @@ def test_lm_eval_steered_model_equals_sadi_model(tmp_path: Path, family: str) ->
 
 
 def test_export_refusals(tmp_path: Path) -> None:
-    model, caa = fitted("llama", positions="continuation")
-    with pytest.raises(ValueError, match="positions='continuation'.*with_params"):
+    model, caa = fitted("llama", positions="response")
+    with pytest.raises(ValueError, match="positions='response'.*with_params"):
         export_lm_eval_steer(caa, model, tmp_path / "caa.pt")
     with pytest.raises(ValueError, match=r"only from \('.pt', '.pth'\) files.*'caa.pt'"):
         export_lm_eval_steer(caa.with_params(positions="all"), model, tmp_path / "caa.safetensors")
@@ -177,6 +177,6 @@ def test_import_accepts_a_row_vector_and_default_coefficient(tmp_path: Path) -> 
     path = tmp_path / "steer.pt"
     settings = {"action": "add", "steering_vector": vector}  # lm-eval defaults the rest
     torch.save({"h.2": settings}, path)
-    caa = import_lm_eval_steer(path, model, positions="continuation")
-    assert (caa.layer, caa.multiplier, caa.positions) == (2, 1.0, "continuation")
+    caa = import_lm_eval_steer(path, model, positions="response")
+    assert (caa.layer, caa.multiplier, caa.positions) == (2, 1.0, "response")
     assert torch.equal(caa.vector(), vector[0].float())

@@ -72,7 +72,7 @@ def last_token_heads(model: nn.Module, pairs: list[Pair]) -> tuple[Tensor, Tenso
 
 
 # ----- arithmetic and positions ---------------------------------------------------------
-@pytest.mark.parametrize("positions", ["continuation", "all"])
+@pytest.mark.parametrize("positions", ["response", "all"])
 def test_alpha_zero_is_bit_identical(family: str, positions: str) -> None:
     model, iti = fitted(family, alpha=0.0, positions=positions)
     assert iti._edit_fns(model) == {}
@@ -80,7 +80,7 @@ def test_alpha_zero_is_bit_identical(family: str, positions: str) -> None:
     assert torch.equal(steered(model, iti, batch), forward(model, batch))
 
 
-@pytest.mark.parametrize("positions", ["continuation", "all"])
+@pytest.mark.parametrize("positions", ["response", "all"])
 def test_edited_elements_equal_the_formula_and_nothing_else_moves(
     family: str, positions: str
 ) -> None:
@@ -108,8 +108,8 @@ def test_edited_elements_equal_the_formula_and_nothing_else_moves(
         assert torch.equal(after[layer], expected), f"layer {layer}"
 
 
-def test_prompt_positions_untouched_under_continuation(family: str) -> None:
-    model, cont = fitted(family, alpha=8.0, positions="continuation")
+def test_prompt_untouched_before_its_last_token_under_response(family: str) -> None:
+    model, cont = fitted(family, alpha=8.0, positions="response")
     _, every = fitted(family, alpha=8.0, positions="all")
     batch = encode(byte_tokenizer(), PROMPTS, CONTS)
     base = forward(model, batch)
@@ -117,12 +117,13 @@ def test_prompt_positions_untouched_under_continuation(family: str) -> None:
     for row, (n_prompt, n_seq) in enumerate(
         zip(batch.layout.prompt_lengths.tolist(), batch.layout.seq_lengths.tolist())
     ):
-        assert torch.equal(out_cont[row, :n_prompt], base[row, :n_prompt])
+        assert torch.equal(out_cont[row, : n_prompt - 1], base[row, : n_prompt - 1])
+        assert not torch.equal(out_cont[row, n_prompt - 1], base[row, n_prompt - 1])
         assert not torch.equal(out_cont[row, n_prompt:n_seq], base[row, n_prompt:n_seq])
         assert not torch.equal(out_all[row, :n_prompt], base[row, :n_prompt])
 
 
-@pytest.mark.parametrize("positions", ["continuation", "all"])
+@pytest.mark.parametrize("positions", ["response", "all"])
 def test_left_and_right_padding_equal_one_by_one(family: str, positions: str) -> None:
     model, iti = fitted(family, positions=positions)
     tok = byte_tokenizer()
@@ -137,7 +138,7 @@ def test_left_and_right_padding_equal_one_by_one(family: str, positions: str) ->
             torch.testing.assert_close(got, single, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("positions", ["continuation", "all"])
+@pytest.mark.parametrize("positions", ["response", "all"])
 def test_generate_edits_every_generated_token(family: str, positions: str) -> None:
     """With a KV cache, every decoding step edits its one new token in every row."""
     model, iti = fitted(family, positions=positions)
@@ -311,7 +312,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
         (dict(alpha=math.inf), "alpha must be a finite number, got inf"),
         (dict(alpha=float("nan")), "alpha must be a finite number"),
         (dict(direction="random"), "direction must be 'mass_mean' or 'probe', got 'random'"),
-        (dict(positions="last_prompt"), "positions must be 'continuation' or 'all'"),
+        (dict(positions="last_prompt"), r"positions must be one of \['response', 'all'\]"),
         (dict(heldout=0.0), "heldout must be a fraction strictly between 0 and 1, got 0.0"),
         (dict(heldout=1.0), "heldout must be a fraction"),
         (dict(heldout=math.nan), "heldout must be a finite number"),

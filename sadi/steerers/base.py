@@ -23,6 +23,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.architectures import ModelShape, check_component, model_shape, model_site
+from sadi.forwards import forward_kind
 from sadi.hooks import Inputs, LayerHook, hooked, observe_forward
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
@@ -74,23 +75,6 @@ class SteeringHandle:
     def set_layout(self, layout: BatchLayout | None) -> None:
         """Use `layout` for the following forwards (None: read it off the attention mask)."""
         self.layout = layout
-
-
-def _input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-    ids = kwargs.get("input_ids", args[0] if args else None)
-    if ids is None:
-        ids = kwargs["inputs_embeds"]
-    return ids  # type: ignore[no-any-return]
-
-
-def _is_decoding(kwargs: dict[str, Any]) -> bool:
-    """True on a KV-cache decode step (the cache already holds earlier tokens)."""
-    cache = kwargs.get("past_key_values")
-    if cache is None:
-        return False
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length()) > 0
-    return len(cache) > 0
 
 
 class Steerer(ABC):
@@ -200,9 +184,9 @@ class Steerer(ABC):
             if state["busy"]:  # a method's own inner pass (faithful SADI) runs unsteered
                 return None
             appended[0] = None
-            inputs = _input_of(args, kwargs)
-            batch, length = int(inputs.shape[0]), int(inputs.shape[1])
-            if _is_decoding(kwargs):
+            kind = forward_kind(args, kwargs)
+            batch, length = kind.batch, kind.length
+            if kind.decoding:
                 if self.edit_generated:
                     rows = torch.arange(batch).repeat_interleave(length)
                     cells[0] = (rows, torch.arange(length).repeat(batch))
@@ -210,7 +194,7 @@ class Steerer(ABC):
                     cells[0] = None
                 return None
             layout = handle.layout
-            if layout is None:
+            if layout is None:  # a prompt (or a generation's prefill): the whole row is prompt
                 mask = kwargs.get("attention_mask")
                 if mask is None or mask.dim() != 2:
                     mask = torch.ones(batch, length, dtype=torch.long)
@@ -221,14 +205,11 @@ class Steerer(ABC):
                     f"{(layout.batch_size, layout.padded_length)} but the forward got "
                     f"{(batch, length)}; call handle.set_layout() for each batch"
                 )
-            if self.edit_generated and kwargs.get("past_key_values") is not None:
-                # the prefill of a generation: its last position produces the first
-                # generated token, so a method that steers generated tokens edits it too
-                mask = layout.mask(self.edit_policy) | layout.mask("last_token")
-                rows, pos = mask.nonzero(as_tuple=True)
-                cells[0] = (rows, pos)
-            else:
-                cells[0] = layout.indices(self.edit_policy)
+            # The same policy serves scoring rows and a generation's prefill: a method that
+            # steers generated tokens uses "response" (the last prompt token, whose output
+            # predicts the first answer token, and every continuation token), so scoring a
+            # continuation edits exactly the cells generating it token by token does.
+            cells[0] = layout.indices(self.edit_policy)
             state["busy"] = True
             try:
                 rewritten = self._before_full_forward(model, args, kwargs, layout)

@@ -6,9 +6,13 @@ v_l = mean over pairs of (a_l(pos) - a_l(neg)). Vectors of all layers are kept, 
 serves a sweep over `layer`.
 
 Apply: add `multiplier * v_layer` to the output of decoder layer `layer` at every position
-after the prompt ("continuation", the authors' setting: all response tokens) or at every
-real position ("all", what lm-eval's built-in `steered` model does), and at every token
-generated with a KV cache.
+from the last prompt token on ("response": the position whose output predicts the first
+answer token and every answer token after it, the authors' "all positions after the
+instruction") or at every real position ("all", what lm-eval's built-in `steered` model
+does). Scoring and generation edit the same cells: a scored row (prompt + continuation)
+is edited from its last prompt token on; `generate` edits the prefill's last token (or
+the whole prefill under "all") and every token decoded with the KV cache, so the
+log-likelihood of a continuation equals the one teacher-forced generation assigns.
 
 Read position: `read_offset` counts back from the last token of prompt + completion, so 0
 reads the last token and -1 the one before it. The authors read token -2 because their
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -30,11 +34,11 @@ from typing_extensions import Self
 from sadi.activations import read_activations
 from sadi.architectures import decoder_layers, model_shape
 from sadi.pairs import Pair
-from sadi.positions import PositionPolicy
+from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
 from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
-CaaPositions = Literal["continuation", "all"]
-CAA_POSITIONS: tuple[str, ...] = get_args(CaaPositions)
+CaaPositions = AnswerPositions
+CAA_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
 
 
 @dataclass
@@ -63,8 +67,9 @@ class CAA(Steerer):
         normalize: rescale every layer's vector to the mean norm over layers of the
             unnormalised vectors (see `steering_vectors`). Applied at steering time; the
             saved state is always the raw mean difference.
-        positions: "continuation" (every position after the prompt, the paper's setting) or
-            "all" (every real position, prompt included, as lm-eval's `steered` model).
+        positions: "response" (the last prompt token and every continuation / generated
+            token, the paper's setting) or "all" (every real position, prompt included, as
+            lm-eval's `steered` model). "continuation", the old name, is read as "response".
         batch_size: batch size of the fitting passes.
         progress: show a progress bar while fitting.
 
@@ -81,7 +86,7 @@ class CAA(Steerer):
 
     method: ClassVar[str] = "caa"
     apply_params = ("layer", "multiplier", "normalize", "positions")
-    edit_policy: PositionPolicy = "continuation"
+    edit_policy: PositionPolicy = "response"
     edit_generated = True
 
     def __init__(
@@ -91,7 +96,7 @@ class CAA(Steerer):
         multiplier: float = 1.0,
         read_offset: int = 0,
         normalize: bool = False,
-        positions: CaaPositions = "continuation",
+        positions: CaaPositions = "response",
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
@@ -113,11 +118,7 @@ class CAA(Steerer):
             )
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be true or false, got {normalize!r}")
-        if positions not in CAA_POSITIONS:
-            raise ValueError(
-                f"positions must be one of {list(CAA_POSITIONS)}, got {positions!r}; "
-                "'continuation' edits every position after the prompt, 'all' every position"
-            )
+        positions = answer_positions(positions)
         self.layer = layer
         self.multiplier = check_finite("multiplier", multiplier)
         self.read_offset = read_offset

@@ -19,9 +19,11 @@ projections of all tuning activations, here again every fit text of both classes
 held-apart part only ever scores the probes; the task's report split is never seen.
 
 Apply: x_{l,h} <- x_{l,h} + alpha * sigma_{l,h} * theta_{l,h} at the attention output
-projection's input of the selected heads, at every continuation position of a scored row
-(`positions="continuation"`) or every real position (`positions="all"`), and at every token
-generated with a KV cache.
+projection's input of the selected heads, from the last prompt token of a scored row on
+(`positions="response"`: that token's output predicts the first answer token, then every
+continuation token) or at every real position (`positions="all"`), and at every token
+generated with a KV cache. Scoring and generation edit the same cells: `generate` edits
+the prefill's last token (the whole prefill under "all") and every decoded token.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from typing_extensions import Self
 from sadi.activations import read_activations
 from sadi.architectures import model_shape
 from sadi.pairs import Pair
-from sadi.positions import PositionPolicy
+from sadi.positions import AnswerPositions, PositionPolicy, answer_positions
 from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 ItiDirection = Literal["mass_mean", "probe"]
-ItiPositions = Literal["continuation", "all"]
+ItiPositions = AnswerPositions
 
 # the authors' K for a 32-layer x 32-head (1024 heads) 7B model
 AUTHORS_K = 48
@@ -81,11 +83,13 @@ class ITI(Steerer):
         alpha: strength; each edited head moves by alpha standard deviations along theta
             (authors' default 15). alpha = 0 registers no hook at all.
         direction: "mass_mean" (mu_true - mu_false) or "probe" (the probe's weights).
-        positions: cells edited in a full forward: "continuation" (every continuation
-            token of a scored row) or "all" (every real token, prompt included). Tokens
-            generated with a KV cache are edited in both cases, and so is the last prompt
-            token of a `generate` prefill, which produces the first new token (as the
-            authors' generation code does); "all" edits the whole prefill.
+        positions: cells edited in a full forward: "response" (the last prompt token,
+            which predicts the first answer token, and every continuation token of a
+            scored row) or "all" (every real token, prompt included). Tokens generated
+            with a KV cache are edited in both cases; a `generate` prefill is edited at its
+            last token ("response") or everywhere ("all"), so scoring a continuation and
+            generating it teacher-forced edit the same cells. "continuation", the old
+            name, is read as "response".
         heldout: fraction of the pairs held apart to score the probes, in (0, 1); the
             train part has int(n_pairs * (1 - heldout)) pairs, as in the authors' code.
             The held-apart pairs only score the probes for selection; the mass-mean theta
@@ -112,7 +116,7 @@ class ITI(Steerer):
         k: int = AUTHORS_K,
         alpha: float = 15.0,
         direction: ItiDirection = "mass_mean",
-        positions: ItiPositions = "continuation",
+        positions: ItiPositions = "response",
         heldout: float = 0.2,
         seed: int = 42,
         batch_size: int = 16,
@@ -131,8 +135,7 @@ class ITI(Steerer):
             )
         if direction not in ("mass_mean", "probe"):
             raise ValueError(f"direction must be 'mass_mean' or 'probe', got {direction!r}")
-        if positions not in ("continuation", "all"):
-            raise ValueError(f"positions must be 'continuation' or 'all', got {positions!r}")
+        positions = answer_positions(positions)
         held = check_finite("heldout", heldout)
         if not 0.0 < held < 1.0:
             raise ValueError(

@@ -1,0 +1,53 @@
+"""Atomic writes with the permissions the user's umask asks for.
+
+`tempfile` creates files 0600 and directories 0700 whatever the umask, and an atomic write
+renames such a temporary into place: without the chmod here, results, samples and cache
+entries would be unreadable to teammates sharing a cluster directory or a cache.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path) -> Path:
+    """chmod `path` (a file, or a directory tree) to 0666 / 0777 less the umask."""
+    mask = current_umask()
+    if path.is_dir():
+        for root, _dirs, files in os.walk(path):
+            os.chmod(root, 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+    return path
+
+
+@contextmanager
+def atomic_open(path: Path) -> Iterator[IO[str]]:
+    """Write a text file atomically: a crash never leaves a half-written `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            yield f
+        honour_umask(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["atomic_open", "current_umask", "honour_umask"]

@@ -1,0 +1,160 @@
+"""Checks of a composed run config that need no model, run before anything is loaded.
+
+Each raises `ConfigError` with one message that names the bad value, the allowed values and
+the fix, so a bad override costs seconds, not a model load and a fit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sadi.models import resolve_dtype
+from sadi.tasks import check_split_names
+
+METRICS = {"acc": ("acc", "acc_norm"), "acc_norm": ("acc", "acc_norm"), "mc2": ("mc2",)}
+# intervention config keys that are not constructor arguments of the steerer
+_NOT_PARAMS = {"_target_", "name"}
+
+
+class ConfigError(ValueError):
+    """A run config value that cannot work; the message says which and how to fix it."""
+
+
+def check_optimized_metric(value: str, primary_metric: str) -> tuple[str, str]:
+    """`optimized_metric` must be `select/<a metric the task reports>`; returns (split, name)."""
+    split, sep, name = str(value).partition("/")
+    allowed = METRICS.get(primary_metric, (primary_metric,))
+    if split != "select" or not sep:
+        raise ConfigError(
+            f"optimized_metric={value!r} must read the select split, e.g. "
+            f"optimized_metric=select/{allowed[0]}: hyperparameters are chosen on select and "
+            "the report split is only reported (python -m sadi.select does that once)"
+        )
+    if name not in allowed:
+        raise ConfigError(
+            f"optimized_metric={value!r}: this task reports {list(allowed)}, not {name!r}; use "
+            f"optimized_metric=select/{allowed[0]}"
+        )
+    return split, name
+
+
+def check_batch_size(value: Any) -> None:
+    """A positive integer, "auto" or "auto:N" (lm-eval's forms)."""
+    if isinstance(value, bool):
+        ok = False
+    elif isinstance(value, int):
+        ok = value > 0
+    elif isinstance(value, str):
+        head, _, tail = value.partition(":")
+        ok = head == "auto" and (not tail or (tail.isdigit() and int(tail) > 0))
+        ok = ok or (value.isdigit() and int(value) > 0)
+    else:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"model.batch_size={value!r} is not a batch size; use a positive integer "
+            "(e.g. model.batch_size=16), 'auto' or 'auto:N' (lm-eval picks the largest that fits)"
+        )
+
+
+def check_device(value: str | None) -> None:
+    """A device this machine has (None: CUDA when present, else CPU)."""
+    if value is None:
+        return
+    try:
+        device = torch.device(value)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"model.device={value!r} is not a device ({err}); use cpu, cuda, cuda:N, or null "
+            "(CUDA when present, else CPU)"
+        ) from err
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(
+                f"model.device={value!r} but this machine has no CUDA device (torch "
+                f"{torch.__version__}); use model.device=cpu, or model.device=null to take CUDA "
+                "only where there is one"
+            )
+        if device.index is not None and device.index >= n:
+            raise ConfigError(
+                f"model.device={value!r} but this machine has {n} CUDA device(s): "
+                f"use cuda:0 .. cuda:{n - 1}"
+            )
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"model.device={value!r}: use cpu, cuda, cuda:N or null")
+
+
+def check_dtype(value: str) -> None:
+    try:
+        resolve_dtype(value)
+    except ValueError as err:
+        raise ConfigError(f"model.dtype: {err}") from err
+
+
+def steerer_class(target: str) -> type[Any]:
+    from hydra.utils import get_class
+
+    cls: type[Any] = get_class(target)
+    return cls
+
+
+def check_intervention_keys(intervention: DictConfig) -> None:
+    """Every key of the intervention config is an argument of its steerer's constructor."""
+    target = intervention.get("_target_")
+    if not target:
+        extra = sorted(set(intervention) - _NOT_PARAMS)
+        if extra:
+            raise ConfigError(
+                f"intervention=none takes no parameters, got {extra}; choose a method "
+                "(intervention=sadi, iti, caa, ...) or drop those overrides"
+            )
+        return
+    cls = steerer_class(str(target))
+    params = [p for p in inspect.signature(cls).parameters if p != "self"]
+    valid = sorted(set(params) - {"component", "progress"})
+    for key in map(str, intervention):
+        if key in _NOT_PARAMS or key in params:
+            continue
+        near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+        hint = f" Did you mean {near}?" if near else ""
+        raise ConfigError(
+            f"intervention.{key} is not a parameter of {cls.__name__} "
+            f"(intervention={intervention.get('name')}).{hint} Its parameters: {valid}"
+        )
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """Everything about `cfg` that can be checked before the task or the model is loaded."""
+    check_optimized_metric(cfg.optimized_metric, cfg.task.primary_metric)
+    check_batch_size(cfg.model.batch_size)
+    check_device(cfg.model.device)
+    check_dtype(cfg.model.dtype)
+    check_intervention_keys(cfg.intervention)
+    try:
+        check_split_names(list(cfg.task.splits))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if cfg.task.limit is not None and cfg.task.limit <= 0:
+        raise ConfigError(
+            f"task.limit={cfg.task.limit} must be a positive number of items per scored split, "
+            "or null for all"
+        )
+    if cfg.task.n_pairs <= 0 and cfg.intervention.get("_target_"):
+        raise ConfigError(f"task.n_pairs={cfg.task.n_pairs} must be positive (e.g. 150)")
+
+
+__all__ = [
+    "ConfigError",
+    "check_batch_size",
+    "check_device",
+    "check_dtype",
+    "check_intervention_keys",
+    "check_optimized_metric",
+    "check_run_config",
+]

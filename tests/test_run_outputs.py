@@ -1,0 +1,194 @@
+"""Nothing a run computed is lost: results before the tracker, a run directory per run,
+sweep points that never collide, resume keyed on the inputs' content, readable files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sadi.run as run_module
+from sadi.cache import get_or_create
+from sadi.select import select
+from sadi.tasks import EXAMPLE_DATA
+from sadi.tracking import write_json
+from tests.test_run import compose_run, tiny_overrides
+
+
+class BrokenTracker:
+    """A tracker that fails the way W&B does online without an API key."""
+
+    def log(self, metrics: dict[str, float]) -> None:
+        raise RuntimeError("api_key not configured (no-tty)")
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        raise RuntimeError("api_key not configured (no-tty)")
+
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_tracker_failure_loses_no_results(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict: bool
+) -> None:
+    monkeypatch.setattr(run_module, "make_tracker", lambda *a, **k: BrokenTracker())
+    out = tmp_path / "sweep" / "point"
+    cfg = compose_run(
+        tiny_overrides(tiny_model_dir, out, "task.splits=[select]", f"logger.strict={strict}")
+    )
+    if strict:
+        with pytest.raises(run_module.TrackerError, match="api_key.*the results are written"):
+            run_module.run(cfg)
+    else:
+        run_module.run(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["select"]["acc"] >= 0.0
+    assert results["tracking"]["ok"] is False
+    assert [f["what"] for f in results["tracking"]["failures"]] == ["the fit", "the run"]
+    assert all("api_key" in f["error"] for f in results["tracking"]["failures"])
+    # the select stage still sees the run
+    monkeypatch.undo()
+    chosen = select(tmp_path / "sweep", logger="none")
+    assert chosen[0]["chosen"]["run_dir"] == str(out)
+
+
+def _sadi_run(model_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "sadi.run",
+        f"model.source={model_dir}",
+        "model.name=tiny",
+        "task=jsonl",
+        f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}",
+        "task.n_pairs=8",
+        "logger=none",
+        "progress=false",
+        *extra,
+    ]
+
+
+def test_two_runs_started_together_never_share_a_directory(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "SADI_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            _sadi_run(tiny_model_dir, f"intervention.k={k}"),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (2, 3)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    done = sorted((tmp_path / "outputs" / "runs").glob("*/results.json"))
+    assert len(done) == 2
+    ks = {json.loads(p.read_text())["config"]["intervention"]["k"] for p in done}
+    assert ks == {2, 3}
+    # the last thing a run prints is where its results are
+    for stdout, _ in outs:
+        last = stdout.strip().splitlines()[-2:]
+        assert last[0].startswith("results: ") and last[1].startswith("run directory: ")
+        assert Path(last[0].removeprefix("results: ")).exists()
+
+
+def test_a_sweep_over_data_paths_keeps_every_point(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """task.path is not in the directory name (a path), but points never collide, select
+    keeps them apart, and a plain sweep scores the select split only."""
+    rows = (EXAMPLE_DATA / "tiny_mc.jsonl").read_text().splitlines()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(rows) + "\n")
+    b.write_text("\n".join(rows[::-1]) + "\n")  # other order: other carving, other splits
+    cmd = _sadi_run(
+        tiny_model_dir,
+        f"task.path={a},{b}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    cmd.remove(f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}")
+    cmd.insert(3, "-m")  # python -m sadi.run -m ...
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(done) == 2
+    results = [json.loads(p.read_text()) for p in done]
+    assert {r["config"]["task"]["path"] for r in results} == {str(a), str(b)}
+    assert all(r["scored_splits"] == ["select"] for r in results)
+    assert all(set(r["metrics"]) == {"select"} for r in results)
+    groups = select(tmp_path / "sweep", logger="none")
+    assert len(groups) == 2 and len({g["group"] for g in groups}) == 2
+
+
+def test_resume_recomputes_a_point_whose_data_changed(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data.jsonl"
+    rows = (EXAMPLE_DATA / "tiny_mc.jsonl").read_text().splitlines()
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "point"
+    overrides = [
+        o if not o.startswith("task.path=") else f"task.path={data}"
+        for o in tiny_overrides(tiny_model_dir, out, "task.splits=[select]")
+    ]
+    run_module.run(compose_run(overrides))
+    first = json.loads((out / "results.json").read_text())
+    run_module.run(compose_run(overrides))
+    assert "skipping completed point" in capsys.readouterr().out
+    # same path, other content: the point is not complete any more
+    edited = [json.loads(r) for r in rows]
+    edited[0]["question"] = edited[0]["question"] + " (edited)"
+    data.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    run_module.run(compose_run(overrides))
+    printed = capsys.readouterr().out
+    assert "skipping" not in printed and "recomputing, its data or model weights changed" in printed
+    second = json.loads((out / "results.json").read_text())
+    assert second["inputs"]["data"] != first["inputs"]["data"]
+    assert second["inputs"]["model"] == first["inputs"]["model"]
+    kept = list(out.glob("results.superseded-*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["inputs"] == first["inputs"]
+
+
+def test_a_killed_fit_leaves_no_temporary_behind(tmp_path: Path) -> None:
+    def crash(tmp: Path) -> None:
+        (tmp / "half").write_text("x")
+        raise KeyboardInterrupt  # as a kill mid-fit would leave it (no cleanup ran)
+
+    root = tmp_path / "fits"
+    with pytest.raises(KeyboardInterrupt):
+        get_or_create(root, {"k": 1}, crash)
+    # a SIGKILL skips the cleanup: simulate what it leaves
+    from sadi.cache import digest
+
+    stale = root / f"{digest({'k': 1})}.abc123"
+    stale.mkdir(parents=True)
+    entry, hit = get_or_create(root, {"k": 1}, lambda tmp: (tmp / "v").write_text("1") and None)
+    assert not hit and (entry / "v").read_text() == "1"
+    assert sorted(p.name for p in root.iterdir()) == sorted([entry.name, f"{entry.name}.lock"])
+
+
+def test_files_honour_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "results.json", {"a": 1})
+        entry, _ = get_or_create(
+            tmp_path / "cache", {"k": 2}, lambda tmp: (tmp / "v").write_text("1") and None
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o755
+    assert stat.S_IMODE((entry / "key.json").stat().st_mode) == 0o644
