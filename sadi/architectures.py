@@ -13,15 +13,22 @@ modeling file is ever forked:
 - `residual`: decoder layer output (the residual stream). Element grid [layers, d_model].
 
 Adding an architecture means adding one `Architecture` entry to `ARCHITECTURES`.
+
+Two fingerprints tie a fitted steerer to its model: `model_shape` (architecture and sizes)
+and `weights_fingerprint` (a hash of a few small weight slices, which tells a base model from
+its fine-tuned chat variant of the same shape).
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass
+import hashlib
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 ComponentName = Literal["head", "neuron", "neuron_down", "hidden", "residual"]
 COMPONENTS: tuple[str, ...] = get_args(ComponentName)
@@ -40,6 +47,7 @@ class Architecture:
     mlp_down: str  # from a decoder layer to the MLP down projection
     n_heads_attr: str  # config attribute holding the number of attention (query) heads
     d_model_attr: str  # config attribute holding the hidden size
+    final_norm: str  # from the model root to the norm after the last decoder layer
     # takes a custom 4D attention mask and explicit position ids as they are, so faithful
     # SADI can run in one forward with a shadow position (sadi/shadow.py); ALiBi models
     # derive positions from the 2D mask and cannot
@@ -53,6 +61,7 @@ _LLAMA_LIKE: dict[str, Any] = dict(
     mlp_down="mlp.down_proj",
     n_heads_attr="num_attention_heads",
     d_model_attr="hidden_size",
+    final_norm="model.norm",
 )
 _BLOOM_LIKE: dict[str, Any] = dict(
     layers="transformer.h",
@@ -60,6 +69,7 @@ _BLOOM_LIKE: dict[str, Any] = dict(
     mlp_down="mlp.dense_4h_to_h",
     n_heads_attr="n_head",
     d_model_attr="hidden_size",
+    final_norm="transformer.ln_f",
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -78,6 +88,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             mlp_down="mlp.c_proj",
             n_heads_attr="n_head",
             d_model_attr="n_embd",
+            final_norm="transformer.ln_f",
         ),
         Architecture("bloom", ("bloom",), mlp_act="mlp.gelu_impl", shadow=False, **_BLOOM_LIKE),
         Architecture(
@@ -209,6 +220,35 @@ class ModelShape:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: object) -> ModelShape:
+        """The inverse of `as_dict`; a ValueError names missing, unknown or mistyped fields."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict):
+            raise ValueError(f"a model shape must be an object with fields {names}, got {data!r}")
+        missing = [n for n in names if n not in data]
+        unknown = sorted(set(data) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"a model shape needs exactly the fields {names}; missing {missing}, "
+                f"unknown {unknown}"
+            )
+        bad = {
+            n: data[n]
+            for n in names
+            if (n == "architecture" and not isinstance(data[n], str))
+            or (
+                n != "architecture"
+                and (isinstance(data[n], bool) or not isinstance(data[n], int) or data[n] <= 0)
+            )
+        }
+        if bad:
+            raise ValueError(
+                f"model shape fields must be a class name (architecture) and positive "
+                f"integers (sizes); got {bad}"
+            )
+        return cls(**{n: data[n] for n in names})
+
 
 def model_shape(model: nn.Module) -> ModelShape:
     """Read architecture and sizes from the model's modules and config."""
@@ -225,3 +265,62 @@ def model_shape(model: nn.Module) -> ModelShape:
         d_model=int(getattr(model.config, arch.d_model_attr)),
         d_ff=_in_features(get_module(first, arch.mlp_down)),
     )
+
+
+# elements hashed from the start of each tensor: enough to tell fine-tuned weights apart,
+# small enough to copy to the CPU on every `Steerer.apply`
+WEIGHTS_SLICE = 4096
+WEIGHTS_FINGERPRINT_CHARS = 16
+
+
+def _leading(tensor: Tensor, n: int) -> Tensor:
+    """The first `n` elements of `tensor` in row-major order, copying at most a few rows."""
+    t = tensor.detach()
+    if t.dim() == 0:
+        return t.reshape(1)
+    rows = math.ceil(n / max(1, t[0].numel()))
+    return t[:rows].reshape(-1)[:n]
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of a few fixed weight slices: tells apart models of the same shape.
+
+    Hashes (sha256, first 16 hex characters) the shape and the first `WEIGHTS_SLICE`
+    elements of the input embedding, of every parameter of the first and of the last decoder
+    layer, and of the final norm, each as float32 on the CPU. The slices alone are copied, so
+    it is cheap enough to call on every `apply`, on any device. Equal weights give equal
+    fingerprints in any dtype they are held in exactly (a bf16 checkpoint loaded in bf16 or
+    float32); a lossy cast (float32 weights held in bf16) gives another fingerprint.
+
+    Raises:
+        ValueError: a hashed weight is on the meta device (not materialised, e.g. offloaded).
+
+    Example:
+        >>> weights_fingerprint(model)
+        '3f9c0a1b2d4e5f60'
+    """
+    arch = architecture_of(model)
+    layers = decoder_layers(model)
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if get_embeddings is None:
+        raise TypeError(
+            f"cannot find the input embedding of {type(model).__name__}: it has no "
+            "get_input_embeddings(); pass a transformers PreTrainedModel"
+        )
+    tensors: list[tuple[str, Tensor]] = [("embed", get_embeddings().weight)]
+    for i in sorted({0, len(layers) - 1}):
+        tensors += [(f"layer {i} {n}", p) for n, p in layers[i].named_parameters()]
+    norm = get_module(model, arch.final_norm)
+    tensors += [(f"{arch.final_norm} {n}", p) for n, p in norm.named_parameters()]
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        if tensor.is_meta:
+            raise ValueError(
+                f"cannot fingerprint the weights of {type(model).__name__}: {name} is on the "
+                "meta device (not loaded, e.g. offloaded by a device_map); load the model "
+                "with its weights in memory"
+            )
+        part = _leading(tensor, WEIGHTS_SLICE).to(device="cpu", dtype=torch.float32)
+        digest.update(repr(tuple(tensor.shape)).encode())
+        digest.update(part.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:WEIGHTS_FINGERPRINT_CHARS]

@@ -51,8 +51,7 @@ def test_smollm2_identity_padding_and_round_trip(
     conts = [p.positive for p in copa_pairs[:4]]
     batch = encode(tok, prompts, conts)
     base = logits(model, batch)
-    identity = SADI(component, k=k, strength=1.0, progress=False)
-    identity.state, identity.shape = sadi.state, sadi.shape
+    identity = SADI(component, k=k, strength=1.0, progress=False).adopt(sadi)
     assert torch.equal(steered(model, identity, batch), base)
 
     out = steered(model, sadi, batch)
@@ -86,8 +85,7 @@ def test_smollm2_faithful_differs_from_online_only_through_upstream_edits(
 ) -> None:
     model, tok = smollm2
     online = SADI("head", k=6, strength=5.0, progress=False).fit(model, tok, copa_pairs)
-    faithful = SADI("head", k=6, strength=5.0, mode="faithful", progress=False)
-    faithful.state, faithful.shape = online.state, online.shape
+    faithful = SADI("head", k=6, strength=5.0, mode="faithful", progress=False).adopt(online)
     batch = encode(tok, [p.prompt for p in copa_pairs[:3]], [p.positive for p in copa_pairs[:3]])
     a, b = steered(model, online, batch), steered(model, faithful, batch)
     assert torch.isfinite(b).all()

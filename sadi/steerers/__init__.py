@@ -1,6 +1,12 @@
 """Steering methods: one module and one class each, registered by method name."""
 
-from sadi.steerers.base import FingerprintMismatch, Steerer, SteeringHandle
+from sadi.steerers.base import (
+    ArtifactError,
+    FingerprintMismatch,
+    Steerer,
+    SteeringHandle,
+    WeightsMismatch,
+)
 from sadi.steerers.caa import CAA, CAAState
 from sadi.steerers.iti import ITI, ITIState
 from sadi.steerers.sadi import SADI, SADIState
@@ -8,6 +14,7 @@ from sadi.steerers.sadi import SADI, SADIState
 STEERERS: dict[str, type[Steerer]] = {cls.method: cls for cls in (SADI, ITI, CAA)}
 
 __all__ = [
+    "ArtifactError",
     "CAA",
     "CAAState",
     "ITI",
@@ -18,4 +25,5 @@ __all__ = [
     "FingerprintMismatch",
     "Steerer",
     "SteeringHandle",
+    "WeightsMismatch",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -17,12 +18,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.architectures import ModelShape, check_component, model_shape, model_site
+from sadi.architectures import (
+    WEIGHTS_FINGERPRINT_CHARS,
+    ModelShape,
+    check_component,
+    model_shape,
+    model_site,
+    weights_fingerprint,
+)
 from sadi.forwards import forward_kind
 from sadi.hooks import Inputs, LayerHook, hooked, observe_forward
 from sadi.pairs import Pair
@@ -38,6 +47,56 @@ EditFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 class FingerprintMismatch(ValueError):
     """A fitted steerer was applied to, or loaded for, a model of a different shape."""
+
+
+class WeightsMismatch(FingerprintMismatch):
+    """A fitted steerer was applied to, or loaded for, a model of its shape but other weights
+    (e.g. the chat variant of the base model it was fitted on)."""
+
+
+class ArtifactError(ValueError):
+    """A saved steerer's files are damaged, inconsistent, or from another version of sadi."""
+
+
+def _model_id(model: nn.Module) -> str:
+    return str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
+
+
+def check_tensor_names(method: str, tensors: dict[str, Tensor], expected: Sequence[str]) -> None:
+    """Refuse a tensor set that is not exactly `expected` (names both sets)."""
+    if set(tensors) != set(expected):
+        raise ValueError(
+            f"a {method} steerer holds the tensors {sorted(expected)}, found {sorted(tensors)}; "
+            f"the file was not written by {method}'s save() (or was edited): re-save or refit it"
+        )
+
+
+def check_tensor_shape(name: str, tensor: Tensor, expected: Sequence[int], what: str) -> None:
+    """Refuse `tensor` unless its shape is `expected`; `what` says where `expected` is from."""
+    if tuple(tensor.shape) != tuple(expected):
+        raise ValueError(
+            f"tensor {name!r} has shape {list(tensor.shape)}, expected {list(expected)} "
+            f"= {what}; the tensors and the fingerprint do not belong together: re-save the "
+            "fitted steerer, or refit it"
+        )
+
+
+def check_mask(name: str, mask: Tensor) -> Tensor:
+    """`mask` as bool, refusing values other than 0/1 (or False/True)."""
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(
+            f"tensor {name!r} must be a 0/1 (bool) mask, got values {mask.unique().tolist()[:8]}"
+        )
+    return mask.bool()
+
+
+def check_finite_tensor(name: str, tensor: Tensor) -> Tensor:
+    """`tensor` as float32, refusing non-float dtypes and NaN/inf values."""
+    if not tensor.is_floating_point():
+        raise ValueError(f"tensor {name!r} must be floating point, got {tensor.dtype}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"tensor {name!r} holds NaN or infinite values")
+    return tensor.float()
 
 
 def check_finite(name: str, value: float) -> float:
@@ -59,6 +118,18 @@ def check_pairs(pairs: Sequence[Pair]) -> None:
                 f"pair {i} (item {p.item_id!r}) has positive == negative == {p.positive!r}; "
                 "a contrastive pair needs two different completions"
             )
+
+
+_FINGERPRINT_RE = re.compile(f"[0-9a-f]{{{WEIGHTS_FINGERPRINT_CHARS}}}")
+
+
+def _check_weights_value(field: str, value: object, fail: Callable[[str], ArtifactError]) -> str:
+    if not isinstance(value, str) or not _FINGERPRINT_RE.fullmatch(value):
+        raise fail(
+            f"{field!r} must be {WEIGHTS_FINGERPRINT_CHARS} lowercase hex characters "
+            f"(sadi.architectures.weights_fingerprint), got {value!r}; re-save or refit"
+        )
+    return value
 
 
 class SteeringHandle:
@@ -97,6 +168,10 @@ class Steerer(ABC):
         check_component(component)
         self.component = component
         self.shape: ModelShape | None = None
+        # `weights_fingerprint` of the model it was fitted on; `accepted_weights` adds the
+        # fingerprints of other weights the user vouched for (`load(allow_other_weights=True)`)
+        self.weights_fingerprint: str | None = None
+        self.accepted_weights: set[str] = set()
         self.model_id: str | None = None
         self.n_pairs: int = 0
 
@@ -121,7 +196,12 @@ class Steerer(ABC):
 
     @abstractmethod
     def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Restore the fitted state from `tensors()` output."""
+        """Restore the fitted state from `tensors()` output.
+
+        Raises ValueError (naming what was expected and what was found) unless the tensors
+        are exactly those `tensors()` writes, with the shapes of the recorded fingerprint
+        (when one is set) and consistent with the hyperparameters.
+        """
 
     def _before_full_forward(
         self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
@@ -137,17 +217,57 @@ class Steerer(ABC):
     # ----- shared machinery ----------------------------------------------------------
     def _remember_model(self, model: nn.Module, n_pairs: int) -> ModelShape:
         self.shape = model_shape(model)
-        self.model_id = str(getattr(model.config, "name_or_path", "") or "")
+        self.weights_fingerprint = weights_fingerprint(model)
+        self.accepted_weights = set()
+        self.model_id = _model_id(model)
         self.n_pairs = n_pairs
         return self.shape
+
+    def _copy_identity(self, fitted: Steerer) -> None:
+        """Take the model record (fingerprints, model id, pair count) of `fitted`."""
+        self.shape, self.model_id, self.n_pairs = fitted.shape, fitted.model_id, fitted.n_pairs
+        self.weights_fingerprint = fitted.weights_fingerprint
+        self.accepted_weights = set(fitted.accepted_weights)
 
     def fitted_shape(self) -> ModelShape:
         if self.shape is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load()")
         return self.shape
 
+    def fitted_weights(self) -> str:
+        """The weights fingerprint of the model this steerer was fitted on."""
+        if self.weights_fingerprint is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no weights fingerprint: call fit() or load(), or "
+                "take a fitted state with adopt() instead of assigning it"
+            )
+        return self.weights_fingerprint
+
     def check_fingerprint(self, model: nn.Module) -> None:
-        """Refuse a model whose architecture or sizes differ from the fitted one."""
+        """Refuse a model whose architecture, sizes or weights differ from the fitted one.
+
+        Raises:
+            FingerprintMismatch: the architecture or a size differs.
+            WeightsMismatch: same shape, other weights (`weights_fingerprint`), and these
+                weights were not accepted with `Steerer.load(..., allow_other_weights=True)`.
+        """
+        self._check_shape(model)
+        fitted = self.fitted_weights()
+        given = weights_fingerprint(model)
+        if given != fitted and given not in self.accepted_weights:
+            also = (
+                f", also accepting {sorted(self.accepted_weights)}" if self.accepted_weights else ""
+            )
+            raise WeightsMismatch(
+                f"this {self.method} steerer was fitted on {self.model_id!r} (weights "
+                f"fingerprint {fitted}{also}), but the given model {_model_id(model)!r} has "
+                f"the same shape and other weights (fingerprint {given}), e.g. a fine-tuned or "
+                "chat variant; refit it on this model, or, if you know the weights are "
+                "equivalent, load it with Steerer.load(directory, model, "
+                "allow_other_weights=True)"
+            )
+
+    def _check_shape(self, model: nn.Module) -> None:
         expected = self.fitted_shape()
         actual = model_shape(model)
         if actual != expected:
@@ -242,7 +362,8 @@ class Steerer(ABC):
     # ----- fit cache ---------------------------------------------------------------------
     def fit_key(self, model: nn.Module, pairs: Sequence[Pair]) -> dict[str, Any]:
         """Everything that determines the fitted state: method, component, fit parameters,
-        model identity and shape, and the exact pairs (so task, split, seed and data)."""
+        model identity, shape and weights fingerprint, and the exact pairs (so task, split,
+        seed and data)."""
         params = {k: v for k, v in self.params().items() if k not in self.apply_params}
         return {
             "method": self.method,
@@ -251,6 +372,7 @@ class Steerer(ABC):
             "model": str(getattr(model.config, "name_or_path", "")),
             "dtype": str(next(model.parameters()).dtype),
             "fingerprint": model_shape(model).as_dict(),
+            "weights_fingerprint": weights_fingerprint(model),
             "pairs": [[p.prompt, p.positive, p.negative, p.item_id] for p in pairs],
         }
 
@@ -258,8 +380,8 @@ class Steerer(ABC):
         """Take the fitted state of `fitted` (same method and fit parameters); returns self."""
         if type(fitted) is not type(self) or fitted.component != self.component:
             raise ValueError(f"cannot adopt a {fitted.method}/{fitted.component} state")
+        self._copy_identity(fitted)  # first: `_load_tensors` checks against the fingerprint
         self._load_tensors(fitted.tensors())
-        self.shape, self.model_id, self.n_pairs = fitted.shape, fitted.model_id, fitted.n_pairs
         return self
 
     # ----- artifacts -------------------------------------------------------------------
@@ -274,6 +396,8 @@ class Steerer(ABC):
             **self.params(),
             "model_id": self.model_id,
             "fingerprint": self.fitted_shape().as_dict(),
+            "weights_fingerprint": self.fitted_weights(),
+            "accepted_weights": sorted(self.accepted_weights),
             "n_pairs": self.n_pairs,
             "versions": {
                 "sadi": sadi.__version__,
@@ -293,33 +417,126 @@ class Steerer(ABC):
         return out
 
     @classmethod
-    def load(cls, directory: str | Path, model: nn.Module | None = None) -> Steerer:
+    def load(
+        cls,
+        directory: str | Path,
+        model: nn.Module | None = None,
+        *,
+        allow_other_weights: bool = False,
+    ) -> Steerer:
         """Read a saved steerer (safetensors + json, never pickle); check it against `model`.
 
         Called on `Steerer` it dispatches on the saved `method`.
-        """
-        from sadi.steerers import STEERERS
 
+        Args:
+            directory: the directory written by `save()`.
+            model: when given, the steerer is checked against it (shape and weights).
+            allow_other_weights: accept `model` although its weights fingerprint differs from
+                the one fitted on (same shape still required): for weights you know to be
+                equivalent. The loaded steerer then accepts `model` in `apply` too; the
+                fitted fingerprint stays recorded.
+
+        Raises:
+            FileNotFoundError: `directory` holds no steerer.json.
+            ArtifactError: a file is damaged or inconsistent (the message names it and why).
+            FingerprintMismatch: `model` has another architecture or size.
+            WeightsMismatch: `model` has other weights and `allow_other_weights` is False.
+
+        Example:
+            >>> steerer = Steerer.load("runs/x/steerer", model)
+        """
         src = Path(directory)
-        if not (src / META_FILE).exists():
+        meta_path, tensors_path = src / META_FILE, src / TENSORS_FILE
+        if not meta_path.exists():
             raise FileNotFoundError(
                 f"no {META_FILE} in {src}; pass the directory written by Steerer.save()"
             )
-        meta = json.loads((src / META_FILE).read_text())
+        obj = cls._from_metadata(meta_path)
+        if not tensors_path.exists():
+            raise ArtifactError(
+                f"{tensors_path}: file missing (the directory holds "
+                f"{sorted(p.name for p in src.iterdir())}); {META_FILE} alone has no fitted "
+                "state: copy both files written by Steerer.save(), or refit"
+            )
+        try:
+            tensors = load_file(str(tensors_path))
+        except (SafetensorError, OSError) as err:
+            raise ArtifactError(
+                f"{tensors_path}: not a readable safetensors file ({err}); it is truncated or "
+                "damaged: copy it again from where it was saved, or refit"
+            ) from err
+        try:
+            obj._load_tensors(tensors)
+        except ValueError as err:
+            raise ArtifactError(f"{tensors_path}: {err}") from err
+        if model is not None:
+            if allow_other_weights:
+                obj._check_shape(model)
+                given = weights_fingerprint(model)
+                if given != obj.fitted_weights():
+                    obj.accepted_weights.add(given)
+            obj.check_fingerprint(model)
+        return obj
+
+    @classmethod
+    def _from_metadata(cls, meta_path: Path) -> Steerer:
+        """A steerer with hyperparameters and model record from `meta_path`, no state yet."""
+        from sadi.steerers import STEERERS
+
+        def fail(what: str) -> ArtifactError:
+            return ArtifactError(f"{meta_path}: {what}")
+
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise fail(f"invalid JSON ({err}); re-save the steerer or refit it") from err
+        if not isinstance(meta, dict):
+            raise fail(f"expected a JSON object, got {type(meta).__name__}")
+        if "method" not in meta:
+            raise fail(f"no 'method' field; it must name one of {sorted(STEERERS)}")
         method = meta["method"]
-        if method not in STEERERS:
-            raise ValueError(f"unknown steering method {method!r}; known: {sorted(STEERERS)}")
+        if not isinstance(method, str) or method not in STEERERS:
+            raise fail(f"unknown steering method {method!r}; known: {sorted(STEERERS)}")
         klass = STEERERS[method]
         if cls is not Steerer and klass is not cls:
-            raise ValueError(f"{src} holds a {method!r} steerer, not {cls.method!r}")
+            raise fail(
+                f"holds a {method!r} steerer, not {cls.method!r}; load it with "
+                f"Steerer.load or {klass.__name__}.load"
+            )
+        for field in ("fingerprint", "weights_fingerprint"):
+            if field not in meta:
+                raise fail(
+                    f"no {field!r} field: it was written by an older version of sadi or edited "
+                    "by hand; re-save the fitted steerer with this version, or refit it"
+                )
         names = klass.param_names()
-        obj = klass(**{k: meta[k] for k in names if k in meta})
-        obj.shape = ModelShape(**meta["fingerprint"])
+        try:
+            obj = klass(**{k: meta[k] for k in names if k in meta})
+        except (ValueError, TypeError) as err:
+            raise fail(str(err)) from err
+        missing = [k for k in ("component", *obj.params()) if k not in meta]
+        if missing:
+            raise fail(
+                f"no value for the hyperparameters {missing} (a {method} steerer records "
+                f"{['component', *obj.params()]}); re-save the fitted steerer with this "
+                "version, or refit it"
+            )
+        try:
+            obj.shape = ModelShape.from_dict(meta["fingerprint"])
+        except ValueError as err:
+            raise fail(f"bad 'fingerprint': {err}") from err
+        obj.weights_fingerprint = _check_weights_value(
+            "weights_fingerprint", meta["weights_fingerprint"], fail
+        )
+        accepted = meta.get("accepted_weights", [])
+        if not isinstance(accepted, list):
+            raise fail(f"'accepted_weights' must be a list of fingerprints, got {accepted!r}")
+        obj.accepted_weights = {_check_weights_value("accepted_weights", a, fail) for a in accepted}
         obj.model_id = meta.get("model_id")
-        obj.n_pairs = int(meta.get("n_pairs", 0))
-        obj._load_tensors(load_file(str(src / TENSORS_FILE)))
-        if model is not None:
-            obj.check_fingerprint(model)
+        n_pairs = meta.get("n_pairs", 0)
+        if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 0:
+            raise fail(f"'n_pairs' must be a non-negative integer, got {n_pairs!r}")
+        obj.n_pairs = n_pairs
         return obj
 
     @classmethod

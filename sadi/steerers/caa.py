@@ -35,7 +35,15 @@ from sadi.activations import read_activations
 from sadi.architectures import decoder_layers, model_shape
 from sadi.pairs import Pair
 from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.steerers.base import (
+    EditFn,
+    Steerer,
+    check_finite,
+    check_finite_tensor,
+    check_pairs,
+    check_tensor_names,
+    check_tensor_shape,
+)
 
 CaaPositions = AnswerPositions
 CAA_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
@@ -158,12 +166,8 @@ class CAA(Steerer):
             **changes,
         }
         new = CAA(**kwargs)
-        new.shape, new.model_id, new.n_pairs, new.state = (
-            self.shape,
-            self.model_id,
-            self.n_pairs,
-            self.state,
-        )
+        new._copy_identity(self)
+        new.state = self.state
         if new.shape is not None:
             new._check_layer(new.shape.n_layers)
         return new
@@ -251,11 +255,21 @@ class CAA(Steerer):
         return {"vectors": self.fitted_state().vectors.float()}
 
     def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        vectors = tensors["vectors"]
-        if vectors.dim() != 2:
+        self.state = self._check_tensors(tensors)
+
+    def _check_tensors(self, tensors: dict[str, Tensor]) -> CAAState:
+        """The state in `tensors`, checked against the fingerprint (if recorded) and `layer`."""
+        check_tensor_names(self.method, tensors, ("vectors",))
+        vectors = check_finite_tensor("vectors", tensors["vectors"])
+        if self.shape is not None:
+            expected = (self.shape.n_layers, self.shape.d_model)
+            check_tensor_shape(
+                "vectors", vectors, expected, "[n_layers, d_model] of the recorded fingerprint"
+            )
+        elif vectors.dim() != 2:
             raise ValueError(f"CAA vectors must be [layers, d_model], got {tuple(vectors.shape)}")
         self._check_layer(int(vectors.shape[0]))
-        self.state = CAAState(vectors=vectors.float())
+        return CAAState(vectors=vectors)
 
 
 __all__ = ["CAA", "CAAState", "CAA_POSITIONS", "CaaPositions"]

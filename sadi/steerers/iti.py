@@ -45,7 +45,16 @@ from sadi.activations import read_activations
 from sadi.architectures import model_shape
 from sadi.pairs import Pair
 from sadi.positions import AnswerPositions, PositionPolicy, answer_positions
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.steerers.base import (
+    EditFn,
+    Steerer,
+    check_finite,
+    check_finite_tensor,
+    check_mask,
+    check_pairs,
+    check_tensor_names,
+    check_tensor_shape,
+)
 
 ItiDirection = Literal["mass_mean", "probe"]
 ItiPositions = AnswerPositions
@@ -345,12 +354,38 @@ class ITI(Steerer):
         }
 
     def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.state = ITIState(
-            accuracy=tensors["accuracy"],
-            mask=tensors["mask"].bool(),
-            direction=tensors["direction"],
-            sigma=tensors["sigma"],
+        self.state = self._check_tensors(tensors)
+
+    def _check_tensors(self, tensors: dict[str, Tensor]) -> ITIState:
+        """The state in `tensors`, checked against the fingerprint (if recorded) and `k`."""
+        check_tensor_names(self.method, tensors, ("accuracy", "mask", "direction", "sigma"))
+        accuracy = check_finite_tensor("accuracy", tensors["accuracy"])
+        mask = check_mask("mask", tensors["mask"])
+        direction = check_finite_tensor("direction", tensors["direction"])
+        sigma = check_finite_tensor("sigma", tensors["sigma"])
+        if self.shape is not None:
+            grid = (self.shape.n_layers, self.shape.n_heads)
+            source = "the recorded fingerprint"
+            head_dim = self.shape.head_dim
+        elif direction.dim() == 3:
+            grid, head_dim = (direction.shape[0], direction.shape[1]), direction.shape[2]
+            source = "'direction'"
+        else:
+            raise ValueError(
+                f"tensor 'direction' must be [layers, heads, head_dim], got {list(direction.shape)}"
+            )
+        for name, tensor in (("accuracy", accuracy), ("mask", mask), ("sigma", sigma)):
+            check_tensor_shape(name, tensor, grid, f"[n_layers, n_heads] of {source}")
+        check_tensor_shape(
+            "direction", direction, (*grid, head_dim), f"[n_layers, n_heads, head_dim] of {source}"
         )
+        selected = int(mask.sum())
+        if selected != self.k:
+            raise ValueError(
+                f"the mask selects {selected} heads but k={self.k} (in steerer.json); "
+                "an ITI mask holds exactly k heads: correct k, or refit"
+            )
+        return ITIState(accuracy=accuracy, mask=mask, direction=direction, sigma=sigma)
 
 
 __all__ = ["ITI", "ITIState"]

@@ -33,7 +33,16 @@ from sadi.hooks import Inputs, LayerHook, hooked
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
 from sadi.shadow import shadow_inputs
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.steerers.base import (
+    EditFn,
+    Steerer,
+    check_finite,
+    check_finite_tensor,
+    check_mask,
+    check_pairs,
+    check_tensor_names,
+    check_tensor_shape,
+)
 
 SadiMode = Literal["online", "faithful"]
 SadiVariant = Literal["dynamic", "fixed", "random"]
@@ -276,9 +285,39 @@ class SADI(Steerer):
         return {"delta": s.delta.float(), "mask": s.mask, "direction": s.direction.float()}
 
     def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.state = SADIState(
-            delta=tensors["delta"], mask=tensors["mask"].bool(), direction=tensors["direction"]
-        )
+        self.state = self._check_tensors(tensors)
+
+    def _check_tensors(self, tensors: dict[str, Tensor]) -> SADIState:
+        """The state in `tensors`, checked against the fingerprint (if recorded) and `k`."""
+        check_tensor_names(self.method, tensors, ("delta", "mask", "direction"))
+        delta = check_finite_tensor("delta", tensors["delta"])
+        mask = check_mask("mask", tensors["mask"])
+        direction = check_finite_tensor("direction", tensors["direction"])
+        if self.shape is not None:
+            grid = self.shape.grid(self.component)
+            where = f"[n_layers, {self.component} elements] of the recorded fingerprint"
+            width = (grid[0], self.shape.width(self.component))
+            check_tensor_shape("delta", delta, grid, where)
+            check_tensor_shape("mask", mask, grid, where)
+            check_tensor_shape(
+                "direction",
+                direction,
+                width,
+                f"[n_layers, {self.component} width] of the recorded fingerprint",
+            )
+        else:
+            if delta.dim() != 2:
+                raise ValueError(
+                    f"tensor 'delta' must be [layers, elements], got {list(delta.shape)}"
+                )
+            check_tensor_shape("mask", mask, delta.shape, "the shape of 'delta'")
+        selected = int(mask.sum())
+        if selected != self.k:
+            raise ValueError(
+                f"the mask selects {selected} elements but k={self.k} (in steerer.json); "
+                "a SADI mask holds exactly k elements: correct k, or refit"
+            )
+        return SADIState(delta=delta, mask=mask, direction=direction)
 
 
 __all__ = ["SADI", "SADIState"]
