@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,12 +15,14 @@ import pytest
 from sadi.tasks import (
     EXAMPLE_DATA,
     FORMATS,
+    LONG_CONTEXT_CHARS,
     SPLITS,
     TASKS,
     DataFormatError,
     Item,
     SplitOverlapError,
     check_disjoint,
+    check_split_names,
     default_data_dir,
     load_task,
     read_jsonl,
@@ -161,11 +165,12 @@ def test_every_task_loads_with_limit(name: str, fmt: str, data_dir: Path) -> Non
     task = load_task(name, data_dir=data_dir, format=fmt, limit=5)  # type: ignore[arg-type]
     assert task.name == name and task.format == fmt
     assert list(task.splits) == list(SPLITS)
-    for items in task.splits.values():
-        assert len(items) == 5
+    for split, items in task.splits.items():
+        # limit caps the scored splits only; fit keeps every item
+        assert len(items) == (EXPECTED_SIZES[name][0] if split == "fit" else 5)
         for item in items:
             assert item.question and item.question == item.question.rstrip()
-            assert all(c.startswith(" ") and not c.startswith("  ") for c in item.choices)
+            assert all(c.startswith(" ") and c[1:] == c[1:].lstrip() for c in item.choices)
             assert 0 <= item.label < len(item.choices) and item.label in item.correct
             if fmt == "ab":
                 assert item.question.endswith("Answer:") and item.choices[0] == " (A)"
@@ -174,7 +179,8 @@ def test_every_task_loads_with_limit(name: str, fmt: str, data_dir: Path) -> Non
 def test_limit_is_a_prefix_of_the_seeded_order(data_dir: Path) -> None:
     full = load_task("boolq", data_dir=data_dir, seed=3)
     again = load_task("boolq", data_dir=data_dir, seed=3, limit=7)
-    for split in SPLITS:
+    assert again.splits["fit"] == full.splits["fit"]
+    for split in ("select", "report"):
         assert again.splits[split] == full.splits[split][:7]
 
 
@@ -254,9 +260,9 @@ def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
 
 def test_label_out_of_range_names_file_line_value_and_choices(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "labels.jsonl", [_row(1), _row(2, label=5)])
-    with pytest.raises(DataFormatError, match=r"labels\.jsonl:2: label 5 .* 2 choices"):
+    with pytest.raises(DataFormatError, match=r"labels\.jsonl:2: item 'r2': label 5 .* 2 choices"):
         read_jsonl(path, validate=True)
-    with pytest.raises(DataFormatError, match=r":2: label 5"):
+    with pytest.raises(DataFormatError, match=r":2: item 'r2': label 5 is out of range"):
         load_task("jsonl", path=path)
     with pytest.raises(ValueError, match="out of range"):
         Item("x", "q", (" a", " b"), 2)
@@ -314,3 +320,185 @@ def test_too_few_items_for_three_splits(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "two.jsonl", [_row(1), _row(2)])
     with pytest.raises(ValueError, match="split 'fit' .* is empty"):
         load_task("jsonl", path=path)
+
+
+# --- bad task input: one clear error (or warning) at load time ----------------------------
+
+
+def _rows(n: int, **changes: Any) -> list[dict[str, Any]]:
+    """n valid rows r0..r(n-1); `changes` maps a key of row r1 to its new value."""
+    rows = [_row(i) for i in range(n)]
+    rows[1].update(changes)
+    return rows
+
+
+def test_limit_caps_the_scored_splits_never_fit() -> None:
+    full = load_task("jsonl", path=TINY, seed=2)
+    quick = load_task("jsonl", path=TINY, seed=2, limit=3)
+    assert {s: len(v) for s, v in quick.splits.items()} == {"fit": 10, "select": 3, "report": 3}
+    assert quick.splits["fit"] == full.splits["fit"]
+    assert quick.splits["select"] == full.splits["select"][:3]
+    assert quick.splits["report"] == full.splits["report"][:3]
+
+
+def test_non_utf8_file_names_file_line_byte_offset_and_fix(tmp_path: Path) -> None:
+    first = (json.dumps(_row(0)) + "\n").encode()
+    second = b'{"id": "r1", "question": "Caf\xe9", "choices": ["a", "b"]}\n'
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(first + second + (json.dumps(_row(2)) + "\n").encode())
+    column = second.index(b"\xe9") + 1  # 1-based, in bytes
+    offset = len(first) + column - 1  # 0-based, in the file
+    expected = (
+        rf"latin\.jsonl:2: not UTF-8 \(invalid continuation byte\): byte 0xe9 at byte offset "
+        rf"{offset} of the file \(byte {column} of line 2\); data files must be UTF-8, so save the "
+        r"file as UTF-8 \(e\.g\. `iconv -f latin1 -t utf-8 latin\.jsonl > fixed\.jsonl`"
+    )
+    with pytest.raises(DataFormatError, match=expected) as err:
+        read_jsonl(path)
+    assert isinstance(err.value.__cause__, UnicodeDecodeError)
+    with pytest.raises(DataFormatError, match=expected):
+        load_task("jsonl", path=path)
+
+
+def test_utf16_file_is_named_and_utf8_with_bom_is_read(tmp_path: Path) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in _rows(3))
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes(text.encode("utf-16"))
+    with pytest.raises(
+        DataFormatError,
+        match=r"utf16\.jsonl:1: not UTF-8 .* byte offset 0 .* UTF-16 byte-order mark.*-f utf-16",
+    ):
+        read_jsonl(utf16)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(text.encode("utf-8-sig"))
+    assert read_jsonl(bom, validate=True) == _rows(3)
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t "])
+def test_blank_question_is_rejected_naming_file_line_and_item(
+    tmp_path: Path, question: str
+) -> None:
+    path = _write_jsonl(tmp_path / "blank.jsonl", _rows(6, question=question))
+    expected = rf"blank\.jsonl:2: item 'r1': question is empty \({re.escape(repr(question))}\)"
+    with pytest.raises(DataFormatError, match=expected) as err:
+        load_task("jsonl", path=path)
+    assert "write the question or remove the line" in str(err.value)
+
+
+@pytest.mark.parametrize("choice", ["", "  "])
+def test_blank_choice_is_rejected(tmp_path: Path, choice: str) -> None:
+    path = _write_jsonl(tmp_path / "c.jsonl", _rows(3, choices=["a", choice]))
+    with pytest.raises(DataFormatError, match=r"c\.jsonl:2: item 'r1': choice 1 is empty"):
+        read_jsonl(path, validate=True)
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        (
+            "0",
+            r"label '0' is a str, but it must be an integer index into choices \(0\.\.1\); "
+            r"write 0 without quotes",
+        ),
+        (
+            True,
+            r"label True is a bool, but it must be an integer index into choices \(0\.\.1\); "
+            r"write the index of the correct choice as a number in 0\.\.1",
+        ),
+        (1.0, r"label 1\.0 is a float, .*; write 1 without the decimal point"),
+        ("A", r"label 'A' is a str, .*; write the index of the correct choice"),
+    ],
+)
+def test_label_that_is_not_an_int_says_so_and_how_to_fix(
+    tmp_path: Path, label: Any, message: str
+) -> None:
+    path = _write_jsonl(tmp_path / "lab.jsonl", _rows(6, label=label))
+    with pytest.raises(DataFormatError, match=rf"lab\.jsonl:2: item 'r1': {message}") as err:
+        load_task("jsonl", path=path)
+    assert "out of range" not in str(err.value)
+
+
+@pytest.mark.parametrize("choices", [["Paris", "Rome", "Paris"], ["Paris", "Rome", " Paris"]])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_identical_choices_are_rejected_naming_item_and_choice(
+    tmp_path: Path, choices: list[str], fmt: str
+) -> None:
+    path = _write_jsonl(tmp_path / "dup.jsonl", _rows(6, choices=choices))
+    with pytest.raises(
+        DataFormatError, match=r"dup\.jsonl:2: item 'r1': choices 0 and 2 are the same, 'Paris'"
+    ):
+        load_task("jsonl", path=path, format=fmt)  # type: ignore[arg-type]
+    # data scored as published may repeat an option (MMLU); its spec says so
+    assert len(read_jsonl(path, validate=True, unique_choices=False)) == 6
+    assert [n for n, spec in TASKS.items() if not spec.unique_choices] == ["mmlu"]
+
+
+def test_choice_whitespace_gives_exactly_one_space_at_the_join(tmp_path: Path) -> None:
+    plain = {"id": "x", "question": "The capital of France is", "choices": ["Paris", "Rome"]}
+    spaced = {**plain, "question": "The capital of France is ", "choices": [" Paris", "\tRome"]}
+    fillers = [_row(i) for i in range(1, 6)]
+    items = {}
+    for name, record in (("plain", plain), ("spaced", spaced)):
+        path = _write_jsonl(tmp_path / f"{name}.jsonl", [{**record, "label": 0}, *fillers])
+        for fmt in FORMATS:
+            task = load_task("jsonl", path=path, format=fmt)  # type: ignore[arg-type]
+            items[name, fmt] = next(i for v in task.splits.values() for i in v if i.id == "x")
+    for fmt in FORMATS:
+        assert items["spaced", fmt] == items["plain", fmt]
+    lm = items["spaced", "lm_eval"]
+    assert lm == Item("x", "The capital of France is", (" Paris", " Rome"), 0)
+    assert [lm.question + c for c in lm.choices] == [
+        "The capital of France is Paris",
+        "The capital of France is Rome",
+    ]
+    assert (
+        items["spaced", "ab"].question == "The capital of France is\n(A) Paris\n(B) Rome\nAnswer:"
+    )
+
+
+def test_long_contexts_are_kept_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [_row(i) for i in range(6)]
+    rows[2]["question"] = "x" * (LONG_CONTEXT_CHARS + 1)
+    rows[4]["question"] = "y" * 3000
+    path = _write_jsonl(tmp_path / "long.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="sadi.tasks.load"):
+        task = load_task("jsonl", path=path)
+    assert sum(len(v) for v in task.splits.values()) == 6  # nothing dropped
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert f"2 item(s) have a context longer than {LONG_CONTEXT_CHARS} characters" in message
+    assert "the longest is 'r4'" in message and "3000 characters" in message
+    assert "left truncation" in message and "fitting raises" in message
+    assert "kept (never dropped)" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sadi.tasks.load"):
+        load_task("jsonl", path=TINY)
+    assert not caplog.records
+
+
+def test_check_split_names_accepts_the_split_literal() -> None:
+    assert check_split_names(["select", "report"]) == ["select", "report"]
+    assert check_split_names(list(SPLITS)) == list(SPLITS) == ["fit", "select", "report"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["test"],
+            r"task\.splits: 'test' is not a split \(sadi's 'report' split plays that "
+            r"part\); the splits are \['fit', 'select', 'report'\]",
+        ),
+        (["select", "selct"], r"'selct' is not a split \(did you mean 'select'\?\)"),
+        (["report", "report"], r"lists 'report' twice"),
+        ([], r"task\.splits is empty"),
+        ("select", r"task\.splits='select' is a string; give a list"),
+    ],
+)
+def test_check_split_names_names_the_bad_split_and_the_fix(names: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        check_split_names(names)
+    assert "task.splits=[select" in str(err.value)

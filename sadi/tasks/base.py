@@ -71,10 +71,13 @@ class TaskSpec:
     """One task as data.
 
     ``context`` and ``ab_stem`` are ``str.format`` templates over the JSONL record after
-    ``prepare``. The lm_eval continuations are ``" " + c`` for ``c`` in the record's
-    ``_lm_choices`` (if ``prepare`` sets it) else ``choices``; the ab options are ``choices``.
-    ``ab_stem=None`` means the question already lists lettered options (CAA), so the ab
-    context is ``question + "\\nAnswer:"``.
+    ``prepare``; the lm_eval context loses its trailing whitespace. The lm_eval continuations
+    are ``" " + c.lstrip()`` for ``c`` in the record's ``_lm_choices`` (if ``prepare`` sets
+    it) else ``choices``; the ab stem also loses its trailing whitespace and the ab options
+    are ``choices``, each without its leading whitespace. ``ab_stem=None`` means the question
+    already lists lettered options (CAA), so the ab context is ``question + "\\nAnswer:"``.
+    ``unique_choices=False`` accepts records that repeat a choice (source data scored as
+    published); otherwise such records are rejected when the task loads.
     """
 
     folder: str
@@ -87,6 +90,7 @@ class TaskSpec:
     shuffle_choices: bool = False  # per-item seeded shuffle, for data with the answer first
     metric: Metric = "acc"
     split_seed: int = 0
+    unique_choices: bool = True
     notes: str = ""
 
     @property

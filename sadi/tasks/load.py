@@ -1,8 +1,21 @@
-"""Loading a task: rendering records into items in either prompt format, disjoint splits."""
+"""Loading a task: rendering records into items in either prompt format, disjoint splits.
+
+Whitespace at the join: the lm_eval context loses its trailing whitespace and every
+continuation is ``" " + choice.lstrip()``, so context + continuation holds exactly one space
+where they meet, whether or not the data's choices begin with a space (lm-eval scores the
+continuation as given: sadi's task config sets ``target_delimiter: ""``). In the ab format
+the stem loses its trailing whitespace too and each option line is
+``"\\n(A) " + choice.lstrip()``.
+
+Contexts longer than ``LONG_CONTEXT_CHARS`` are kept (never dropped) with one warning per
+load: lm-eval keeps the last ``max_length`` tokens of context + continuation when scoring
+(left truncation), and fitting raises on a row longer than the model's context.
+"""
 
 from __future__ import annotations
 
 import difflib
+import logging
 import random
 from pathlib import Path
 
@@ -19,6 +32,12 @@ from sadi.tasks.base import (
 )
 from sadi.tasks.data import check_disjoint, default_data_dir, existing_dir, read_jsonl
 from sadi.tasks.registry import JSONL_TASK, TASKS, carve
+
+log = logging.getLogger(__name__)
+
+# Characters of context above which an item is reported as long (about 500 tokens of
+# English); such items are still loaded and scored.
+LONG_CONTEXT_CHARS = 2000
 
 
 def split_ids(task: Task) -> dict[str, list[str]]:
@@ -44,7 +63,8 @@ def _jsonl_spec(path: Path) -> TaskSpec:
         "{question}",
         "{question}",
         notes="One canonical file carved into thirds (report takes the remainder); question "
-        "is the context as-is, each choice gets a leading space.",
+        "is the context (trailing whitespace removed), each continuation is one space + the "
+        "choice without its leading whitespace.",
     )
 
 
@@ -59,9 +79,8 @@ def _render(spec: TaskSpec, record: Record, fmt: PromptFormat) -> Item:
         label, correct = order.index(label), tuple(sorted(order.index(i) for i in correct))
         r = {**r, "choices": options}
     if fmt == "lm_eval":
-        return Item(
-            r["id"], spec.context.format(**r), tuple(" " + c for c in lm_options), label, correct
-        )
+        context = spec.context.format(**r).rstrip()
+        return Item(r["id"], context, tuple(" " + c.lstrip() for c in lm_options), label, correct)
     if len(options) > 26:
         raise ValueError(
             f"item {r['id']!r} has {len(options)} choices; the ab format has "
@@ -69,10 +88,12 @@ def _render(spec: TaskSpec, record: Record, fmt: PromptFormat) -> Item:
         )
     letters = [f"({chr(ord('A') + i)})" for i in range(len(options))]
     if spec.ab_stem is None:
-        context = r["question"] + "\nAnswer:"
+        context = r["question"].rstrip() + "\nAnswer:"
     else:
-        lines = "".join(f"\n{letter} {o}" for letter, o in zip(letters, options, strict=True))
-        context = spec.ab_stem.format(**r) + lines + "\nAnswer:"
+        lines = "".join(
+            f"\n{letter} {o.lstrip()}" for letter, o in zip(letters, options, strict=True)
+        )
+        context = spec.ab_stem.format(**r).rstrip() + lines + "\nAnswer:"
     return Item(r["id"], context, tuple(" " + x for x in letters), label, correct)
 
 
@@ -91,13 +112,18 @@ def load_task(
         name: A key of ``TASKS`` or ``"jsonl"``.
         data_dir: Folder holding the task folders; default ``default_data_dir()``.
         format: ``"lm_eval"`` (the task's lm-eval prompt) or ``"ab"`` (lettered options).
-        limit: Keep at most this many items per split (the first after the seeded order).
+        limit: Keep at most this many items in each scored split, select and report (the
+            first after the seeded order), for quick runs. The fit split is never cut: how
+            many fit items become contrastive pairs is ``make_pairs``'s ``n_pairs`` (config
+            ``task.n_pairs``) alone.
         seed: Orders the items within each split; it never changes which items a split holds.
         path: For ``"jsonl"`` only: a canonical JSONL file (carved into thirds) or a folder
             with fit.jsonl, select.jsonl and report.jsonl.
 
     Returns:
-        A ``Task`` whose splits are checked to be disjoint by item id.
+        A ``Task`` whose splits are checked to be disjoint by item id. Every record is
+        checked (``validate_record``) before any is rendered; contexts longer than
+        ``LONG_CONTEXT_CHARS`` are kept and logged as one warning.
 
     Example:
         >>> task = load_task("copa")  # doctest: +SKIP
@@ -133,7 +159,11 @@ def load_task(
     for split in SPLITS:
         source: SplitSource = getattr(spec, split)
         if source.file not in files:
-            files[source.file] = read_jsonl(root / spec.folder / source.file, validate=True)
+            files[source.file] = read_jsonl(
+                root / spec.folder / source.file,
+                validate=True,
+                unique_choices=spec.unique_choices,
+            )
         records = list(files[source.file])
         if source.shuffled:
             random.Random(spec.split_seed).shuffle(records)
@@ -147,5 +177,34 @@ def load_task(
     splits: dict[SplitName, list[Item]] = {}
     for split, records in chosen.items():
         random.Random(f"{seed}:{split}").shuffle(records)
-        splits[split] = [_render(spec, r, format) for r in records[:limit]]
+        kept = records if split == "fit" else records[:limit]
+        splits[split] = [_render(spec, r, format) for r in kept]
+    _warn_long_contexts(name, splits)
     return Task(name, splits, format, spec.metric, spec)
+
+
+def _warn_long_contexts(name: str, splits: dict[SplitName, list[Item]]) -> None:
+    long = [
+        (len(item.question), split, item.id)
+        for split, items in splits.items()
+        for item in items
+        if len(item.question) > LONG_CONTEXT_CHARS
+    ]
+    if not long:
+        return
+    chars, split, item_id = max(long)
+    counts = {s: n for s in splits if (n := sum(entry[1] == s for entry in long))}
+    log.warning(
+        "task %r: %d item(s) have a context longer than %d characters (%s); the longest is "
+        "%r in %r, %d characters. They are kept (never dropped) and slow to score: lm-eval "
+        "keeps the last max_length tokens of context + continuation (left truncation; see "
+        "model.max_length), and fitting raises on a row longer than the model's context. "
+        "Shorten or remove them in the data file if they are not meant to be this long.",
+        name,
+        len(long),
+        LONG_CONTEXT_CHARS,
+        ", ".join(f"{s}: {n}" for s, n in counts.items()),
+        item_id,
+        split,
+        chars,
+    )

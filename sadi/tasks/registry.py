@@ -161,8 +161,11 @@ TASKS: dict[str, TaskSpec] = {
         "{stem}\nA. {choices[0]}\nB. {choices[1]}\nC. {choices[2]}\nD. {choices[3]}\nAnswer:",
         "{stem}",
         _mmlu,
+        unique_choices=False,
         notes="fit = dev (the 5-shot pool, 5 per subject). report is test minus the 1000 "
-        "select items, not the full 14042. Zero-shot lm-eval prompt with its description.",
+        "select items, not the full 14042. Zero-shot lm-eval prompt with its description. "
+        "10 source items repeat an option text (scored as published: the continuations are "
+        "the letters, which never repeat).",
     ),
     "truthfulqa_mc1": _truthfulqa_spec("mc1_targets", "acc"),
     "truthfulqa_mc2": _truthfulqa_spec("mc2_targets", "mc2"),
