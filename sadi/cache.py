@@ -3,7 +3,10 @@
 An entry is a directory named by the digest of everything that determines its content. A
 per-key file lock makes parallel jobs (joblib, submitit, Slurm) that reach for the same key
 compute it once: the first holds the lock and writes the entry atomically (temporary
-directory, then rename); the others wait, then read it.
+directory, then rename); the others wait, then read it. Temporaries left by a job killed
+mid-write (`<key>.<random>/`) are removed by the next job that takes the key's lock: while
+it holds the lock nobody else can be writing them. Entries get the permissions the umask
+asks for (a shared cache stays readable to the team).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from sadi.files import honour_umask
 
 
 def digest(obj: Any) -> str:
@@ -48,15 +53,26 @@ def get_or_create(
     name = digest(key)
     entry = root / name
     with _locked(root / f"{name}.lock"):
+        remove_stale_temporaries(root, name)
         if (entry / "key.json").exists():
             return entry, True
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=root))
         try:
             create(tmp)
             (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+            honour_umask(tmp)
             if entry.exists():  # a half-written entry from a crashed job: replace it
                 shutil.rmtree(entry)
             os.replace(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return entry, False
+
+
+def remove_stale_temporaries(root: Path, name: str) -> list[Path]:
+    """Delete the `<name>.*` directories under `root` (temporaries: a finished entry is
+    `<name>/`, its lock the file `<name>.lock`); call with the key's lock held."""
+    stale = [p for p in root.glob(f"{name}.*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale

@@ -4,11 +4,15 @@ fails when the config is composed, not mid-run."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 # OmegaConf needs typing.Optional rather than `X | None` in schemas (Python 3.10 support).
 
@@ -28,7 +32,7 @@ class TaskSchema:
     name: str = MISSING
     format: str = "lm_eval"  # lm_eval | ab
     n_pairs: int = 150
-    limit: Optional[int] = None  # items per split, for quick runs
+    limit: Optional[int] = None  # items per scored split (select, report), never fit
     path: Optional[str] = None  # the generic `jsonl` task's file or folder
     primary_metric: str = "acc"  # acc | mc2; what optimized_metric reads on the select split
     chat_template: bool = False  # render prompts in the model's chat template (CAA)
@@ -92,6 +96,9 @@ class LoggerSchema:
     mode: str = "offline"  # the WANDB_MODE environment variable wins when set
     group: Optional[str] = None
     entity: Optional[str] = None
+    # a tracker failure is always reported and never loses results.json; strict: it also
+    # fails the run (exit 1), after the results are written
+    strict: bool = False
 
 
 @dataclass
@@ -111,12 +118,42 @@ class RunSchema:
     paths: PathsSchema = field(default_factory=PathsSchema)
     seed: int = 0
     progress: bool = True
+    verbose: bool = False  # true: lm-eval, datasets, transformers and W&B log as they do
     sweep_name: str = "default"  # names the sweep directory and the W&B group
     # the metric a sweep optimises: always on the select split
     optimized_metric: str = "select/${task.primary_metric}"
 
 
+def run_id() -> str:
+    """A token no other run gets: pid and random bits (two runs started in the same second,
+    on one machine or on two sharing a file system, never share a run directory)."""
+    return f"{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def inputs_tag(*values: Any) -> str:
+    """A short digest of the values that change results but stay out of a sweep point's
+    directory name (model.source, task.path, paths.data_dir: paths, not names)."""
+    blob = json.dumps([None if v is None else str(v) for v in values])
+    return "in-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def point_dir(override_dirname: str, *values: Any) -> str:
+    """A sweep point's subdirectory: its overrides, then the inputs tag."""
+    tag = inputs_tag(*values)
+    return f"{override_dirname},{tag}" if override_dirname else tag
+
+
+def register_resolvers() -> None:
+    for name, fn, cache in (
+        ("sadi_run_id", run_id, True),  # cached: one value per process, as hydra's `now`
+        ("sadi_point_dir", point_dir, False),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
+
+
 def register_configs() -> None:
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_run", node=RunSchema)
     cs.store(group="model", name="base_model", node=ModelSchema)

@@ -17,6 +17,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from sadi.cache import get_or_create
 from sadi.chat import apply_chat_template, chat_prompt
 from sadi.config import register_configs
 from sadi.evaluation import evaluate_split, generate_split, open_ended_prompts
+from sadi.inputs import run_inputs
 from sadi.lm_eval_model import SteeredLM
 from sadi.models import default_cache_dir, load_model
 from sadi.pairs import Pair, make_pairs, save_pairs
@@ -46,6 +48,8 @@ from sadi.tracking import (
     write_json,
     write_jsonl,
 )
+from sadi.validate import ConfigError, check_optimized_metric, check_run_config
+from sadi.verbosity import set_verbosity
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -85,31 +89,47 @@ def comparable(config: Any) -> Any:
     config = dict(config)
     config.pop("paths", None)
     config.pop("progress", None)
+    config.pop("verbose", None)
     config.pop("logger", None)
     return config
 
 
+def build_steerer(cfg: DictConfig) -> Steerer | None:
+    """The configured steerer, unfitted (its constructor checks every hyperparameter), or
+    None for intervention=none. Runs before the model loads, so bad values fail fast."""
+    if not cfg.intervention.get("_target_"):
+        return None
+    params = {k: v for k, v in cfg.intervention.items() if k != "name"}
+    try:
+        steerer: Steerer = instantiate(params, component=cfg.component.name, progress=cfg.progress)
+    except Exception as err:  # hydra wraps the constructor's ValueError: show that message
+        cause = err.__cause__ or err
+        raise ConfigError(f"intervention={cfg.intervention.name}: {cause}") from cause
+    return steerer
+
+
 def fit_steerer(
     cfg: DictConfig,
+    steerer: Steerer,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[Pair],
     run_dir: Path,
     timings: dict[str, float],
+    fit_errors: list[dict[str, Any]],
 ) -> Steerer:
-    """Instantiate the intervention; fit it, or take its state from the fit cache."""
-    params = {k: v for k, v in cfg.intervention.items() if k != "name"}
-    steerer: Steerer = instantiate(params, component=cfg.component.name, progress=cfg.progress)
+    """Fit the steerer, or take its state from the fit cache; a tracker failure while
+    logging the fit is appended to `fit_errors` (the fit itself is kept)."""
     t = time.perf_counter()
 
     def create(tmp: Path) -> None:
         steerer.fit(model, tokenizer, pairs)
         steerer.save(tmp)
-        tracker = make_tracker(cfg, run_dir, name=f"fit-{run_dir.name}", job_type="fit")
-        try:
-            tracker.log_artifact(tmp, f"steerer-{steerer.method}-{cfg.task.name}", "steerer")
-        finally:
-            tracker.finish()
+        name = f"steerer-{steerer.method}-{cfg.task.name}"
+        status = tracked(cfg, lambda: _log_fit(cfg, run_dir, tmp, name), what="the fit")
+        timings["fit_tracked"] = float(status["ok"])
+        if not status["ok"]:
+            fit_errors.append(status)
 
     entry, hit = get_or_create(cache_root(cfg) / "fits", steerer.fit_key(model, pairs), create)
     if hit:
@@ -118,6 +138,39 @@ def fit_steerer(
     timings["fit_cache_hit"] = float(hit)
     steerer.save(run_dir / "steerer")
     return steerer
+
+
+def _log_fit(cfg: DictConfig, run_dir: Path, path: Path, name: str) -> None:
+    tracker = make_tracker(cfg, run_dir, name=f"fit-{run_dir.name}", job_type="fit")
+    try:
+        tracker.log_artifact(path, name, "steerer")
+    finally:
+        tracker.finish()
+
+
+def tracked(cfg: DictConfig, call: Callable[[], None], what: str) -> dict[str, Any]:
+    """Run the tracker call `call()`; a failure is reported, never loses what was computed.
+
+    Returns the tracking status recorded in results.json (`run` fails the run afterwards,
+    when `logger.strict=true`, once results.json is written).
+    """
+    try:
+        call()
+    except Exception as err:  # W&B login, network, disk: whatever it is, results are safe
+        message = f"{type(err).__name__}: {err}"
+        warning = (
+            f"logging {what} to {cfg.logger.name} failed ({message}); the results on disk "
+            "are complete. Set logger=none to skip tracking, or logger.strict=true to fail "
+            "the run on a tracker error"
+        )
+        log.warning(warning)
+        print(f"warning: {warning}", file=sys.stderr)
+        return {"logger": cfg.logger.name, "ok": False, "what": what, "error": message}
+    return {"logger": cfg.logger.name, "ok": True, "what": what}
+
+
+class TrackerError(RuntimeError):
+    """logger.strict=true and the tracker failed; results.json was written all the same."""
 
 
 def evaluate(
@@ -188,31 +241,69 @@ def generate_open_ended(
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, Metrics]) -> float:
-    split, _, name = str(cfg.optimized_metric).partition("/")
-    if split != "select":
-        raise ValueError(
-            f"optimized_metric={cfg.optimized_metric!r} must read the select split "
-            "(e.g. select/acc): hyperparameters are never chosen on the report split"
-        )
+    _, name = check_optimized_metric(cfg.optimized_metric, cfg.task.primary_metric)
     return float(metrics["select"][name]) if "select" in metrics else float("nan")
+
+
+def scored_splits(cfg: DictConfig) -> list[str]:
+    """The splits this run scores: `task.splits`, except that a sweep point (multirun)
+    scores the select split only unless `task.splits` was set on purpose; the report split
+    is then scored once, for the chosen point, by `python -m sadi.select`."""
+    splits = [str(s) for s in cfg.task.splits]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not under @hydra.main (the Python API, sadi.select)
+        return splits
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return splits
+    overrides = [*hydra_cfg.overrides.task, *hydra_cfg.overrides.hydra]
+    chosen = any(o.lstrip("+~").startswith("task.splits=") for o in overrides)
+    if chosen or cfg.task.splits != ["select", "report"]:  # an experiment or the user chose
+        return splits
+    return ["select"]
+
+
+def completed(done: Path, config: Any, inputs: dict[str, Any]) -> bool:
+    """Whether `done` (a results.json) holds this config run on these very inputs.
+
+    Results of another config or of other inputs (changed data or weights behind the same
+    paths) are kept beside it as `results.superseded-<time>.json`, never overwritten.
+    """
+    if not done.exists():
+        return False
+    previous = read_json(done)
+    if comparable(previous["config"]) == comparable(config):
+        if previous.get("inputs") == inputs:
+            return True
+        why = "its data or model weights changed since"
+    else:
+        why = "it holds another config"
+    kept = done.with_name(f"results.superseded-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    done.rename(kept)
+    print(f"{done.parent}: recomputing, {why} ({done.name} kept as {kept.name})")
+    return False
 
 
 def run(cfg: DictConfig, job_type: str = "eval") -> float:
     """Fit on the fit split, score the configured splits with and without steering.
 
+    Every value that can be checked without a model is checked first (`sadi.validate`,
+    the steerer's constructor, the task's data), then the model loads. results.json is
+    written before anything is sent to the tracker, so a tracker failure loses nothing.
+
     Returns:
         The value of `optimized_metric` (a select-split metric of the steered model).
     """
+    set_verbosity(cfg.verbose)
+    check_run_config(cfg)
+    splits = scored_splits(cfg)
     seed_everything(cfg.seed)
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
-    done = run_dir / "results.json"
-    if done.exists() and comparable(read_json(done)["config"]) == comparable(config):
-        log.info("%s holds the results of this exact config: skipped", run_dir)
-        print(f"skipping completed point {run_dir}")
-        metrics_done: dict[str, Metrics] = read_json(done)["metrics"]
-        return optimized_value(cfg, metrics_done)
+    steerer = build_steerer(cfg)  # unfitted: its constructor has checked its values
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -224,6 +315,14 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
         seed=cfg.seed,
         path=cfg.task.path,
     )
+    inputs = run_inputs(task, cfg.model.source, cfg.paths.cache_dir)
+    done = run_dir / "results.json"
+    if completed(done, config, inputs):
+        log.info("%s holds the results of this exact config and inputs: skipped", run_dir)
+        print(f"skipping completed point {run_dir}")
+        metrics_done: dict[str, Metrics] = read_json(done)["metrics"]
+        return optimized_value(cfg, metrics_done)
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         run_dir / "splits.json",
         {"task": task.name, "rules": task.spec.split_rule, "ids": split_ids(task)},
@@ -238,20 +337,24 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
     if cfg.task.chat_template:
         task = apply_chat_template(task, tokenizer)
 
-    steerer: Steerer | None = None
     n_pairs = 0
-    if cfg.intervention.get("_target_"):
+    tracker_errors: list[dict[str, Any]] = []
+    if steerer is not None:
         pairs = make_pairs(task.splits["fit"], n_pairs=cfg.task.n_pairs, seed=cfg.seed)
         save_pairs(pairs, run_dir / "pairs.jsonl")
         n_pairs = len(pairs)
-        steerer = fit_steerer(cfg, model, tokenizer, pairs, run_dir, timings)
+        if n_pairs < cfg.task.n_pairs:
+            print(f"note: the fit split has {n_pairs} pairs, fewer than task.n_pairs")
+        steerer = fit_steerer(
+            cfg, steerer, model, tokenizer, pairs, run_dir, timings, tracker_errors
+        )
 
     conditions: dict[str, Steerer | None] = {"baseline": None}
     if steerer is not None:
         conditions["steered"] = steerer
     metrics: dict[str, dict[str, Metrics]] = {c: {} for c in conditions}
     samples: dict[str, list[dict[str, Any]]] = {}
-    for split in cfg.task.splits:
+    for split in splits:
         for condition, st in conditions.items():
             t = time.perf_counter()
             metrics[condition][split], rows = evaluate(
@@ -266,20 +369,35 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
     timings["total_s"] = time.perf_counter() - t0
 
     steered = metrics.get("steered", metrics["baseline"])
-    results = {
+    results: dict[str, Any] = {
         "config": config,
         "metrics": steered,
         "baseline_metrics": metrics["baseline"],
         "steered": steerer is not None,
+        "scored_splits": splits,
         "n_pairs": n_pairs,
+        "inputs": inputs,
         "timings": timings,
         "steerer": str(run_dir / "steerer") if steerer is not None else None,
         "splits_file": str(run_dir / "splits.json"),
         "split_sizes": {s: len(items) for s, items in task.splits.items()},
+        "tracking": None,
     }
-    print_table(task.name, metrics, cfg.task.splits)
-    log_run(cfg, run_dir, metrics, samples, steerer, job_type)
-    write_json(done, results)  # last: its presence marks the point as complete
+    write_json(done, results)  # first: nothing computed is lost to a tracker failure
+    print_table(task.name, metrics, splits)
+    status = tracked(
+        cfg, lambda: log_run(cfg, run_dir, metrics, samples, steerer, job_type), what="the run"
+    )
+    failures = [*tracker_errors, *([] if status["ok"] else [status])]
+    results["tracking"] = {"logger": cfg.logger.name, "ok": not failures, "failures": failures}
+    write_json(done, results)
+    print(f"results: {done}\nrun directory: {run_dir}")
+    if cfg.logger.strict and failures:
+        first = failures[0]
+        raise TrackerError(
+            f"logger.strict=true and logging {first['what']} to {cfg.logger.name} failed "
+            f"({first['error']}); the results are written: {done}"
+        )
     return optimized_value(cfg, steered)
 
 

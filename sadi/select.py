@@ -2,8 +2,10 @@
 
     python -m sadi.select outputs/sweeps/<sweep_name> [--logger none]
 
-For each group of sweep points (same task, model, component and method) the point with the
-best select-split value of its `optimized_metric` is chosen. Ties go to the weakest
+For each group of sweep points (same task, model, component and method, and the same inputs:
+points that read other data or weights, or another prompt format, form groups of their own,
+named with a tag of their inputs) the point with the best select-split value of its
+`optimized_metric` is chosen. Ties go to the weakest
 intervention: the smallest |strength - 1| (SADI), |alpha| (ITI) or |multiplier| (CAA), then
 the smallest k, then the override string in alphabetical order. Only the chosen point is
 then scored on the report split (its fit comes from the fit cache), in
@@ -20,6 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from sadi.cache import digest
 from sadi.run import run
 from sadi.tracking import read_json, write_json
 
@@ -53,6 +56,19 @@ def group_of(config: dict[str, Any]) -> str:
     )
 
 
+def inputs_of(results: dict[str, Any]) -> str:
+    """A short tag of what a point read (data and weights fingerprints, and the paths they
+    came from): points that differ in it are compared in separate groups."""
+    config = results["config"]
+    key = {
+        "inputs": results.get("inputs"),
+        "source": config["model"].get("source"),
+        "path": config["task"].get("path"),
+        "format": config["task"].get("format"),
+    }
+    return "in-" + digest(key)[:8]
+
+
 def tie_break(config: dict[str, Any], run_dir: Path) -> tuple[Any, ...]:
     """Smaller is preferred: the weakest intervention, then fewer elements, then the name."""
     iv = config["intervention"]
@@ -64,9 +80,15 @@ def tie_break(config: dict[str, Any], run_dir: Path) -> tuple[Any, ...]:
 def select(sweep_dir: Path, logger: str | None = None) -> list[dict[str, Any]]:
     """Choose per group on the select split, then evaluate the report split once per group."""
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
-    for point in points(sweep_dir):
-        results = read_json(point / "results.json")
-        groups.setdefault(group_of(results["config"]), []).append((point, results))
+    by_name: dict[str, set[str]] = {}
+    found = [(p, read_json(p / "results.json")) for p in points(sweep_dir)]
+    for _, results in found:
+        by_name.setdefault(group_of(results["config"]), set()).add(inputs_of(results))
+    for point, results in found:
+        name = group_of(results["config"])
+        if len(by_name[name]) > 1:  # same names, other data or weights: never one group
+            name = f"{name}_{inputs_of(results)}"
+        groups.setdefault(name, []).append((point, results))
     selections = []
     for group, members in sorted(groups.items()):
         candidates = []

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from sadi.files import atomic_open
+
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    """Write JSON atomically (a crash never leaves a half-written file), umask honoured."""
+    with atomic_open(path) as f:
         json.dump(data, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 
@@ -29,12 +27,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    """Write one JSON object per line, atomically, umask honoured."""
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
     return path
 
 

@@ -190,7 +190,9 @@ def test_end_to_end_on_smollm2_copa(tmp_path: Path) -> None:
     )
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["model"]["source"] == "embedded:smollm2-135m-instruct"
-    assert results["split_sizes"] == {"fit": 6, "select": 6, "report": 6}
+    # limit caps the scored splits only: the pairs come from the whole fit split
+    assert results["split_sizes"] == {"fit": 200, "select": 6, "report": 6}
+    assert results["n_pairs"] == 12
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert not list(Path.home().joinpath(".local/share/wandb").glob("*"))
 
