@@ -13,13 +13,17 @@ handling edits the prompt during prefill (its last token for SADI) and, for meth
 steer generated tokens, each decoding step.
 
 From lm-eval's CLI (which does not import plugins), use `sadi-lm-eval`, lm-eval's CLI with
-this model registered:
+this model registered, its help prefaced by `SADI_HELP`, and one subcommand of sadi's own,
+`sadi-lm-eval tasks export DIR` (`sadi.lm_eval_tasks`):
     sadi-lm-eval run --model sadi --tasks ... \
         --model_args pretrained=embedded:smollm2-135m-instruct,steerer=DIR
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -31,11 +35,36 @@ from lm_eval.models.huggingface import HFLM
 
 from sadi.models import EMBEDDED_PREFIX, embedded_path
 from sadi.positions import BatchLayout
-from sadi.steerers.base import Steerer, SteeringHandle
+from sadi.steerers.base import Steerer, SteeringHandle, WeightsMismatch
 
 # a row's tokens with trailing pad zeros stripped -> (row length, last context index)
 RowKey = tuple[int, ...]
 Request = tuple[Any, list[int], list[int]]
+
+
+def _as_bool(name: str, value: object) -> bool:
+    """A bool given as a bool or as "true"/"false" (lm-eval's --model_args strings)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(
+        f"{name}={value!r} is not a boolean; pass true or false "
+        f"(e.g. --model_args pretrained=...,steerer=DIR,{name}=true)"
+    )
+
+
+def _accepting(steerer: Steerer, model: torch.nn.Module, allow_other_weights: bool) -> Steerer:
+    """`steerer` checked against `model`; with `allow_other_weights`, a copy that also
+    accepts `model`'s weights (same shape still required), as `Steerer.load` would give."""
+    try:
+        steerer.check_fingerprint(model)
+        return steerer
+    except WeightsMismatch:
+        if not allow_other_weights:
+            raise
+    # a shallow copy shares the fitted tensors; accept_weights rebinds its accepted set
+    return copy.copy(steerer).accept_weights(model)
 
 
 def _strip_pad(tokens: Sequence[int]) -> RowKey:
@@ -52,19 +81,40 @@ class SteeredLM(HFLM):
     Args:
         pretrained: a loaded model, an `embedded:<name>`, a local path or a hub id.
         steerer: a fitted `Steerer`, or the directory of a saved one; None = no steering.
+        allow_other_weights: accept a steerer fitted on other weights of the same shape
+            (e.g. the base model of this chat model), for weights you know are equivalent;
+            as `Steerer.load(..., allow_other_weights=True)`. A bool, or "true"/"false".
+            A `Steerer` object given is not changed: a copy accepts this model's weights.
         **kwargs: passed to `HFLM` (tokenizer, batch_size, device, ...).
+
+    Raises:
+        FingerprintMismatch: the steerer was fitted on a model of another shape.
+        WeightsMismatch: same shape, other weights, and `allow_other_weights` is false.
+
+    Example:
+        >>> lm = SteeredLM("embedded:smollm2-135m-instruct", steerer="runs/x/steerer")
     """
 
     def __init__(
-        self, pretrained: Any, steerer: Steerer | str | Path | None = None, **kwargs: Any
+        self,
+        pretrained: Any,
+        steerer: Steerer | str | Path | None = None,
+        allow_other_weights: bool | str = False,
+        **kwargs: Any,
     ) -> None:
+        allow = _as_bool("allow_other_weights", allow_other_weights)
+        if steerer is not None and not isinstance(steerer, Steerer | str | Path):
+            raise TypeError(
+                f"steerer={steerer!r} ({type(steerer).__name__}) must be a fitted Steerer or "
+                "the directory of a saved one (steerer=DIR in --model_args), or None"
+            )
         if isinstance(pretrained, str) and pretrained.startswith(EMBEDDED_PREFIX):
             pretrained = str(embedded_path(pretrained[len(EMBEDDED_PREFIX) :]))
         super().__init__(pretrained=pretrained, **kwargs)
         if isinstance(steerer, str | Path):
-            steerer = Steerer.load(steerer, self.model)
+            steerer = Steerer.load(steerer, self.model, allow_other_weights=allow)
         elif steerer is not None:
-            steerer.check_fingerprint(self.model)
+            steerer = _accepting(steerer, self.model, allow)
         self.steerer = steerer
         self._rows: dict[RowKey, tuple[int, int]] | None = None
         self._detecting = False
@@ -162,8 +212,61 @@ class SteeredLM(HFLM):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)  # type: ignore[no-any-return]
 
 
-def cli() -> None:
-    """lm-eval's own command line, with the `sadi` model registered."""
-    from lm_eval.__main__ import cli_evaluate
+SADI_HELP = """\
+sadi: this is lm-eval's CLI with sadi's model `sadi` registered (HFLM + a fitted steerer).
+  Steer with a saved steerer (the directory Steerer.save or `python -m sadi.run` wrote,
+  <run dir>/steerer); pretrained= takes embedded:<name>, a model directory or a hub id;
+  without steerer= the model runs unsteered:
+    sadi-lm-eval run --model sadi --tasks <task> \\
+      --model_args pretrained=embedded:smollm2-135m-instruct,steerer=DIR
+  Add allow_other_weights=true to --model_args to accept a steerer fitted on other weights
+  of the same shape (e.g. the base model of a chat model); it is refused otherwise.
+  sadi's tasks as lm-eval task YAMLs + data, offline, scored as `python -m sadi.run` does:
+    sadi-lm-eval tasks export DIR [--tasks copa sst2] [--splits select report]
+                                  [--format lm_eval|ab] [--data-dir D] [--limit N]
+    sadi-lm-eval run --model sadi --include_path DIR --tasks sadi_copa_report ...
+  (names sadi_<task>_<split>, tags sadi_select / sadi_report; see
+  `sadi-lm-eval tasks export --help`)"""
 
-    cli_evaluate()
+
+def _with_sadi_help(harness: Any) -> bool:
+    """Preface the main and `run` help of lm-eval's `HarnessCLI` with `SADI_HELP`.
+
+    Returns False when this lm-eval's CLI is not built as 0.4.13's is (then nothing changed).
+    """
+    main = getattr(harness, "_parser", None)
+    commands = getattr(harness, "_subparsers", None)
+    run = getattr(commands, "choices", {}).get("run")
+    if not isinstance(main, argparse.ArgumentParser) or not isinstance(
+        run, argparse.ArgumentParser
+    ):
+        return False
+    main.prog, run.prog = "sadi-lm-eval", "sadi-lm-eval run"
+    for parser in (main, run):
+        parser.description = f"{parser.description}\n\n{SADI_HELP}"
+    return True
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    """lm-eval's own command line with the `sadi` model registered, its help prefaced by
+    `SADI_HELP`, and `sadi-lm-eval tasks export DIR [options]` (`sadi.lm_eval_tasks.main`).
+
+    Args:
+        argv: the arguments after the program name; default `sys.argv[1:]`.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["tasks"]:
+        from sadi.lm_eval_tasks import main
+
+        main(args[1:], prog="sadi-lm-eval tasks")
+        return
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
+
+    # as lm_eval.__main__.cli_evaluate, which reads sys.argv
+    setup_logging()
+    sys.argv = [sys.argv[0] if sys.argv else "sadi-lm-eval", *args]
+    harness = HarnessCLI()
+    if not _with_sadi_help(harness) and {"-h", "--help"} & set(args):
+        print(SADI_HELP + "\n")
+    harness.execute(harness.parse_args())

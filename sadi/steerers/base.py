@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -18,14 +17,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.architectures import (
-    WEIGHTS_FINGERPRINT_CHARS,
     ModelShape,
     check_component,
     model_shape,
@@ -37,9 +34,14 @@ from sadi.hooks import Inputs, LayerHook, hooked, observe_forward
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
 from sadi.shadow import drop_shadow
-
-TENSORS_FILE = "steerer.safetensors"
-META_FILE = "steerer.json"
+from sadi.steerers.artifacts import (
+    META_FILE,
+    TENSORS_FILE,
+    ArtifactError,
+    check_weights_value,
+    read_metadata,
+    read_tensors,
+)
 
 # (layer, activation [batch, pos, width], rows [n], positions [n]) -> edited activation
 EditFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -54,49 +56,8 @@ class WeightsMismatch(FingerprintMismatch):
     (e.g. the chat variant of the base model it was fitted on)."""
 
 
-class ArtifactError(ValueError):
-    """A saved steerer's files are damaged, inconsistent, or from another version of sadi."""
-
-
 def _model_id(model: nn.Module) -> str:
     return str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
-
-
-def check_tensor_names(method: str, tensors: dict[str, Tensor], expected: Sequence[str]) -> None:
-    """Refuse a tensor set that is not exactly `expected` (names both sets)."""
-    if set(tensors) != set(expected):
-        raise ValueError(
-            f"a {method} steerer holds the tensors {sorted(expected)}, found {sorted(tensors)}; "
-            f"the file was not written by {method}'s save() (or was edited): re-save or refit it"
-        )
-
-
-def check_tensor_shape(name: str, tensor: Tensor, expected: Sequence[int], what: str) -> None:
-    """Refuse `tensor` unless its shape is `expected`; `what` says where `expected` is from."""
-    if tuple(tensor.shape) != tuple(expected):
-        raise ValueError(
-            f"tensor {name!r} has shape {list(tensor.shape)}, expected {list(expected)} "
-            f"= {what}; the tensors and the fingerprint do not belong together: re-save the "
-            "fitted steerer, or refit it"
-        )
-
-
-def check_mask(name: str, mask: Tensor) -> Tensor:
-    """`mask` as bool, refusing values other than 0/1 (or False/True)."""
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(
-            f"tensor {name!r} must be a 0/1 (bool) mask, got values {mask.unique().tolist()[:8]}"
-        )
-    return mask.bool()
-
-
-def check_finite_tensor(name: str, tensor: Tensor) -> Tensor:
-    """`tensor` as float32, refusing non-float dtypes and NaN/inf values."""
-    if not tensor.is_floating_point():
-        raise ValueError(f"tensor {name!r} must be floating point, got {tensor.dtype}")
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"tensor {name!r} holds NaN or infinite values")
-    return tensor.float()
 
 
 def check_finite(name: str, value: float) -> float:
@@ -118,18 +79,6 @@ def check_pairs(pairs: Sequence[Pair]) -> None:
                 f"pair {i} (item {p.item_id!r}) has positive == negative == {p.positive!r}; "
                 "a contrastive pair needs two different completions"
             )
-
-
-_FINGERPRINT_RE = re.compile(f"[0-9a-f]{{{WEIGHTS_FINGERPRINT_CHARS}}}")
-
-
-def _check_weights_value(field: str, value: object, fail: Callable[[str], ArtifactError]) -> str:
-    if not isinstance(value, str) or not _FINGERPRINT_RE.fullmatch(value):
-        raise fail(
-            f"{field!r} must be {WEIGHTS_FINGERPRINT_CHARS} lowercase hex characters "
-            f"(sadi.architectures.weights_fingerprint), got {value!r}; re-save or refit"
-        )
-    return value
 
 
 class SteeringHandle:
@@ -266,6 +215,19 @@ class Steerer(ABC):
                 "equivalent, load it with Steerer.load(directory, model, "
                 "allow_other_weights=True)"
             )
+
+    def accept_weights(self, model: nn.Module) -> Self:
+        """Accept `model`'s weights from now on (same shape still required); returns self.
+
+        For weights known to be equivalent to the fitted ones; the fitted fingerprint stays
+        recorded and `accepted_weights` is rebound, never mutated, so a `copy.copy` of a
+        steerer can accept a model without the original doing so.
+        """
+        self._check_shape(model)
+        given = weights_fingerprint(model)
+        if given != self.fitted_weights():
+            self.accepted_weights = {*self.accepted_weights, given}
+        return self
 
     def _check_shape(self, model: nn.Module) -> None:
         expected = self.fitted_shape()
@@ -452,29 +414,14 @@ class Steerer(ABC):
                 f"no {META_FILE} in {src}; pass the directory written by Steerer.save()"
             )
         obj = cls._from_metadata(meta_path)
-        if not tensors_path.exists():
-            raise ArtifactError(
-                f"{tensors_path}: file missing (the directory holds "
-                f"{sorted(p.name for p in src.iterdir())}); {META_FILE} alone has no fitted "
-                "state: copy both files written by Steerer.save(), or refit"
-            )
-        try:
-            tensors = load_file(str(tensors_path))
-        except (SafetensorError, OSError) as err:
-            raise ArtifactError(
-                f"{tensors_path}: not a readable safetensors file ({err}); it is truncated or "
-                "damaged: copy it again from where it was saved, or refit"
-            ) from err
+        tensors = read_tensors(src)
         try:
             obj._load_tensors(tensors)
         except ValueError as err:
             raise ArtifactError(f"{tensors_path}: {err}") from err
         if model is not None:
             if allow_other_weights:
-                obj._check_shape(model)
-                given = weights_fingerprint(model)
-                if given != obj.fitted_weights():
-                    obj.accepted_weights.add(given)
+                obj.accept_weights(model)
             obj.check_fingerprint(model)
         return obj
 
@@ -486,29 +433,14 @@ class Steerer(ABC):
         def fail(what: str) -> ArtifactError:
             return ArtifactError(f"{meta_path}: {what}")
 
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise fail(f"invalid JSON ({err}); re-save the steerer or refit it") from err
-        if not isinstance(meta, dict):
-            raise fail(f"expected a JSON object, got {type(meta).__name__}")
-        if "method" not in meta:
-            raise fail(f"no 'method' field; it must name one of {sorted(STEERERS)}")
+        meta = read_metadata(meta_path, list(STEERERS))
         method = meta["method"]
-        if not isinstance(method, str) or method not in STEERERS:
-            raise fail(f"unknown steering method {method!r}; known: {sorted(STEERERS)}")
         klass = STEERERS[method]
         if cls is not Steerer and klass is not cls:
             raise fail(
                 f"holds a {method!r} steerer, not {cls.method!r}; load it with "
                 f"Steerer.load or {klass.__name__}.load"
             )
-        for field in ("fingerprint", "weights_fingerprint"):
-            if field not in meta:
-                raise fail(
-                    f"no {field!r} field: it was written by an older version of sadi or edited "
-                    "by hand; re-save the fitted steerer with this version, or refit it"
-                )
         names = klass.param_names()
         try:
             obj = klass(**{k: meta[k] for k in names if k in meta})
@@ -525,13 +457,13 @@ class Steerer(ABC):
             obj.shape = ModelShape.from_dict(meta["fingerprint"])
         except ValueError as err:
             raise fail(f"bad 'fingerprint': {err}") from err
-        obj.weights_fingerprint = _check_weights_value(
+        obj.weights_fingerprint = check_weights_value(
             "weights_fingerprint", meta["weights_fingerprint"], fail
         )
         accepted = meta.get("accepted_weights", [])
         if not isinstance(accepted, list):
             raise fail(f"'accepted_weights' must be a list of fingerprints, got {accepted!r}")
-        obj.accepted_weights = {_check_weights_value("accepted_weights", a, fail) for a in accepted}
+        obj.accepted_weights = {check_weights_value("accepted_weights", a, fail) for a in accepted}
         obj.model_id = meta.get("model_id")
         n_pairs = meta.get("n_pairs", 0)
         if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 0:

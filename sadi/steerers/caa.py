@@ -35,15 +35,12 @@ from sadi.activations import read_activations
 from sadi.architectures import decoder_layers, model_shape
 from sadi.pairs import Pair
 from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
-from sadi.steerers.base import (
-    EditFn,
-    Steerer,
-    check_finite,
+from sadi.steerers.artifacts import (
     check_finite_tensor,
-    check_pairs,
     check_tensor_names,
     check_tensor_shape,
 )
+from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 CaaPositions = AnswerPositions
 CAA_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS

@@ -45,16 +45,13 @@ from sadi.activations import read_activations
 from sadi.architectures import model_shape
 from sadi.pairs import Pair
 from sadi.positions import AnswerPositions, PositionPolicy, answer_positions
-from sadi.steerers.base import (
-    EditFn,
-    Steerer,
-    check_finite,
+from sadi.steerers.artifacts import (
     check_finite_tensor,
     check_mask,
-    check_pairs,
     check_tensor_names,
     check_tensor_shape,
 )
+from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 ItiDirection = Literal["mass_mean", "probe"]
 ItiPositions = AnswerPositions

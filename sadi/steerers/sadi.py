@@ -33,16 +33,13 @@ from sadi.hooks import Inputs, LayerHook, hooked
 from sadi.pairs import Pair
 from sadi.positions import BatchLayout, PositionPolicy
 from sadi.shadow import shadow_inputs
-from sadi.steerers.base import (
-    EditFn,
-    Steerer,
-    check_finite,
+from sadi.steerers.artifacts import (
     check_finite_tensor,
     check_mask,
-    check_pairs,
     check_tensor_names,
     check_tensor_shape,
 )
+from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 SadiMode = Literal["online", "faithful"]
 SadiVariant = Literal["dynamic", "fixed", "random"]
