@@ -99,8 +99,9 @@ def test_two_runs_started_together_never_share_a_directory(
     assert len(done) == 2
     ks = {json.loads(p.read_text())["config"]["intervention"]["k"] for p in done}
     assert ks == {2, 3}
-    # the last thing a run prints is where its results are
-    for stdout, _ in outs:
+    # the last thing a run prints is where its results are, not buried under library chatter
+    for stdout, stderr in outs:
+        assert "already-initialized model" not in stdout + stderr  # lm-eval's, quieted
         last = stdout.strip().splitlines()[-2:]
         assert last[0].startswith("results: ") and last[1].startswith("run directory: ")
         assert Path(last[0].removeprefix("results: ")).exists()
