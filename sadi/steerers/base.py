@@ -109,7 +109,7 @@ class Steerer(ABC):
     # a sweep over them reuses one fit (see `fit_key`)
     apply_params: ClassVar[tuple[str, ...]] = ()
     # where a full forward is edited, and whether KV-cache decoding steps are; a method may
-    # set these per instance (e.g. ITI's "continuation" or "all")
+    # set these per instance (e.g. ITI's "response" or "all")
     edit_policy: PositionPolicy = "last_prompt"
     edit_generated: bool = False
 
