@@ -4,8 +4,6 @@ fails when the config is composed, not mid-run."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -13,6 +11,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+from sadi.cache import digest
 
 # OmegaConf needs typing.Optional rather than `X | None` in schemas (Python 3.10 support).
 
@@ -133,8 +133,7 @@ def run_id() -> str:
 def inputs_tag(*values: Any) -> str:
     """A short digest of the values that change results but stay out of a sweep point's
     directory name (model.source, task.path, paths.data_dir: paths, not names)."""
-    blob = json.dumps([None if v is None else str(v) for v in values])
-    return "in-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
+    return "in-" + digest([None if v is None else str(v) for v in values])[:8]
 
 
 def point_dir(override_dirname: str, *values: Any) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 PositionPolicy = Literal["last_prompt", "last_token", "continuation", "response", "all"]
-POLICIES: tuple[str, ...] = ("last_prompt", "last_token", "continuation", "response", "all")
+POLICIES: tuple[str, ...] = get_args(PositionPolicy)
 PaddingSide = Literal["left", "right"]
 
 
@@ -142,7 +142,7 @@ class BatchLayout:
 # Where a method that steers an answer edits a scored row (ITI, CAA): "response" (from the
 # last prompt token on) or "all" (every real token, as lm-eval's built-in `steered` model).
 AnswerPositions = Literal["response", "all"]
-ANSWER_POSITIONS: tuple[str, ...] = ("response", "all")
+ANSWER_POSITIONS: tuple[str, ...] = get_args(AnswerPositions)
 
 
 def answer_positions(value: str) -> AnswerPositions:
