@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.architectures import ModelShape, decoder_layers, model_site
 from sadi.hooks import LayerHook, hooked
-from sadi.positions import BatchLayout, PositionPolicy
+from sadi.positions import BatchLayout, PaddingSide, PositionPolicy
 
 
 def join_completion(prompt: str, completion: str) -> str:
@@ -104,13 +105,17 @@ def read_activations(
     offset: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    padding_side: PaddingSide = "right",
     desc: str = "reading activations",
 ) -> Tensor:
     """Activations of `component` at one position per row, for every layer.
 
     `offset` moves the read cell left of the policy's cell (see `BatchLayout.indices`).
     Rows are sorted by length so batches carry little padding; the lm head is skipped
-    (the base model is called), since only intermediate activations are read.
+    (the base model is called), since only intermediate activations are read. Under
+    `padding_side="left"` position ids that count real tokens only are passed (to models
+    whose forward takes them; ALiBi models read positions off the mask), so either side
+    gives the activations of the unpadded rows.
 
     Returns:
         float32 tensor [rows, layers, width], in the order of `prompts`.
@@ -134,6 +139,7 @@ def read_activations(
 
     hooks = [LayerHook(layer, grab) for layer in range(n_layers)]
     base = getattr(model, "base_model", model)
+    takes_positions = "position_ids" in inspect.signature(base.forward).parameters
     with hooked(model, hook_site, hooks):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
             idx = order[start : start + batch_size]
@@ -141,13 +147,18 @@ def read_activations(
                 tokenizer,
                 [prompts[i] for i in idx],
                 [completions[i] for i in idx] if completions is not None else None,
+                padding_side=padding_side,
                 max_length=limit,
             )
             cells[:] = [batch.layout.indices(policy, offset)]
+            extra = {}
+            if padding_side == "left" and takes_positions:
+                extra["position_ids"] = position_ids(batch.attention_mask).to(device)
             base(
                 input_ids=batch.input_ids.to(device),
                 attention_mask=batch.attention_mask.to(device),
                 use_cache=False,
+                **extra,
             )
             out[idx] = torch.stack([buffer[layer] for layer in range(n_layers)], dim=1)
             buffer.clear()

@@ -79,6 +79,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("mistral", ("mistral",), **_LLAMA_LIKE),
         Architecture("qwen2", ("qwen2",), **_LLAMA_LIKE),
         Architecture("gemma3", ("gemma3_text",), **_LLAMA_LIKE),
+        Architecture("gemma2", ("gemma2",), **_LLAMA_LIKE),
+        Architecture("qwen3", ("qwen3",), **_LLAMA_LIKE),
         Architecture(
             "gpt2",
             ("gpt2",),

@@ -90,6 +90,18 @@ class CaaSchema(InterventionSchema):
 
 
 @dataclass
+class AUSteerSchema(InterventionSchema):
+    _target_: Optional[str] = "sadi.steerers.AUSteer"
+    name: str = "austeer"
+    k: int = 16  # atomic units steered, across all layers
+    alpha: float = 10.0  # a unit becomes (1 + alpha * beta) * x
+    variant: str = "momentum"  # momentum | random | diff | fixed_strength
+    ties: str = "positive"  # positive (authors' code) | negative (paper's text)
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
 class LoggerSchema:
     name: str = "none"  # none | wandb
     project: str = "sadi"
@@ -162,4 +174,5 @@ def register_configs() -> None:
     cs.store(group="intervention", name="base_sadi", node=SadiSchema)
     cs.store(group="intervention", name="base_iti", node=ItiSchema)
     cs.store(group="intervention", name="base_caa", node=CaaSchema)
+    cs.store(group="intervention", name="base_austeer", node=AUSteerSchema)
     cs.store(group="logger", name="base_logger", node=LoggerSchema)

@@ -6,7 +6,7 @@ For each group of sweep points (same task, model, component and method, and the 
 points that read other data or weights, or another prompt format, form groups of their own,
 named with a tag of their inputs) the point with the best select-split value of its
 `optimized_metric` is chosen. Ties go to the weakest
-intervention: the smallest |strength - 1| (SADI), |alpha| (ITI) or |multiplier| (CAA), then
+intervention: the smallest |strength - 1| (SADI), |alpha| (ITI, AUSteer) or |multiplier| (CAA), then
 the smallest k, then the override string in alphabetical order. Only the chosen point is
 then scored on the report split (its fit comes from the fit cache), in
 `<sweep>/selected/<group>/report/`, and `<sweep>/selected/<group>/selection.json` records the

@@ -17,17 +17,18 @@ from torch import Tensor, nn
 
 from sadi.activations import encode
 from sadi.architectures import WEIGHTS_SLICE, model_shape, weights_fingerprint
-from sadi.steerers import CAA, ITI, SADI, FingerprintMismatch, Steerer
+from sadi.steerers import CAA, ITI, SADI, AUSteer, FingerprintMismatch, Steerer
 from sadi.steerers.base import META_FILE, TENSORS_FILE, ArtifactError, WeightsMismatch
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, forward, steered
 
-METHODS = ["sadi", "iti", "caa"]
+METHODS = ["sadi", "iti", "caa", "austeer"]
 # the tensors each method writes, in the order its error message lists them (sorted)
 TENSORS = {
     "sadi": ["delta", "direction", "mask"],
     "iti": ["accuracy", "direction", "mask", "sigma"],
     "caa": ["vectors"],
+    "austeer": ["beta", "mean_diff"],
 }
 
 
@@ -36,6 +37,8 @@ def make(method: str) -> Steerer:
         return SADI("head", k=3, strength=3.0, progress=False)
     if method == "iti":
         return ITI(k=4, alpha=5.0, progress=False)
+    if method == "austeer":
+        return AUSteer("head", k=5, alpha=4.0, progress=False)
     return CAA(layer=1, multiplier=2.0, progress=False)
 
 
@@ -287,14 +290,18 @@ def test_damaged_safetensors(tmp_path: Path, damage: str) -> None:
 def test_missing_method(tmp_path: Path) -> None:
     _, _, directory = saved("caa", tmp_path)
     path = edit_meta(directory, lambda m: m.pop("method"))
-    with artifact_error(path, "no 'method' field; it must name one of ['caa', 'iti', 'sadi']"):
+    with artifact_error(
+        path, "no 'method' field; it must name one of ['austeer', 'caa', 'iti', 'sadi']"
+    ):
         Steerer.load(directory)
 
 
 def test_unknown_method(tmp_path: Path) -> None:
     _, _, directory = saved("caa", tmp_path)
     path = edit_meta(directory, lambda m: m.update(method="repe"))
-    with artifact_error(path, "unknown steering method 'repe'; known: ['caa', 'iti', 'sadi']"):
+    with artifact_error(
+        path, "unknown steering method 'repe'; known: ['austeer', 'caa', 'iti', 'sadi']"
+    ):
         Steerer.load(directory)
 
 
@@ -328,7 +335,8 @@ def test_malformed_fingerprints(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "method, dropped", [("sadi", "delta"), ("iti", "accuracy"), ("caa", "vectors")]
+    "method, dropped",
+    [("sadi", "delta"), ("iti", "accuracy"), ("caa", "vectors"), ("austeer", "mean_diff")],
 )
 def test_missing_tensors(tmp_path: Path, method: str, dropped: str) -> None:
     _, _, directory = saved(method, tmp_path)
@@ -358,6 +366,8 @@ def _widen(name: str, by: int) -> Callable[[dict[str, Tensor]], None]:
         ("iti", "sigma", "tensor 'sigma' has shape [3, 5], expected [3, 4]"),
         ("iti", "direction", "tensor 'direction' has shape [3, 4, 9], expected [3, 4, 8]"),
         ("caa", "vectors", "tensor 'vectors' has shape [3, 33], expected [3, 32]"),
+        # AUSteer's units: 4 heads x head_dim 8 = 32 dimensions of the o_proj input
+        ("austeer", "beta", "tensor 'beta' has shape [3, 33], expected [3, 32]"),
     ],
 )
 def test_tensor_shapes_disagree_with_the_fingerprint(
@@ -402,6 +412,8 @@ def test_k_disagrees_with_the_mask(tmp_path: Path, method: str, noun: str) -> No
         ("sadi", {"k": 0}, "k must be a positive integer, got 0"),
         ("iti", {"heldout": 1.5}, "heldout must be a fraction strictly between 0 and 1"),
         ("caa", {"multiplier": "big"}, "multiplier must be a finite number, got 'big'"),
+        ("austeer", {"k": 0}, "k=0: AUSteer steers exactly k atomic units"),
+        ("austeer", {"variant": "top"}, "variant='top' is not an AUSteer variant"),
     ],
 )
 def test_bad_hyperparameter(

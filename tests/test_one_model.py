@@ -17,7 +17,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from sadi.lm_eval_model import SteeredLM
 from sadi.pairs import Pair
-from sadi.steerers import CAA, ITI, SADI, Steerer
+from sadi.steerers import CAA, ITI, SADI, AUSteer, Steerer
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny
 from tests.helpers import loglikelihood_requests
 
@@ -36,6 +36,11 @@ METHODS: dict[str, Callable[[], Steerer]] = {
     "iti-all": lambda: ITI(k=3, alpha=8.0, positions="all", progress=False),
     "caa-response": lambda: CAA(layer=1, multiplier=3.0, progress=False),
     "caa-all": lambda: CAA(layer=1, multiplier=3.0, positions="all", progress=False),
+    "austeer-head": lambda: AUSteer("head", k=6, alpha=6.0, progress=False),
+    "austeer-hidden-fixed": lambda: AUSteer(
+        "hidden", k=6, alpha=3.0, variant="fixed_strength", progress=False
+    ),
+    "austeer-residual": lambda: AUSteer("residual", k=6, alpha=6.0, progress=False),
 }
 CASES = [
     ("The sky is", " blue"),
@@ -148,6 +153,7 @@ def test_smollm2_one_token_answers_change_and_generation_agrees(smollm2: tuple) 
         "sadi": SADI("head", k=4, strength=8.0, progress=False),
         "iti": ITI(k=13, alpha=15.0, progress=False),
         "caa": CAA(layer=15, multiplier=8.0, progress=False),
+        "austeer": AUSteer("head", k=32, alpha=20.0, progress=False),
     }
     reqs = loglikelihood_requests([(it.question, ch) for it in items for ch in it.choices])
     plain = SteeredLM(model, tokenizer=tok, batch_size=8, device="cpu")

@@ -226,6 +226,20 @@ def test_caa_task_in_chat_form_with_open_ended_generations(tmp_path: Path) -> No
         assert all(isinstance(r["generation"], str) for r in rows)
 
 
+def test_austeer_grid_is_the_authors_search_space_per_site() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["experiment=austeer", "paths.output_dir=/tmp/x"],
+            return_hydra_config=True,
+        )
+    grid = cfg.hydra.sweeper.params
+    assert grid["component"] == "head,hidden,residual"  # attention, ffn, layer
+    assert grid["intervention.k"] == "1,2,4,8,16,32,50,64,80,100"
+    assert grid["intervention.alpha"] == "5,8,10,15,20,30,50,100"
+    assert cfg.intervention.name == "austeer" and cfg.task.n_pairs == 1000
+
+
 def test_every_experiment_composes_with_its_grid() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name in options("experiment"):

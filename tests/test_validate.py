@@ -52,7 +52,9 @@ def test_an_explicit_wrong_component_is_refused_before_loading(tmp_path: Path) -
         run(cfg)
 
 
-@pytest.mark.parametrize("intervention, component", [("caa", "residual"), ("iti", "head")])
+@pytest.mark.parametrize(
+    "intervention, component", [("caa", "residual"), ("iti", "head"), ("austeer", "head")]
+)
 def test_the_intervention_chooses_its_component_by_default(
     intervention: str, component: str
 ) -> None:

@@ -14,7 +14,12 @@ SELECTION = "selection.json"
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 NON_PARAMS = {"_target_", "name", "seed", "batch_size"}
 # x axis and line parameter of the strength plot, per intervention name prefix
-AXES = {"sadi": ("strength", "k"), "iti": ("alpha", "k"), "caa": ("multiplier", "layer")}
+AXES = {
+    "sadi": ("strength", "k"),
+    "iti": ("alpha", "k"),
+    "caa": ("multiplier", "layer"),
+    "austeer": ("alpha", "k"),
+}
 
 
 @dataclass
@@ -23,7 +28,7 @@ class RunRecord:
 
     run_dir: Path
     task: str
-    intervention: str  # e.g. "sadi", "iti", "caa", "none"
+    intervention: str  # e.g. "sadi", "iti", "caa", "austeer", "none"
     component: str
     model: str
     metric: str  # the task's primary metric, e.g. "acc" or "mc2"

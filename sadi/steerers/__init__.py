@@ -1,5 +1,6 @@
 """Steering methods: one module and one class each, registered by method name."""
 
+from sadi.steerers.austeer import AUSteer, AUSteerState
 from sadi.steerers.base import (
     ArtifactError,
     FingerprintMismatch,
@@ -11,10 +12,12 @@ from sadi.steerers.caa import CAA, CAAState
 from sadi.steerers.iti import ITI, ITIState
 from sadi.steerers.sadi import SADI, SADIState
 
-STEERERS: dict[str, type[Steerer]] = {cls.method: cls for cls in (SADI, ITI, CAA)}
+STEERERS: dict[str, type[Steerer]] = {cls.method: cls for cls in (SADI, ITI, CAA, AUSteer)}
 
 __all__ = [
     "ArtifactError",
+    "AUSteer",
+    "AUSteerState",
     "CAA",
     "CAAState",
     "ITI",
