@@ -312,3 +312,31 @@ def test_strength_axes_per_method(tmp_path: Path) -> None:
 def test_collect_names_the_fix_for_an_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="python -m sadi.run"):
         collect([tmp_path])
+
+
+def test_austeer_units_plot_and_axes(tmp_path: Path) -> None:
+    """An AUSteer sweep plots select vs alpha (a line per k) and its fitted unit momentum."""
+    from sadi.report.plots import plot_units
+    from sadi.steerers import AUSteer
+    from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+
+    model = make_tiny("llama")
+    au = AUSteer("hidden", k=5, alpha=4.0, progress=False).fit(model, byte_tokenizer(), PAIRS)
+    grid = [{"k": k, "alpha": a, "variant": "momentum"} for k in (5, 8) for a in (5.0, 15.0)]
+    for i, params in enumerate(grid):
+        run = write_run(
+            tmp_path / "sweep" / str(i),
+            {"select": scores_pair(50, 0.5, 0.02 * i, i)},
+            intervention="austeer",
+            component="hidden",
+            params=params,
+        )
+        au.with_params(k=params["k"], alpha=params["alpha"]).save(run / "steerer")
+    (rec,) = collect([tmp_path / "sweep"])
+    assert _axes(rec.points) == ("alpha", ["k"])
+    assert rec.steerer_dir is not None
+    png = plot_units(rec.steerer_dir, tmp_path / "units.png")
+    assert png is not None and png.stat().st_size > 0
+    assert plot_head_heatmap(rec.steerer_dir, tmp_path / "heads.png") is None
+    iti_dir = build_dirs(tmp_path / "other")[1] / "steerer"
+    assert plot_units(iti_dir, tmp_path / "none.png") is None

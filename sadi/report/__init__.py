@@ -19,7 +19,13 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from sadi.report.plots import plot_all, plot_head_heatmap, plot_methods, plot_strength
+from sadi.report.plots import (
+    plot_all,
+    plot_head_heatmap,
+    plot_methods,
+    plot_strength,
+    plot_units,
+)
 from sadi.report.records import RunRecord, collect, load_run, load_scores
 from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
 from sadi.report.tables import Row, table, to_html, to_markdown
@@ -39,6 +45,7 @@ __all__ = [
     "plot_head_heatmap",
     "plot_methods",
     "plot_strength",
+    "plot_units",
     "table",
     "to_html",
     "to_markdown",

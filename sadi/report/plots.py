@@ -1,4 +1,5 @@
-"""Plots: select metric vs strength per sweep, per-head score heatmaps, methods with CIs."""
+"""Plots: select metric vs strength per sweep, per-head score heatmaps, AUSteer unit
+momentum, methods with CIs."""
 
 from __future__ import annotations
 
@@ -99,6 +100,59 @@ def plot_head_heatmap(steerer_dir: str | Path, path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_units(steerer_dir: str | Path, path: str | Path) -> Path | None:
+    """AUSteer: activation momentum beta of every atomic unit [layer x dimension], the k
+    selected units marked, and the number selected per layer.
+
+    Returns the PNG path, or None for other steerers.
+    """
+    import torch
+
+    from sadi.steerers.austeer import select_units
+
+    d = Path(steerer_dir)
+    meta = json.loads((d / "steerer.json").read_text())
+    if meta["method"] != "austeer":
+        return None
+    t = load_file(str(d / "steerer.safetensors"))
+    beta, mean_diff = t["beta"], t["mean_diff"]
+    variant = meta.get("variant", "momentum")
+    layers, dims = select_units(
+        torch.from_numpy(beta),
+        torch.from_numpy(mean_diff),
+        int(meta["k"]),
+        variant,
+        int(meta.get("seed", 0)),
+    )
+    n_layers, width = beta.shape
+    fig = Figure(figsize=(max(7.0, 0.25 * n_layers + 3), 6.5))
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    im = top.imshow(
+        beta.T,
+        aspect="auto",
+        origin="lower",
+        cmap="RdBu_r",
+        vmin=-1,
+        vmax=1,
+        interpolation="nearest",
+    )
+    top.scatter(layers.numpy(), dims.numpy(), marker="x", s=18, c="k", lw=1)
+    top.set(ylabel=f"{meta.get('component', '')} dimension")
+    model = meta.get("model_id", "")
+    top.set_title(
+        f"AUSteer activation momentum, {len(layers)} units selected (x), variant {variant} "
+        f"({model})",
+        fontsize=10,
+    )
+    counts = np.bincount(layers.numpy(), minlength=n_layers)
+    bottom.bar(range(n_layers), counts, color="C0")
+    bottom.set(xlabel="layer", ylabel="units selected")
+    bottom.set_xticks(range(0, n_layers, 1 if n_layers <= 32 else 4))
+    fig.colorbar(im, ax=[top, bottom], label="beta", fraction=0.04, pad=0.02)
+    fig.savefig(path, dpi=120)  # no tight_layout: it cannot place a colorbar of two axes
+    return Path(path)
+
+
 def plot_methods(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
     """Per (task, model): report metric per method with 95% CI bars, baseline as a line."""
     out, paths = Path(out_dir), []
@@ -148,7 +202,8 @@ def _slug(s: str) -> str:
 
 
 def plot_all(records: Sequence[RunRecord], rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
-    """Every plot for these records into `out_dir`: strength sweeps, head heatmaps, methods."""
+    """Every plot for these records into `out_dir`: strength sweeps, head heatmaps, AUSteer
+    units, methods."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -157,5 +212,7 @@ def plot_all(records: Sequence[RunRecord], rows: Sequence[Row], out_dir: str | P
         if rec.points and (p := plot_strength(rec.points, out / f"strength_{stem}.png", rec)):
             paths.append(p)
         if rec.steerer_dir and (p := plot_head_heatmap(rec.steerer_dir, out / f"heads_{stem}.png")):
+            paths.append(p)
+        if rec.steerer_dir and (p := plot_units(rec.steerer_dir, out / f"units_{stem}.png")):
             paths.append(p)
     return paths + plot_methods(rows, out)

@@ -92,6 +92,30 @@ def momentum_from_counts(n_pos: Tensor, n_neg: Tensor, n: int, ties: TieRule) ->
     return (beta + 0.0).float()  # + 0.0: no negative zero when both counts are 0
 
 
+def select_units(
+    beta: Tensor, mean_diff: Tensor, k: int, variant: AUSteerVariant = "momentum", seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """(layers, dims) of the k units `variant` selects from a fitted state [n_layers, width].
+
+    momentum / fixed_strength: top-k by |beta|; diff: top-k by |mean_diff|; random: k units
+    drawn uniformly without replacement (seeded). The sort is stable, so equal scores go to
+    the lower layer, then the lower dimension (the authors' stable sort).
+    """
+    n_layers, width = beta.shape
+    if not 1 <= k <= n_layers * width:
+        raise ValueError(
+            f"k={k} is outside the {n_layers * width} atomic units of this fit "
+            f"({n_layers} layers x {width}); choose 1 <= k <= {n_layers * width}"
+        )
+    if variant == "random":
+        gen = torch.Generator().manual_seed(seed)
+        flat = torch.randperm(n_layers * width, generator=gen)[:k]
+    else:
+        score = mean_diff if variant == "diff" else beta
+        flat = torch.sort(score.abs().flatten(), descending=True, stable=True).indices[:k]
+    return flat // width, flat % width
+
+
 class AUSteer(Steerer):
     """Atomic-unit steering: rescale the k units of largest activation momentum.
 
@@ -275,21 +299,7 @@ class AUSteer(Steerer):
     def selected_units(self) -> tuple[Tensor, Tensor]:
         """(layers, dims): the k selected units, long tensors, in rank order."""
         state = self.fitted_state()
-        n_layers, width = state.beta.shape
-        if self.k > n_layers * width:
-            raise ValueError(
-                f"k={self.k} exceeds the {n_layers * width} atomic units of this fit "
-                f"({n_layers} layers x {width}); choose 1 <= k <= {n_layers * width}"
-            )
-        if self.variant == "random":
-            gen = torch.Generator().manual_seed(self.seed)
-            flat = torch.randperm(n_layers * width, generator=gen)[: self.k]
-        else:
-            score = state.mean_diff if self.variant == "diff" else state.beta
-            # stable: equal scores keep index order, i.e. lower layer, then lower dim
-            flat = torch.sort(score.abs().flatten(), descending=True, stable=True).indices
-            flat = flat[: self.k]
-        return flat // width, flat % width
+        return select_units(state.beta, state.mean_diff, self.k, self.variant, self.seed)
 
     def unit_factors(self) -> Tensor:
         """[k] float32: the factor (1 + gamma_i) each selected unit is multiplied by, in the
@@ -365,4 +375,5 @@ __all__ = [
     "VARIANTS",
     "momentum",
     "momentum_from_counts",
+    "select_units",
 ]
