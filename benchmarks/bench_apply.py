@@ -13,6 +13,9 @@ interleaved:
 - `steered`: `with sadi.apply(model) as h: h.set_layout(layout); model(...)`; entering and
   leaving `apply` (hook registration and removal) is inside the timed region.
 
+AUSteer cases (one per site: head, hidden, residual): fitted once on the same pairs, k=100
+units, alpha 10, edited at every position of the batch (its policy); target <= 1.05.
+
 Both sides run under `torch.inference_mode`. Targets: online <= 1.05, faithful <= 1.6
 (ratio of the medians, steered / unsteered). Faithful runs in one forward with a shadow
 position (`sadi.shadow`); `faithful_two_pass` measures the fallback path (a separate clean
@@ -40,12 +43,14 @@ from benchmarks.common import (
     write_result,
 )
 from sadi.positions import BatchLayout
-from sadi.steerers import SADI
+from sadi.steerers import SADI, AUSteer, Steerer
 from sadi.steerers.sadi import SadiMode
 from sadi.tasks import load_task
 
 NAME = "apply"
-TARGETS = {"online": 1.05, "faithful": 1.6, "faithful_two_pass": 1.6}
+TARGETS = {"online": 1.05, "faithful": 1.6, "faithful_two_pass": 1.6, "austeer": 1.05}
+AUSTEER_SITES = ("head", "hidden", "residual")  # the paper's attention, ffn, layer
+AUSTEER_K, AUSTEER_ALPHA = 100, 10.0
 K = {"head": 4, "neuron": 100, "neuron_down": 100, "hidden": 10, "residual": 10}
 COMPONENTS = ("head", "neuron", "neuron_down", "hidden", "residual")
 MODES: tuple[str, ...] = ("online", "faithful", "faithful_two_pass")
@@ -88,6 +93,7 @@ def run(
     out_dir: Path | None = None,
     components: tuple[str, ...] = COMPONENTS,
     modes: tuple[str, ...] = MODES,
+    austeer_sites: tuple[str, ...] = AUSTEER_SITES,
     max_wait_s: float = 5.0,
 ) -> dict[str, Any]:
     """Measure steered vs unsteered forwards; write `<out_dir>/apply.json`, return it."""
@@ -102,7 +108,7 @@ def run(
         with torch.inference_mode():
             return model(input_ids, attention_mask=mask).logits  # type: ignore[no-any-return]
 
-    def steered_with(s: SADI) -> Callable[[], Tensor]:
+    def steered_with(s: Steerer) -> Callable[[], Tensor]:
         def call() -> Tensor:
             with torch.inference_mode(), s.apply(model) as handle:
                 handle.set_layout(layout)
@@ -112,6 +118,40 @@ def run(
 
     reference = unsteered()
     cases: list[dict[str, Any]] = []
+
+    def measure(s: Steerer, component: str, mode: str, k: int, method: str) -> dict[str, Any]:
+        steered = steered_with(s)
+        # sanity check: the steering changes the logits (so the hooks do fire)
+        diff = float((steered() - reference).abs().max())
+        timings = interleaved(
+            {"unsteered": unsteered, "steered": steered},
+            repeats=n_repeats,
+            warmup=WARMUP,
+            max_wait_s=max_wait_s,
+            total_wait_s=3 * max_wait_s,
+        )
+        times = timings.times
+        med = {k: summary(v)["median_s"] for k, v in times.items()}
+        ratio = med["steered"] / med["unsteered"]
+        target = TARGETS[mode]
+        return {
+            "method": method,
+            "component": component,
+            "mode": mode,
+            "k": k,
+            "selected_layers": s.selected_layers(),  # type: ignore[attr-defined]
+            "max_abs_logit_change": diff,
+            "times_s": times,
+            "stats": {k: summary(v) for k, v in times.items()},
+            "medians_s": med,
+            "ratio": ratio,
+            "paired_ratio_median": paired_ratio_median(times["steered"], times["unsteered"]),
+            "target": target,
+            "meets_target": ratio <= target,
+            "contention": timings.contention(),
+            "quiet_only": timings.quiet_ratio("steered", "unsteered"),
+        }
+
     for component in components:
         fitted = SADI(component, k=K[component], strength=STRENGTH, progress=False)
         with torch.inference_mode():
@@ -122,45 +162,18 @@ def run(
             s = SADI(component, k=K[component], strength=STRENGTH, mode=sadi_mode)
             s.adopt(fitted)
             s.one_pass = mode != "faithful_two_pass"
-            steered = steered_with(s)
-            # sanity check: the steering changes the logits (so the hooks do fire)
-            diff = float((steered() - reference).abs().max())
-            timings = interleaved(
-                {"unsteered": unsteered, "steered": steered},
-                repeats=n_repeats,
-                warmup=WARMUP,
-                max_wait_s=max_wait_s,
-                total_wait_s=3 * max_wait_s,
-            )
-            times = timings.times
-            med = {k: summary(v)["median_s"] for k, v in times.items()}
-            ratio = med["steered"] / med["unsteered"]
-            target = TARGETS[mode]
-            cases.append(
-                {
-                    "component": component,
-                    "mode": mode,
-                    "k": K[component],
-                    "selected_layers": s.selected_layers(),
-                    "max_abs_logit_change": diff,
-                    "times_s": times,
-                    "stats": {k: summary(v) for k, v in times.items()},
-                    "medians_s": med,
-                    "ratio": ratio,
-                    "paired_ratio_median": paired_ratio_median(
-                        times["steered"], times["unsteered"]
-                    ),
-                    "target": target,
-                    "meets_target": ratio <= target,
-                    "contention": timings.contention(),
-                    "quiet_only": timings.quiet_ratio("steered", "unsteered"),
-                }
-            )
+            cases.append(measure(s, component, mode, K[component], "sadi"))
+    for component in austeer_sites:
+        au = AUSteer(component, k=AUSTEER_K, alpha=AUSTEER_ALPHA, progress=False)
+        with torch.inference_mode():
+            au.fit(model, tok, pairs)
+        cases.append(measure(au, component, "austeer", AUSTEER_K, "austeer"))
     result: dict[str, Any] = {
         "benchmark": NAME,
         "description": (
             "steered / unsteered full forward, batch 8 x 64 tokens of COPA text, prompt 48 "
-            "tokens, SADI fitted on 150 COPA fit pairs, strength 5"
+            "tokens, SADI fitted on 150 COPA fit pairs, strength 5; AUSteer k=100, alpha 10, "
+            "every position"
         ),
         **env,
         "loadavg_at_end": loadavg(),
@@ -170,6 +183,7 @@ def run(
             "prompt_length": PROMPT,
             "strength": STRENGTH,
             "k": K,
+            "austeer": {"sites": list(austeer_sites), "k": AUSTEER_K, "alpha": AUSTEER_ALPHA},
             "n_pairs": len(pairs),
             "grad_mode": "torch.inference_mode on both sides",
             "ratio_definition": "median(steered) / median(unsteered)",

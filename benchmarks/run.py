@@ -57,6 +57,20 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
                 busy(result["contention"]),
                 quiet(q["fit_vs_plain_base"]),
             ),
+            *(
+                (
+                    "AUSteer fit / plain forward (full model)",
+                    f"{med['plain_full']:.3f}",
+                    f"{med['austeer_fit']:.3f}",
+                    f"{au['ratio']:.3f}",
+                    f"<= {au['target']}",
+                    ok(au["meets_target"]),
+                    busy(result["contention"]),
+                    quiet(au["quiet_only"]["vs_plain_full"]),
+                )
+                for au in [result["austeer"]]
+                if "austeer" in result
+            ),
         ]
     out: list[Row] = []
     if name == "lm_eval":
@@ -80,7 +94,8 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
         med = case["medians_s"]
         out.append(
             (
-                f"apply {case['component']} ({case['mode']}, k={case['k']})",
+                f"apply {case.get('method', 'sadi')} {case['component']} ({case['mode']}, "
+                f"k={case['k']})",
                 f"{med['unsteered']:.3f}",
                 f"{med['steered']:.3f}",
                 f"{case['ratio']:.3f}",
