@@ -102,6 +102,20 @@ class AUSteerSchema(InterventionSchema):
 
 
 @dataclass
+class SasSchema(InterventionSchema):
+    _target_: Optional[str] = "sadi.steerers.SAS"
+    name: str = "sas"
+    sae: Optional[str] = MISSING  # an SAE directory in SAELens' format (cfg.json + weights)
+    layer: Optional[int] = None  # None: the SAE's layer
+    tau: float = 0.1  # frequency threshold of a latent per side
+    lam: float = 1.0  # lambda, the steering strength
+    mode: str = "code"  # code (edit the code, keep the error term) | decoder
+    read_offset: int = 0
+    positions: str = "response"  # response (last prompt token on) | all
+    batch_size: int = 16
+
+
+@dataclass
 class LoggerSchema:
     name: str = "none"  # none | wandb
     project: str = "sadi"
@@ -175,4 +189,5 @@ def register_configs() -> None:
     cs.store(group="intervention", name="base_iti", node=ItiSchema)
     cs.store(group="intervention", name="base_caa", node=CaaSchema)
     cs.store(group="intervention", name="base_austeer", node=AUSteerSchema)
+    cs.store(group="intervention", name="base_sas", node=SasSchema)
     cs.store(group="logger", name="base_logger", node=LoggerSchema)

@@ -11,7 +11,7 @@ import inspect
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sadi.models import resolve_dtype
 from sadi.tasks import check_split_names
@@ -129,8 +129,21 @@ def check_intervention_keys(intervention: DictConfig) -> None:
         )
 
 
+def check_required_values(intervention: DictConfig) -> None:
+    """Every mandatory (`???`) intervention value is set, e.g. SAS's SAE directory."""
+    # missing_keys names keys from the config root ("intervention.sae"): keep the last part
+    missing = sorted(str(k).rsplit(".", 1)[-1] for k in OmegaConf.missing_keys(intervention))
+    if missing:
+        hints = {"sae": "an SAE directory in SAELens' format (cfg.json + sae_weights.safetensors)"}
+        raise ConfigError(
+            f"intervention={intervention.get('name')} needs "
+            + ", ".join(f"intervention.{k}=<{hints.get(k, 'value')}>" for k in missing)
+        )
+
+
 def check_run_config(cfg: DictConfig) -> None:
     """Everything about `cfg` that can be checked before the task or the model is loaded."""
+    check_required_values(cfg.intervention)
     check_optimized_metric(cfg.optimized_metric, cfg.task.primary_metric)
     check_batch_size(cfg.model.batch_size)
     check_device(cfg.model.device)

@@ -17,18 +17,28 @@ from torch import Tensor, nn
 
 from sadi.activations import encode
 from sadi.architectures import WEIGHTS_SLICE, model_shape, weights_fingerprint
-from sadi.steerers import CAA, ITI, SADI, AUSteer, FingerprintMismatch, Steerer
+from sadi.steerers import CAA, ITI, SADI, SAS, AUSteer, FingerprintMismatch, Steerer
 from sadi.steerers.base import META_FILE, TENSORS_FILE, ArtifactError, WeightsMismatch
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, forward, steered
 
-METHODS = ["sadi", "iti", "caa", "austeer"]
+METHODS = ["sadi", "iti", "caa", "austeer", "sas"]
 # the tensors each method writes, in the order its error message lists them (sorted)
 TENSORS = {
     "sadi": ["delta", "direction", "mask"],
     "iti": ["accuracy", "direction", "mask", "sigma"],
     "caa": ["vectors"],
     "austeer": ["beta", "mean_diff"],
+    "sas": [
+        "freq_neg",
+        "freq_pos",
+        "mean_neg",
+        "mean_pos",
+        "sae.W_dec",
+        "sae.W_enc",
+        "sae.b_dec",
+        "sae.b_enc",
+    ],
 }
 
 
@@ -39,6 +49,10 @@ def make(method: str) -> Steerer:
         return ITI(k=4, alpha=5.0, progress=False)
     if method == "austeer":
         return AUSteer("head", k=5, alpha=4.0, progress=False)
+    if method == "sas":
+        from tests.test_sae import random_sae
+
+        return SAS(sae=random_sae("topk", d_in=32, layer=1), tau=0.0, lam=2.0, progress=False)
     return CAA(layer=1, multiplier=2.0, progress=False)
 
 
@@ -291,7 +305,7 @@ def test_missing_method(tmp_path: Path) -> None:
     _, _, directory = saved("caa", tmp_path)
     path = edit_meta(directory, lambda m: m.pop("method"))
     with artifact_error(
-        path, "no 'method' field; it must name one of ['austeer', 'caa', 'iti', 'sadi']"
+        path, "no 'method' field; it must name one of ['austeer', 'caa', 'iti', 'sadi', 'sas']"
     ):
         Steerer.load(directory)
 
@@ -300,7 +314,7 @@ def test_unknown_method(tmp_path: Path) -> None:
     _, _, directory = saved("caa", tmp_path)
     path = edit_meta(directory, lambda m: m.update(method="repe"))
     with artifact_error(
-        path, "unknown steering method 'repe'; known: ['austeer', 'caa', 'iti', 'sadi']"
+        path, "unknown steering method 'repe'; known: ['austeer', 'caa', 'iti', 'sadi', 'sas']"
     ):
         Steerer.load(directory)
 

@@ -68,3 +68,11 @@ def test_batch_sizes_and_metrics_that_are_fine() -> None:
         check_batch_size(ok)
     assert check_optimized_metric("select/acc_norm", "acc") == ("select", "acc_norm")
     assert check_optimized_metric("select/mc2", "mc2") == ("select", "mc2")
+
+
+def test_sas_without_an_sae_is_refused_before_loading(tmp_path: Path) -> None:
+    overrides = [o for o in tiny_overrides(NO_MODEL, tmp_path / "r") if "intervention." not in o]
+    cfg = compose_run([*overrides, "intervention=sas"])
+    assert cfg.component.name == "residual"
+    with pytest.raises(ConfigError, match=r"intervention=sas needs intervention.sae=<an SAE dir"):
+        run(cfg)

@@ -11,8 +11,9 @@ from sadi.steerers.base import (
 from sadi.steerers.caa import CAA, CAAState
 from sadi.steerers.iti import ITI, ITIState
 from sadi.steerers.sadi import SADI, SADIState
+from sadi.steerers.sas import SAS, SASState
 
-STEERERS: dict[str, type[Steerer]] = {cls.method: cls for cls in (SADI, ITI, CAA, AUSteer)}
+STEERERS: dict[str, type[Steerer]] = {cls.method: cls for cls in (SADI, ITI, CAA, AUSteer, SAS)}
 
 __all__ = [
     "ArtifactError",
@@ -24,6 +25,8 @@ __all__ = [
     "ITIState",
     "SADI",
     "SADIState",
+    "SAS",
+    "SASState",
     "STEERERS",
     "FingerprintMismatch",
     "Steerer",

@@ -361,6 +361,7 @@ class Steerer(ABC):
             "weights_fingerprint": self.fitted_weights(),
             "accepted_weights": sorted(self.accepted_weights),
             "n_pairs": self.n_pairs,
+            **self.extra_metadata(),
             "versions": {
                 "sadi": sadi.__version__,
                 "torch": torch.__version__,
@@ -469,7 +470,19 @@ class Steerer(ABC):
         if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 0:
             raise fail(f"'n_pairs' must be a non-negative integer, got {n_pairs!r}")
         obj.n_pairs = n_pairs
+        try:
+            obj._read_extra_metadata(meta)
+        except ValueError as err:
+            raise fail(str(err)) from err
         return obj
+
+    def extra_metadata(self) -> dict[str, Any]:
+        """Fitted, non-tensor state a method records in steerer.json beside its parameters
+        (e.g. SAS's SAE config); read back by `_read_extra_metadata` before the tensors."""
+        return {}
+
+    def _read_extra_metadata(self, meta: dict[str, Any]) -> None:
+        """Take what `extra_metadata` wrote; raises ValueError naming what is wrong."""
 
     @classmethod
     def param_names(cls) -> list[str]:

@@ -1,0 +1,440 @@
+"""Training a TopK SAE offline on one decoder layer's output (the residual stream).
+
+Text: only what every machine has offline, the fit splits of the registered tasks (each
+item's context followed by its correct continuation); never a select or report split.
+Activations: the model is run only up to the read layer (a forward stops after it), in
+`collect_dtype` (bfloat16 by default: ~3.5x faster on these CPUs; the figures report the
+cosine between bf16 and fp32 activations on a sample). Excluded tokens: the first
+`skip_first` positions of every text (the attention sink: on SmolLM2 ~0.03% of tokens carry
+norms up to 150x the median and most of the variance) and any token whose norm exceeds
+`outlier_factor` x the median norm; both counts are reported. A `held_out` fraction of the
+texts (whole texts, not tokens) is kept apart for the quality figures.
+
+Trainer: TopK (Gao et al. 2024): z = TopK(ReLU-free pre-activation) with ReLU on the kept
+values, x_hat = z @ W_dec + b_dec, loss = ||x - x_hat||^2 / ||x - mean||^2 (normalised MSE)
+plus the AuxK loss (the dead latents' top `aux_k` reconstruct the residual, weight
+`aux_coef`); decoder rows renormalised to unit norm after every step; Adam, learning rate
+decayed linearly to 0 over the last 20% of the steps; W_enc initialised as W_dec^T and b_dec
+as the mean activation. The decoder side is sparse (`embedding_bag` over the k active rows).
+
+Quality figures (`quality.json` beside the SAE): variance explained and L0 on the held-apart
+tokens, the fraction of latents that never fire on them (dead), tokens seen, time per stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sadi.architectures import architecture_of, decoder_layers, model_shape, weights_fingerprint
+from sadi.architectures import site as site_of
+from sadi.cache import digest, get_or_create
+from sadi.hooks import LayerHook, hooked
+from sadi.sae.model import SAEConfig, SparseAutoencoder, load_sae, save_sae
+
+QUALITY_FILE = "quality.json"
+# tasks whose fit splits give the training text (every registered one with plain text items)
+TEXT_TASKS: tuple[str, ...] = (
+    "boolq",
+    "copa",
+    "sst2",
+    "winogrande",
+    "mmlu",
+    "xnli_en",
+    "truthfulqa_mc2",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of an SAE training run (all enter the cache key).
+
+    Attributes:
+        layer: decoder layer whose output the SAE reads.
+        expansion: d_sae = expansion x d_model.
+        k: active latents per token.
+        tokens: activation tokens to collect at most (training + held apart).
+        epochs: passes over the training tokens.
+        batch_tokens: tokens per optimiser step.
+        lr: Adam learning rate.
+        aux_k, aux_coef, dead_tokens: AuxK: a latent is dead after `dead_tokens` training
+            tokens without firing; the dead latents' top `aux_k` reconstruct the residual.
+        held_out: fraction of texts kept apart for the quality figures.
+        skip_first: positions at the start of each text excluded (attention sink).
+        outlier_factor: tokens with norm > outlier_factor x median norm are excluded.
+        max_text_tokens: texts are cut to this many tokens.
+        collect_dtype: dtype of the collection forward ("bfloat16" or "float32").
+        tasks: tasks whose fit splits give the text.
+        seed: seeds initialisation and shuffling.
+    """
+
+    layer: int
+    expansion: int = 8
+    k: int = 32
+    tokens: int = 1_000_000
+    epochs: int = 3
+    batch_tokens: int = 4096
+    lr: float = 4e-4
+    aux_k: int = 256
+    aux_coef: float = 1 / 32
+    dead_tokens: int = 200_000
+    held_out: float = 0.05
+    skip_first: int = 1
+    outlier_factor: float = 10.0
+    max_text_tokens: int = 256
+    collect_dtype: str = "bfloat16"
+    tasks: tuple[str, ...] = TEXT_TASKS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "layer": self.layer >= 0,
+            "expansion": self.expansion >= 1,
+            "k": self.k >= 1,
+            "tokens": self.tokens >= 1000,
+            "epochs": self.epochs >= 1,
+            "batch_tokens": self.batch_tokens >= 1,
+            "lr": self.lr > 0,
+            "held_out": 0 < self.held_out < 1,
+            "skip_first": self.skip_first >= 0,
+            "outlier_factor": self.outlier_factor > 1,
+            "collect_dtype": self.collect_dtype in ("bfloat16", "float32"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                f"bad SAE training values: { ({n: getattr(self, n) for n in bad}) }; layer >= 0, "
+                "expansion, k, epochs >= 1, tokens >= 1000, lr > 0, 0 < held_out < 1, "
+                "outlier_factor > 1, collect_dtype bfloat16 or float32"
+            )
+
+
+def fit_split_texts(tasks: Sequence[str], data_dir: str | Path | None = None) -> list[str]:
+    """Each fit item's context + correct continuation, for `tasks` (fit splits only)."""
+    from sadi.tasks import load_task
+
+    texts = []
+    for name in tasks:
+        task = load_task(name, data_dir=data_dir)
+        for item in task.splits["fit"]:
+            texts.append(item.question + item.choices[item.label])
+    return texts
+
+
+class _Stop(Exception):
+    """Raised by the read hook: nothing after the read layer is computed."""
+
+
+@torch.no_grad()
+def collect_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    layer: int,
+    *,
+    max_tokens: int,
+    max_text_tokens: int = 256,
+    skip_first: int = 1,
+    dtype: torch.dtype = torch.bfloat16,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(activations [n, d_model] float32, text index [n]) of decoder layer `layer`'s output
+    over the real tokens of `texts` from position `skip_first` on, at most `max_tokens`.
+
+    Texts are read longest first (little padding, right-padded); the forward stops after
+    `layer`; the model runs in `dtype` (a copy when it is held in another dtype).
+    """
+    work = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)
+    work.eval()
+    base = getattr(work, "base_model", work)
+    device = next(work.parameters()).device
+    encoded = [list(tokenizer(t)["input_ids"])[:max_text_tokens] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    grabbed: list[Tensor] = []
+
+    def grab(_: int, act: Tensor) -> None:
+        grabbed.append(act)
+        raise _Stop
+
+    out: list[Tensor] = []
+    owners: list[Tensor] = []
+    n = 0
+    bar = tqdm(total=max_tokens, desc=f"SAE: reading layer {layer}", disable=not progress)
+    with hooked(work, site_of(architecture_of(work), "residual"), [LayerHook(layer, grab)]):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            rows = [encoded[i] for i in idx]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids[j, : len(r)] = torch.tensor(r)
+                mask[j, : len(r)] = 1
+            try:
+                base(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            except _Stop:
+                pass
+            act = grabbed.pop()
+            keep = mask.bool()
+            keep[:, :skip_first] = False
+            out.append(act[keep.to(act.device)].float().cpu())
+            owners.append(torch.tensor(idx).repeat_interleave(keep.sum(1)))
+            n += len(out[-1])
+            bar.update(len(out[-1]))
+            if n >= max_tokens:
+                break
+    bar.close()
+    return torch.cat(out)[:max_tokens], torch.cat(owners)[:max_tokens]
+
+
+def exclude_outliers(x: Tensor, factor: float) -> Tensor:
+    """[n] bool: tokens whose norm is at most `factor` x the median norm."""
+    norms = x.norm(dim=1)
+    return norms <= factor * norms.median()
+
+
+@dataclass
+class TopKTrainer:
+    """A TopK SAE in training (parameters in float32) and its dead-latent counters."""
+
+    d_in: int
+    d_sae: int
+    k: int
+    seed: int = 0
+    W_enc: Tensor = field(init=False)
+    b_enc: Tensor = field(init=False)
+    W_dec: Tensor = field(init=False)
+    b_dec: Tensor = field(init=False)
+    since_fired: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        w = torch.randn(self.d_sae, self.d_in, generator=g)
+        self.W_dec = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        self.W_enc = nn.Parameter(self.W_dec.detach().T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_in))
+        self.since_fired = torch.zeros(self.d_sae, dtype=torch.long)
+
+    def parameters(self) -> list[Tensor]:
+        return [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+
+    def pre(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:
+        """b_dec + sum_j vals_j W_dec[idx_j] per row, touching only the active rows."""
+        return F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+
+    def loss(
+        self, x: Tensor, variance: Tensor, aux_k: int, aux_coef: float, dead_tokens: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(total loss, normalised MSE, active indices) on the batch `x`."""
+        pre = self.pre(x)
+        top = pre.topk(self.k, dim=-1)
+        vals = torch.relu(top.values)
+        x_hat = self.decode_sparse(top.indices, vals)
+        err = x - x_hat
+        mse = err.pow(2).sum(-1).mean() / variance
+        total = mse
+        dead = self.since_fired >= dead_tokens
+        n_dead = int(dead.sum())
+        if n_dead and aux_coef > 0:
+            masked = pre.masked_fill(~dead, float("-inf"))
+            aux = masked.topk(min(aux_k, n_dead), dim=-1)
+            aux_hat = F.embedding_bag(
+                aux.indices, self.W_dec, per_sample_weights=torch.relu(aux.values), mode="sum"
+            )
+            residual = err.detach()
+            aux_mse = (residual - aux_hat).pow(2).sum(-1).mean() / variance
+            total = total + aux_coef * torch.nan_to_num(aux_mse, nan=0.0)
+        return total, mse, top.indices
+
+    @torch.no_grad()
+    def after_step(self, active: Tensor, n_tokens: int) -> None:
+        fired = torch.zeros(self.d_sae, dtype=torch.bool)
+        fired[active.flatten()] = True
+        self.since_fired += n_tokens
+        self.since_fired[fired] = 0
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp(min=1e-8)
+
+    def to_sae(
+        self, layer: int, model_name: str | None, extra: dict[str, Any]
+    ) -> SparseAutoencoder:
+        cfg = SAEConfig(
+            architecture="topk",
+            d_in=self.d_in,
+            d_sae=self.d_sae,
+            k=self.k,
+            apply_b_dec_to_input=True,
+            layer=layer,
+            hook_name=f"blocks.{layer}.hook_resid_post",
+            model_name=model_name,
+            extra=extra,
+        )
+        return SparseAutoencoder(
+            cfg, *(t.detach().clone() for t in (self.W_enc, self.b_enc, self.W_dec, self.b_dec))
+        )
+
+
+@torch.no_grad()
+def quality(sae: SparseAutoencoder, x: Tensor, batch: int = 8192) -> dict[str, float]:
+    """Variance explained, L0 and the dead fraction of `sae` on the tokens `x`."""
+    mean = x.mean(0)
+    sse = 0.0
+    l0 = 0.0
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        z = sae.encode(xb)
+        sse += float((xb - sae.decode(z)).pow(2).sum())
+        nz = z != 0
+        l0 += float(nz.sum())
+        fired |= nz.any(0)
+    total = float((x - mean).pow(2).sum())
+    return {
+        "variance_explained": 1.0 - sse / total,
+        "l0": l0 / len(x),
+        "dead_fraction": 1.0 - float(fired.float().mean()),
+        "n_tokens": float(len(x)),
+    }
+
+
+def train_topk(
+    x: Tensor, cfg: TrainConfig, *, progress: bool = True
+) -> tuple[TopKTrainer, dict[str, Any]]:
+    """Train a TopK SAE on the activations `x` [n, d_model]; returns it and a training log."""
+    torch.manual_seed(cfg.seed)
+    n, d = x.shape
+    trainer = TopKTrainer(d, cfg.expansion * d, cfg.k, seed=cfg.seed)
+    with torch.no_grad():
+        trainer.b_dec.copy_(x.mean(0))
+    variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+    opt = torch.optim.Adam(trainer.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    steps_per_epoch = math.ceil(n / cfg.batch_tokens)
+    total_steps = steps_per_epoch * cfg.epochs
+    decay_from = int(0.8 * total_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    log: list[dict[str, float]] = []
+    step = 0
+    bar = tqdm(
+        total=total_steps,
+        desc=f"SAE: training {d}->{trainer.d_sae}, k={cfg.k}",
+        disable=not progress,
+    )
+    for _epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(steps_per_epoch):
+            xb = x[perm[s * cfg.batch_tokens : (s + 1) * cfg.batch_tokens]]
+            lr = cfg.lr * min(1.0, (total_steps - step) / max(1, total_steps - decay_from))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, mse, active = trainer.loss(xb, variance, cfg.aux_k, cfg.aux_coef, cfg.dead_tokens)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            trainer.after_step(active, len(xb))
+            step += 1
+            if step % 50 == 0 or step == total_steps:
+                log.append({"step": step, "nmse": float(mse.detach()), "lr": lr})
+                bar.set_postfix(nmse=f"{float(mse.detach()):.3f}")
+            bar.update(1)
+    bar.close()
+    return trainer, {"steps": step, "log": log}
+
+
+def sae_key(model: nn.Module, texts_digest: str, cfg: TrainConfig) -> dict[str, Any]:
+    """Everything that determines a trained SAE: model weights and shape, text, config."""
+    return {
+        "what": "topk-sae",
+        "weights_fingerprint": weights_fingerprint(model),
+        "shape": model_shape(model).as_dict(),
+        "texts": texts_digest,
+        "config": asdict(cfg),
+    }
+
+
+def train_sae(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    *,
+    cache_dir: str | Path,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[SparseAutoencoder, Path, dict[str, Any]]:
+    """The TopK SAE of `cfg` for `model`: from the cache, or trained and cached.
+
+    Returns (sae, its directory, its quality figures).
+    """
+    n_layers = len(decoder_layers(model))
+    if not cfg.layer < n_layers:
+        raise ValueError(
+            f"layer={cfg.layer} is out of range: the model has {n_layers} decoder layers; "
+            f"choose 0 <= layer <= {n_layers - 1}"
+        )
+    texts = fit_split_texts(cfg.tasks, data_dir)
+    key = sae_key(model, digest(texts), cfg)
+    model_name = str(getattr(model.config, "name_or_path", "") or "") or None
+
+    def create(tmp: Path) -> None:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        x, owner = collect_activations(
+            model,
+            tokenizer,
+            texts,
+            cfg.layer,
+            max_tokens=cfg.tokens,
+            max_text_tokens=cfg.max_text_tokens,
+            skip_first=cfg.skip_first,
+            dtype=getattr(torch, cfg.collect_dtype),
+            progress=progress,
+        )
+        timings["collect_s"] = time.perf_counter() - t0
+        keep = exclude_outliers(x, cfg.outlier_factor)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        texts_seen = owner.unique()
+        held = texts_seen[torch.randperm(len(texts_seen), generator=gen)][
+            : max(1, int(cfg.held_out * len(texts_seen)))
+        ]
+        is_held = torch.isin(owner, held)
+        train_x, held_x = x[keep & ~is_held], x[keep & is_held]
+        t1 = time.perf_counter()
+        trainer, log = train_topk(train_x, cfg, progress=progress)
+        timings["train_s"] = time.perf_counter() - t1
+        sae = trainer.to_sae(cfg.layer, model_name, {"sadi_training": asdict(cfg)})
+        figures = {
+            **{f"held_out_{k}": v for k, v in quality(sae, held_x).items()},
+            **{f"train_{k}": v for k, v in quality(sae, train_x[:100_000]).items()},
+            "tokens_collected": len(x),
+            "tokens_trained": len(train_x),
+            "tokens_held_out": len(held_x),
+            "outliers_excluded": int((~keep).sum()),
+            "outlier_fraction": float((~keep).float().mean()),
+            "skip_first_positions": cfg.skip_first,
+            "texts": len(texts),
+            "timings_s": {**timings, "total_s": time.perf_counter() - t0},
+            "training": log,
+            "config": asdict(cfg),
+        }
+        save_sae(sae, tmp)
+        (tmp / QUALITY_FILE).write_text(json.dumps(figures, indent=2) + "\n")
+
+    entry, _ = get_or_create(Path(cache_dir) / "saes", key, create)
+    figures = json.loads((entry / QUALITY_FILE).read_text())
+    return load_sae(entry), entry, figures

@@ -1,0 +1,400 @@
+"""SAS: Sparse Activation Steering (Bayat et al., arXiv 2503.00177).
+
+Steers in the latent space of a sparse autoencoder (SAE, `sadi.sae`) of one layer's
+residual stream (the output of decoder layer L). No authors' code exists; this follows the
+paper's algorithm as two independent re-implementations restate it, and every choice the
+paper leaves open is named here.
+
+Fit: read the residual stream of layer L at the read position of prompt + positive and
+prompt + negative (`read_offset` counts back from the last token, as CAA's: 0 reads the
+answer token) and encode: codes S+ [N, d_sae], S- [N, d_sae]. Per side and latent c:
+freq[c] = fraction of the N examples where c is non-zero, and mean[c] = the mean of c over
+the examples where it is non-zero (0 when it never is). These four [d_sae] vectors are the
+fitted state, so one fit serves every tau, lambda and mode.
+
+Steering vector for a threshold tau: v+[c] = mean+[c] if freq+[c] >= tau else 0, v- likewise;
+latents non-zero in both v+ and v- are dropped from both; s = v+ - v- (positive entries:
+latents seen only with the behaviour, negative: only without it).
+
+Apply at layer L, at the positions of `positions` ("response": the last prompt token, whose
+output predicts the first answer token, every continuation token and every generated token,
+as CAA; "all": every real token):
+
+- mode "code": a' = g(ReLU(f(a) + lambda * s)) + (a - g(f(a))): edit the code, decode, keep
+  the SAE's error term. Computed as a + (ReLU(f(a) + lambda * s) - f(a)) @ W_dec (b_dec
+  cancels), which equals the formula and keeps a exactly where the code does not change.
+  The activation after the edit is ReLU only, for every architecture: TopK is not
+  re-applied (the steered code may hold more than k latents) and a JumpReLU threshold is
+  not re-applied (a latent pushed above 0 but below its threshold stays on).
+- mode "decoder": a' = a + lambda * (s @ W_dec) (decoder directions only, input-independent).
+
+lambda = 0 registers no hook: the unsteered model, bit for bit. The SAE travels inside the
+saved steerer (its tensors and cfg.json), so a steerer loads on another machine without the
+SAE's directory; its fingerprint is part of the fit key (content, not path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing_extensions import Self
+
+from sadi.activations import read_activations
+from sadi.architectures import decoder_layers, model_shape
+from sadi.pairs import Pair
+from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
+from sadi.sae.model import SAEConfig, SparseAutoencoder, load_sae, parse_cfg, sae_fingerprint
+from sadi.steerers.artifacts import check_finite_tensor, check_tensor_names, check_tensor_shape
+from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+
+SasMode = Literal["code", "decoder"]
+SAS_MODES: tuple[str, ...] = get_args(SasMode)
+SAS_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
+_STATE = ("freq_pos", "freq_neg", "mean_pos", "mean_neg")
+_SAE_PREFIX = "sae."
+# rows encoded at once while fitting
+_ENCODE_ROWS = 256
+
+
+@dataclass
+class SASState:
+    """Fitted SAS statistics, [d_sae] float32 each, per side (pos / neg).
+
+    freq_*: fraction of the examples where the latent is non-zero.
+    mean_*: mean of the latent over the examples where it is non-zero (0 if never).
+    """
+
+    freq_pos: Tensor
+    freq_neg: Tensor
+    mean_pos: Tensor
+    mean_neg: Tensor
+
+
+def code_statistics(codes: Tensor) -> tuple[Tensor, Tensor]:
+    """(freq, mean over non-zero rows) of each latent of `codes` [N, d_sae]."""
+    nonzero = codes != 0
+    count = nonzero.sum(0)
+    freq = count.double() / codes.shape[0]
+    total = torch.where(nonzero, codes.double(), 0.0).sum(0)
+    mean = torch.where(count > 0, total / count.clamp(min=1), 0.0)
+    return freq.float(), mean.float()
+
+
+def steering_vector(state: SASState, tau: float) -> Tensor:
+    """s = v+ - v- for threshold `tau` (see the module docstring), [d_sae] float32."""
+    v_pos = torch.where(state.freq_pos >= tau, state.mean_pos, 0.0)
+    v_neg = torch.where(state.freq_neg >= tau, state.mean_neg, 0.0)
+    shared = (v_pos != 0) & (v_neg != 0)
+    return torch.where(shared, 0.0, v_pos) - torch.where(shared, 0.0, v_neg)
+
+
+class SAS(Steerer):
+    """Sparse activation steering with an SAE of decoder layer `layer`'s output.
+
+    Args:
+        component: must be "residual" (the SAE's input is the residual stream).
+        sae: the SAE: a directory in SAELens' format (cfg.json + sae_weights.safetensors),
+            or a loaded `sadi.sae.SparseAutoencoder`. Required to fit.
+        layer: the decoder layer whose output the SAE reads and SAS steers; None takes it
+            from the SAE's hook name. A layer that disagrees with the SAE's is an error.
+        tau: frequency threshold in [0, 1]: a latent enters v+ (v-) when it is non-zero on
+            at least this fraction of the positives (negatives).
+        lam: lambda, the steering strength; 0 is the unsteered model.
+        mode: "code" (edit the code, decode, keep the error term) or "decoder"
+            (add lambda * s @ W_dec).
+        read_offset: read position relative to the last token of prompt + completion (<= 0).
+        positions: "response" (from the last prompt token on, and every generated token) or
+            "all" (every real token).
+        batch_size: batch size of the fitting passes.
+        progress: show a progress bar while fitting.
+
+    Only `read_offset` (and the SAE) change what `fit` computes; `tau`, `lam`, `mode` and
+    `positions` act at steering time (`with_params`).
+
+    Example:
+        >>> sas = SAS(sae="saes/smollm2_l15", tau=0.1, lam=4.0).fit(model, tokenizer, pairs)
+        >>> with sas.apply(model):
+        ...     out = model.generate(**tokenizer(prompts, return_tensors="pt"))
+    """
+
+    method: ClassVar[str] = "sas"
+    apply_params = ("tau", "lam", "mode", "positions")
+    edit_policy: PositionPolicy = "response"
+    edit_generated = True
+
+    def __init__(
+        self,
+        component: str = "residual",
+        sae: str | Path | SparseAutoencoder | None = None,
+        layer: int | None = None,
+        tau: float = 0.1,
+        lam: float = 1.0,
+        mode: SasMode = "code",
+        read_offset: int = 0,
+        positions: AnswerPositions = "response",
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(component)
+        if component != "residual":
+            raise ValueError(
+                f"SAS steers through an SAE of the residual stream (a decoder layer's output), "
+                f"so component must be 'residual', got {component!r}; set component=residual"
+            )
+        if layer is not None and (
+            isinstance(layer, bool) or not isinstance(layer, int) or layer < 0
+        ):
+            raise ValueError(
+                f"layer must be a non-negative integer (0-based decoder layer) or null (the "
+                f"SAE's layer), got {layer!r}"
+            )
+        tau = check_finite("tau", tau)
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(
+                f"tau={tau} is a frequency threshold: choose 0 <= tau <= 1 (e.g. 0.1: a latent "
+                "counts for a side when it fires on at least 10% of that side's examples)"
+            )
+        if mode not in SAS_MODES:
+            raise ValueError(f"mode must be one of {list(SAS_MODES)}, got {mode!r}")
+        if isinstance(read_offset, bool) or not isinstance(read_offset, int) or read_offset > 0:
+            raise ValueError(
+                f"read_offset must be an integer <= 0 (0 = last token, -1 = the one before), "
+                f"got {read_offset!r}"
+            )
+        self.sae_source: str | None = (
+            None if sae is None or isinstance(sae, SparseAutoencoder) else str(sae)
+        )
+        self.sae_module: SparseAutoencoder | None = (
+            sae if isinstance(sae, SparseAutoencoder) else None
+        )
+        self.layer = layer
+        self.tau = tau
+        self.lam = check_finite("lam", lam)
+        self.mode: SasMode = mode
+        self.read_offset = read_offset
+        self.positions: AnswerPositions = answer_positions(positions)
+        self.edit_policy = self.positions
+        self.batch_size = batch_size
+        self.progress = progress
+        self.state: SASState | None = None
+        self._sae_cfg: SAEConfig | None = None  # read from steerer.json before the tensors
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "sae": self.sae_source,
+            "layer": self.layer,
+            "tau": self.tau,
+            "lam": self.lam,
+            "mode": self.mode,
+            "read_offset": self.read_offset,
+            "positions": self.positions,
+        }
+
+    # ----- the SAE ---------------------------------------------------------------------
+    def sae(self) -> SparseAutoencoder:
+        """The SAE, loaded from `sae` on first use."""
+        if self.sae_module is None:
+            if self.sae_source is None:
+                raise ValueError(
+                    "SAS needs an SAE: pass sae=<directory in SAELens' format> (e.g. "
+                    "intervention.sae=/path/to/sae, one written by `python -m sadi.sae train`)"
+                    " or a loaded sadi.sae.SparseAutoencoder"
+                )
+            self.sae_module = load_sae(self.sae_source)
+        return self.sae_module
+
+    def _resolve_layer(self, model: nn.Module) -> int:
+        sae = self.sae()
+        n_layers = len(decoder_layers(model))
+        d_model = model_shape(model).d_model
+        if sae.cfg.d_in != d_model:
+            raise ValueError(
+                f"the SAE encodes activations of width d_in={sae.cfg.d_in}, but this model's "
+                f"residual stream has d_model={d_model}; use an SAE trained on this model"
+            )
+        if self.layer is None and sae.cfg.layer is None:
+            raise ValueError(
+                f"the SAE's config does not say which layer it reads (hook_name="
+                f"{sae.cfg.hook_name!r}); set layer=<decoder layer> (intervention.layer=...)"
+            )
+        if self.layer is not None and sae.cfg.layer is not None and self.layer != sae.cfg.layer:
+            raise ValueError(
+                f"layer={self.layer} but the SAE reads layer {sae.cfg.layer} (hook_name="
+                f"{sae.cfg.hook_name!r}); drop layer= to use the SAE's, or pass the SAE of "
+                f"layer {self.layer}"
+            )
+        layer = self.layer if self.layer is not None else sae.cfg.layer
+        assert layer is not None
+        if not 0 <= layer < n_layers:
+            raise ValueError(
+                f"layer={layer} is out of range: the model has {n_layers} decoder layers"
+            )
+        return layer
+
+    def with_params(self, **changes: Any) -> SAS:
+        """A copy with some apply parameters changed, sharing this fit (and its SAE)."""
+        for name in ("read_offset", "sae", "layer"):
+            if name in changes and changes[name] != self.params()[name]:
+                raise ValueError(
+                    f"{name} changes what fit() computes; fit a new SAS with "
+                    f"{name}={changes[name]!r} instead"
+                )
+        kwargs = {
+            "component": self.component,
+            **self.params(),
+            "batch_size": self.batch_size,
+            "progress": self.progress,
+            **changes,
+        }
+        new = SAS(**kwargs)
+        new.sae_module = self.sae_module
+        new._copy_identity(self)
+        new.state = self.state
+        return new
+
+    # ----- fit -----------------------------------------------------------------------
+    def fit(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair]
+    ) -> Self:
+        """Encode the read position of every positive and negative; keep per-latent
+        frequencies and non-zero means (deterministic given model, SAE, pairs, offset)."""
+        check_pairs(pairs)
+        layer = self._resolve_layer(model)
+        shape = self._remember_model(model, len(pairs))
+        self.layer = layer
+        acts = read_activations(
+            model,
+            tokenizer,
+            [p.prompt for p in pairs] * 2,
+            [p.positive for p in pairs] + [p.negative for p in pairs],
+            "residual",
+            shape,
+            policy="last_token",
+            offset=self.read_offset,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc="SAS fit (residual)",
+        )[:, layer]  # [2 * pairs, d_model]
+        sae = self.sae()
+        with torch.no_grad():
+            codes = torch.cat(
+                [sae.encode(acts[i : i + _ENCODE_ROWS]) for i in range(0, len(acts), _ENCODE_ROWS)]
+            ).float()
+        n = len(pairs)
+        freq_pos, mean_pos = code_statistics(codes[:n])
+        freq_neg, mean_neg = code_statistics(codes[n:])
+        self.state = SASState(freq_pos, freq_neg, mean_pos, mean_neg)
+        return self
+
+    def fit_key(self, model: nn.Module, pairs: Sequence[Pair]) -> dict[str, Any]:
+        """The base key, with the SAE by content (its fingerprint), not by path."""
+        key = super().fit_key(model, pairs)
+        key["params"] = {k: v for k, v in key["params"].items() if k != "sae"}
+        key["sae_fingerprint"] = sae_fingerprint(self.sae())
+        return key
+
+    # ----- apply ---------------------------------------------------------------------
+    def fitted_state(self) -> SASState:
+        if self.state is None:
+            raise RuntimeError("SAS is not fitted: call fit() or SAS.load()")
+        return self.state
+
+    def vector(self) -> Tensor:
+        """s, [d_sae] float32, for this steerer's tau."""
+        return steering_vector(self.fitted_state(), self.tau)
+
+    def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
+        layer = self._resolve_layer(model)
+        if self.lam == 0.0:  # the identity: register nothing
+            return {}
+        sae = self.sae()
+        s = self.vector()
+        if self.mode == "decoder":
+            delta = self.lam * (s.to(sae.W_dec.dtype) @ sae.W_dec)  # [d_model]
+
+            def add(_: int, act: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
+                d = delta.to(device=act.device, dtype=act.dtype)
+                return act.index_put((rows, pos), act[rows, pos] + d)
+
+            return {layer: add}
+        push = (self.lam * s).to(sae.W_enc.dtype)
+
+        def edit(_: int, act: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
+            a = act[rows, pos]  # [cells, d_model]
+            z = sae.encode(a)
+            steered = torch.relu(z + push.to(z.device))
+            new = a + ((steered - z) @ sae.W_dec).to(act.dtype)
+            return act.index_put((rows, pos), new)
+
+        return {layer: edit}
+
+    # ----- artifacts -----------------------------------------------------------------
+    def extra_metadata(self) -> dict[str, Any]:
+        sae = self.sae()
+        return {"sae_cfg": sae.cfg.to_json(), "sae_fingerprint": sae_fingerprint(sae)}
+
+    def _read_extra_metadata(self, meta: dict[str, Any]) -> None:
+        if "sae_cfg" not in meta or "sae_fingerprint" not in meta:
+            raise ValueError(
+                "no 'sae_cfg' / 'sae_fingerprint': a SAS steerer records its SAE; re-save it"
+            )
+        self._sae_cfg = parse_cfg(meta["sae_cfg"], "'sae_cfg'")
+        self._sae_expected = str(meta["sae_fingerprint"])
+
+    def adopt(self, fitted: Steerer) -> Self:
+        if isinstance(fitted, SAS):
+            self.sae_module = fitted.sae()
+        return super().adopt(fitted)
+
+    def tensors(self) -> dict[str, Tensor]:
+        state = self.fitted_state()
+        out = {name: getattr(state, name).float() for name in _STATE}
+        out.update({_SAE_PREFIX + k: v for k, v in self.sae().tensors().items()})
+        return out
+
+    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        sae_tensors = {
+            k[len(_SAE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_SAE_PREFIX)
+        }
+        cfg = self._sae_cfg or (self.sae_module.cfg if self.sae_module is not None else None)
+        if cfg is None:
+            raise ValueError("no SAE config to read the SAE tensors with (steerer.json 'sae_cfg')")
+        expected_sae = ["W_enc", "b_enc", "W_dec", "b_dec"] + (
+            ["threshold"] if cfg.architecture == "jumprelu" else []
+        )
+        check_tensor_names(
+            self.method, tensors, [*_STATE, *(_SAE_PREFIX + n for n in expected_sae)]
+        )
+        sae = SparseAutoencoder(
+            cfg,
+            sae_tensors["W_enc"],
+            sae_tensors["b_enc"],
+            sae_tensors["W_dec"],
+            sae_tensors["b_dec"],
+            threshold=sae_tensors.get("threshold"),
+        )
+        expected = getattr(self, "_sae_expected", None)
+        if expected is not None and sae_fingerprint(sae) != expected:
+            raise ValueError(
+                f"the SAE tensors have fingerprint {sae_fingerprint(sae)}, but steerer.json "
+                f"records {expected}: the files do not belong together; re-save the steerer"
+            )
+        stats = {name: check_finite_tensor(name, tensors[name]) for name in _STATE}
+        for name, t in stats.items():
+            check_tensor_shape(name, t, (cfg.d_sae,), "[d_sae] of the SAE")
+        if self.shape is not None and cfg.d_in != self.shape.d_model:
+            raise ValueError(
+                f"the SAE has d_in={cfg.d_in} but the recorded model has d_model="
+                f"{self.shape.d_model}"
+            )
+        self.sae_module = sae
+        self.state = SASState(**stats)
+
+
+__all__ = ["SAS", "SASState", "SAS_MODES", "SAS_POSITIONS", "code_statistics", "steering_vector"]
