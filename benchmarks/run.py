@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_apply, bench_fit, bench_lm_eval
+from benchmarks import bench_apply, bench_fit, bench_lm_eval, bench_sae
 from benchmarks.common import CONTENDED, RESULTS_DIR, load_default_model
 
-BENCHMARKS = ("fit", "apply", "lm_eval")
+BENCHMARKS = ("fit", "apply", "lm_eval", "sae")
 
 
 Row = tuple[str, ...]
@@ -73,6 +73,50 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
             ),
         ]
     out: list[Row] = []
+    if name == "sae":
+        f, c, t = result["figures"], result["checks"], result["targets"]
+        return [
+            (
+                "SAE held-out variance explained",
+                "",
+                f"{f['held_out_variance_explained']:.3f}",
+                "",
+                f">= {t['variance_explained']}",
+                ok(c["variance_explained"]),
+                "",
+                "",
+            ),
+            (
+                "SAE held-out dead latents",
+                "",
+                f"{f['held_out_dead_fraction']:.4f}",
+                "",
+                f"< {t['dead_fraction']}",
+                ok(c["dead_fraction"]),
+                "",
+                "",
+            ),
+            (
+                "SAE held-out L0",
+                "",
+                f"{f['held_out_l0']:.2f}",
+                "",
+                f"= {t['l0']}",
+                ok(c["l0_equals_k"]),
+                "",
+                "",
+            ),
+            (
+                "SAE read + train time (s)",
+                "",
+                f"{f['timings_s']['total_s']:.0f}",
+                "",
+                f"<= {t['total_s']:.0f}",
+                ok(c["total_s"]),
+                "",
+                "",
+            ),
+        ]
     if name == "lm_eval":
         med = result["medians_s"]
         for side, ratio in result["ratios"].items():
@@ -170,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = bench_fit.run(**common)
         elif name == "apply":
             result = bench_apply.run(**common)
+        elif name == "sae":
+            result = bench_sae.run(out_dir=args.out)
         else:
             result = bench_lm_eval.run(
                 repeats=args.repeats or bench_lm_eval.DEFAULT_REPEATS,

@@ -17,9 +17,18 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from sadi.lm_eval_model import SteeredLM
 from sadi.pairs import Pair
-from sadi.steerers import CAA, ITI, SADI, AUSteer, Steerer
+from sadi.sae import SparseAutoencoder
+from sadi.steerers import CAA, ITI, SADI, SAS, AUSteer, Steerer
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny
 from tests.helpers import loglikelihood_requests
+
+
+def _sae() -> SparseAutoencoder:
+    """A random TopK SAE of layer 1 of the tiny models (d_model 32)."""
+    from tests.test_sae import random_sae
+
+    return random_sae("topk", d_in=32, d_sae=64, k=8, layer=1)
+
 
 # (name, steerer factory): fitted once per family, then varied by apply parameters
 METHODS: dict[str, Callable[[], Steerer]] = {
@@ -41,6 +50,10 @@ METHODS: dict[str, Callable[[], Steerer]] = {
         "hidden", k=6, alpha=3.0, variant="fixed_strength", progress=False
     ),
     "austeer-residual": lambda: AUSteer("residual", k=6, alpha=6.0, progress=False),
+    "sas-code": lambda: SAS(sae=_sae(), tau=0.0, lam=4.0, progress=False),
+    "sas-decoder-all": lambda: SAS(
+        sae=_sae(), tau=0.0, lam=4.0, mode="decoder", positions="all", progress=False
+    ),
 }
 CASES = [
     ("The sky is", " blue"),

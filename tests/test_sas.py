@@ -206,3 +206,58 @@ def test_sae_that_does_not_fit_the_model() -> None:
         SAS(sae=random_sae(layer=None)).fit(model, byte_tokenizer(), PAIRS)
     with pytest.raises(ValueError, match="layer=5 is out of range"):
         SAS(sae=random_sae(layer=None), layer=5).fit(model, byte_tokenizer(), PAIRS)
+
+
+@pytest.mark.slow
+def test_smollm2_small_trained_sae_and_sas_move_scores_and_generation_agrees(
+    smollm2: tuple, tmp_path: Path
+) -> None:
+    """A small TopK SAE trained offline on SmolLM2's layer 15 (fit splits only), then SAS
+    fitted from BoolQ pairs: it moves one-token answer scores, and scoring equals
+    teacher-forced generation under steering."""
+    from sadi.lm_eval_model import SteeredLM
+    from sadi.pairs import make_pairs
+    from sadi.sae.train import TrainConfig, train_sae
+    from sadi.tasks import load_task
+    from tests.helpers import loglikelihood_requests
+    from tests.test_one_model import generated_logprob
+
+    model, tok = smollm2
+    cfg = TrainConfig(layer=15, expansion=2, k=16, tokens=20_000, epochs=2, tasks=("boolq",))
+    sae, _, figures = train_sae(model, tok, cfg, cache_dir=tmp_path, progress=False)
+    assert figures["held_out_variance_explained"] > 0.3 and figures["held_out_l0"] <= 16
+    task = load_task("boolq")
+    sas = SAS(sae=sae, tau=0.05, lam=8.0, progress=False)
+    sas.fit(model, tok, make_pairs(task.splits["fit"], n_pairs=16))
+    assert bool((sas.vector() != 0).any())
+    items = task.splits["select"][:3]
+    reqs = loglikelihood_requests([(it.question, ch) for it in items for ch in it.choices])
+    plain = SteeredLM(model, tokenizer=tok, batch_size=8, device="cpu")
+    base = torch.tensor([ll for ll, _ in plain.loglikelihood(reqs, disable_tqdm=True)])
+    lm = SteeredLM(model, steerer=sas, tokenizer=tok, batch_size=8, device="cpu")
+    got = torch.tensor([ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)])
+    assert float((got - base).abs().max()) > 1e-3
+    ctx, cont = lm._encode_pair(*reqs[0].arguments)
+    torch.testing.assert_close(
+        got[0], torch.tensor(generated_logprob(model, sas, ctx, cont)), atol=1e-4, rtol=0
+    )
+
+
+def test_an_empty_steering_vector_is_an_error_not_a_silent_no_op() -> None:
+    model, sas = fitted("llama", "topk", tau=1.0)  # no latent fires on every example
+    assert not bool((sas.vector() != 0).any())
+    with pytest.raises(ValueError, match=r"tau=1.0 leaves the steering vector s empty"):
+        steered(model, sas, encode(byte_tokenizer(), PROMPTS, CONTS))
+
+
+def test_an_sae_trained_by_sadi_on_another_model_is_refused(tmp_path: Path) -> None:
+    from sadi.sae.train import TrainConfig, train_sae
+
+    trained_on = make_tiny("llama", seed=3)
+    cfg = TrainConfig(
+        layer=1, expansion=2, k=4, tokens=2000, epochs=1, tasks=("copa",), collect_dtype="float32"
+    )
+    sae, _, _ = train_sae(trained_on, byte_tokenizer(), cfg, cache_dir=tmp_path, progress=False)
+    SAS(sae=sae, progress=False).fit(trained_on, byte_tokenizer(), PAIRS)  # its own model: fine
+    with pytest.raises(ValueError, match="trained by sadi on a model with weights fingerprint"):
+        SAS(sae=sae, progress=False).fit(make_tiny("llama"), byte_tokenizer(), PAIRS)

@@ -3,10 +3,11 @@
 Text: only what every machine has offline, the fit splits of the registered tasks (each
 item's context followed by its correct continuation); never a select or report split.
 Activations: the model is run only up to the read layer (a forward stops after it), in
-`collect_dtype` (bfloat16 by default: ~3.5x faster on these CPUs; the figures report the
-cosine between bf16 and fp32 activations on a sample). Excluded tokens: the first
-`skip_first` positions of every text (the attention sink: on SmolLM2 ~0.03% of tokens carry
-norms up to 150x the median and most of the variance) and any token whose norm exceeds
+`collect_dtype` ("auto": bfloat16 where it is native, on CUDA and avx512_bf16 / amx_bf16
+CPUs; float32 elsewhere, since on an AVX2-only CPU bf16 runs ~5x slower than float32).
+Excluded tokens: the first `skip_first` positions of every text (the attention sink: on
+SmolLM2 ~0.03% of tokens carry norms up to 150x the median and most of the variance) and any
+token whose norm exceeds
 `outlier_factor` x the median norm; both counts are reported. A `held_out` fraction of the
 texts (whole texts, not tokens) is kept apart for the quality figures.
 
@@ -54,7 +55,12 @@ TEXT_TASKS: tuple[str, ...] = (
     "mmlu",
     "xnli_en",
     "truthfulqa_mc2",
-)
+    "caa_sycophancy",
+    "caa_hallucination",
+    "caa_refusal",
+    "caa_myopic_reward",
+    "caa_corrigible_neutral_hhh",
+)  # ~0.67M SmolLM2 tokens (texts cut at 256 tokens)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,9 @@ class TrainConfig:
         skip_first: positions at the start of each text excluded (attention sink).
         outlier_factor: tokens with norm > outlier_factor x median norm are excluded.
         max_text_tokens: texts are cut to this many tokens.
-        collect_dtype: dtype of the collection forward ("bfloat16" or "float32").
+        collect_dtype: dtype of the collection forward: "bfloat16", "float32", or "auto"
+            (bfloat16 on CUDA and on CPUs with native bf16 arithmetic, avx512_bf16 or
+            amx_bf16; float32 elsewhere: on an AVX2-only CPU bf16 runs ~5x slower).
         tasks: tasks whose fit splits give the text.
         seed: seeds initialisation and shuffling.
     """
@@ -83,7 +91,7 @@ class TrainConfig:
     layer: int
     expansion: int = 8
     k: int = 32
-    tokens: int = 1_000_000
+    tokens: int = 400_000
     epochs: int = 3
     batch_tokens: int = 4096
     lr: float = 4e-4
@@ -94,7 +102,7 @@ class TrainConfig:
     skip_first: int = 1
     outlier_factor: float = 10.0
     max_text_tokens: int = 256
-    collect_dtype: str = "bfloat16"
+    collect_dtype: str = "auto"
     tasks: tuple[str, ...] = TEXT_TASKS
     seed: int = 0
 
@@ -110,15 +118,33 @@ class TrainConfig:
             "held_out": 0 < self.held_out < 1,
             "skip_first": self.skip_first >= 0,
             "outlier_factor": self.outlier_factor > 1,
-            "collect_dtype": self.collect_dtype in ("bfloat16", "float32"),
+            "collect_dtype": self.collect_dtype in ("auto", "bfloat16", "float32"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
                 f"bad SAE training values: { ({n: getattr(self, n) for n in bad}) }; layer >= 0, "
                 "expansion, k, epochs >= 1, tokens >= 1000, lr > 0, 0 < held_out < 1, "
-                "outlier_factor > 1, collect_dtype bfloat16 or float32"
+                "outlier_factor > 1, collect_dtype auto, bfloat16 or float32"
             )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively (fast) on `device`."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def collect_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype `TrainConfig.collect_dtype` names on `device` ("auto": see its doc)."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return getattr(torch, name)  # type: ignore[no-any-return]
 
 
 def fit_split_texts(tasks: Sequence[str], data_dir: str | Path | None = None) -> list[str]:
@@ -149,12 +175,14 @@ def collect_activations(
     skip_first: int = 1,
     dtype: torch.dtype = torch.bfloat16,
     batch_size: int = 16,
+    seed: int = 0,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """(activations [n, d_model] float32, text index [n]) of decoder layer `layer`'s output
     over the real tokens of `texts` from position `skip_first` on, at most `max_tokens`.
 
-    Texts are read longest first (little padding, right-padded); the forward stops after
+    Whole texts are drawn in a seeded order until `max_tokens` are covered, then read
+    longest first (little padding, right-padded); the forward stops after
     `layer`; the model runs in `dtype` (a copy when it is held in another dtype).
     """
     work = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)
@@ -162,7 +190,14 @@ def collect_activations(
     base = getattr(work, "base_model", work)
     device = next(work.parameters()).device
     encoded = [list(tokenizer(t)["input_ids"])[:max_text_tokens] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    # a seeded draw of whole texts up to the token budget, then read longest first
+    drawn, budget = [], 0
+    for i in torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist():
+        if budget >= max_tokens:
+            break
+        drawn.append(i)
+        budget += max(0, len(encoded[i]) - skip_first)
+    order = sorted(drawn, key=lambda i: -len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     grabbed: list[Tensor] = []
 
@@ -240,29 +275,57 @@ class TopKTrainer:
         """b_dec + sum_j vals_j W_dec[idx_j] per row, touching only the active rows."""
         return F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
 
-    def loss(
+    def backward(
         self, x: Tensor, variance: Tensor, aux_k: int, aux_coef: float, dead_tokens: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(total loss, normalised MSE, active indices) on the batch `x`."""
-        pre = self.pre(x)
+    ) -> tuple[float, Tensor]:
+        """Loss on the batch `x`, gradients into `.grad`; returns (normalised MSE, active
+        indices [B, k]).
+
+        The encoder's gradient is computed by hand and sparsely: only the k (+ aux) selected
+        pre-activations of each row carry one, so dW_enc = xc^T @ G with G sparse [B, d_sae]
+        costs nnz x d_in instead of a second dense B x d_in x d_sae product. The decoder side
+        goes through autograd (`embedding_bag` over the active rows).
+        """
+        xc = x - self.b_dec.detach()
+        with torch.no_grad():
+            pre = xc @ self.W_enc + self.b_enc
         top = pre.topk(self.k, dim=-1)
-        vals = torch.relu(top.values)
+        vals = torch.relu(top.values).requires_grad_(True)
         x_hat = self.decode_sparse(top.indices, vals)
         err = x - x_hat
         mse = err.pow(2).sum(-1).mean() / variance
         total = mse
+        leaves = [(vals, top)]
         dead = self.since_fired >= dead_tokens
         n_dead = int(dead.sum())
         if n_dead and aux_coef > 0:
-            masked = pre.masked_fill(~dead, float("-inf"))
-            aux = masked.topk(min(aux_k, n_dead), dim=-1)
+            dead_idx = dead.nonzero().flatten()
+            sub = pre[:, dead_idx].topk(min(aux_k, n_dead), dim=-1)  # only dead columns
+            aux = torch.return_types.topk((sub.values, dead_idx[sub.indices]))
+            aux_vals = torch.relu(aux.values).requires_grad_(True)
             aux_hat = F.embedding_bag(
-                aux.indices, self.W_dec, per_sample_weights=torch.relu(aux.values), mode="sum"
+                aux.indices, self.W_dec, per_sample_weights=aux_vals, mode="sum"
             )
-            residual = err.detach()
-            aux_mse = (residual - aux_hat).pow(2).sum(-1).mean() / variance
-            total = total + aux_coef * torch.nan_to_num(aux_mse, nan=0.0)
-        return total, mse, top.indices
+            aux_mse = (err.detach() - aux_hat).pow(2).sum(-1).mean() / variance
+            total = total + aux_coef * aux_mse
+            leaves.append((aux_vals, aux))
+        total.backward()
+        idx = torch.cat([t.indices for _, t in leaves], dim=1)  # [B, k (+ aux)]
+        grad = torch.cat([v.grad * (t.values > 0) for v, t in leaves], dim=1)  # type: ignore[operator]
+        rows = torch.arange(len(x)).repeat_interleave(idx.shape[1])
+        g_sparse = torch.sparse_coo_tensor(
+            torch.stack([rows, idx.flatten()]),
+            grad.flatten(),
+            (len(x), self.d_sae),
+            check_invariants=False,
+        )
+        self.W_enc.grad = torch.sparse.mm(g_sparse.t(), xc.detach()).t().contiguous()
+        db_enc = torch.zeros(self.d_sae).index_add_(0, idx.flatten(), grad.flatten())
+        self.b_enc.grad = db_enc
+        # pre depends on b_dec through xc = x - b_dec: d pre / d b_dec = -W_enc^T
+        b_dec_enc = -(db_enc @ self.W_enc.detach().T)
+        self.b_dec.grad = b_dec_enc if self.b_dec.grad is None else self.b_dec.grad + b_dec_enc
+        return float(mse.detach()), top.indices
 
     @torch.no_grad()
     def after_step(self, active: Tensor, n_tokens: int) -> None:
@@ -343,15 +406,14 @@ def train_topk(
             lr = cfg.lr * min(1.0, (total_steps - step) / max(1, total_steps - decay_from))
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, mse, active = trainer.loss(xb, variance, cfg.aux_k, cfg.aux_coef, cfg.dead_tokens)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            mse, active = trainer.backward(xb, variance, cfg.aux_k, cfg.aux_coef, cfg.dead_tokens)
             opt.step()
             trainer.after_step(active, len(xb))
             step += 1
             if step % 50 == 0 or step == total_steps:
-                log.append({"step": step, "nmse": float(mse.detach()), "lr": lr})
-                bar.set_postfix(nmse=f"{float(mse.detach()):.3f}")
+                log.append({"step": step, "nmse": mse, "lr": lr})
+                bar.set_postfix(nmse=f"{mse:.3f}")
             bar.update(1)
     bar.close()
     return trainer, {"steps": step, "log": log}
@@ -393,6 +455,7 @@ def train_sae(
 
     def create(tmp: Path) -> None:
         timings: dict[str, float] = {}
+        dtype = collect_dtype(cfg.collect_dtype, next(model.parameters()).device)
         t0 = time.perf_counter()
         x, owner = collect_activations(
             model,
@@ -402,7 +465,8 @@ def train_sae(
             max_tokens=cfg.tokens,
             max_text_tokens=cfg.max_text_tokens,
             skip_first=cfg.skip_first,
-            dtype=getattr(torch, cfg.collect_dtype),
+            dtype=dtype,
+            seed=cfg.seed,
             progress=progress,
         )
         timings["collect_s"] = time.perf_counter() - t0
@@ -417,7 +481,11 @@ def train_sae(
         t1 = time.perf_counter()
         trainer, log = train_topk(train_x, cfg, progress=progress)
         timings["train_s"] = time.perf_counter() - t1
-        sae = trainer.to_sae(cfg.layer, model_name, {"sadi_training": asdict(cfg)})
+        sae = trainer.to_sae(
+            cfg.layer,
+            model_name,
+            {"sadi_training": asdict(cfg), "sadi_weights_fingerprint": weights_fingerprint(model)},
+        )
         figures = {
             **{f"held_out_{k}": v for k, v in quality(sae, held_x).items()},
             **{f"train_{k}": v for k, v in quality(sae, train_x[:100_000]).items()},
@@ -427,6 +495,7 @@ def train_sae(
             "outliers_excluded": int((~keep).sum()),
             "outlier_fraction": float((~keep).float().mean()),
             "skip_first_positions": cfg.skip_first,
+            "collect_dtype": str(dtype).removeprefix("torch."),
             "texts": len(texts),
             "timings_s": {**timings, "total_s": time.perf_counter() - t0},
             "training": log,

@@ -46,7 +46,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.activations import read_activations
-from sadi.architectures import decoder_layers, model_shape
+from sadi.architectures import decoder_layers, model_shape, weights_fingerprint
 from sadi.pairs import Pair
 from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
 from sadi.sae.model import SAEConfig, SparseAutoencoder, load_sae, parse_cfg, sae_fingerprint
@@ -229,6 +229,13 @@ class SAS(Steerer):
                 f"{sae.cfg.hook_name!r}); drop layer= to use the SAE's, or pass the SAE of "
                 f"layer {self.layer}"
             )
+        trained_on = sae.cfg.extra.get("sadi_weights_fingerprint")
+        if trained_on is not None and trained_on != weights_fingerprint(model):
+            raise ValueError(
+                f"this SAE was trained by sadi on a model with weights fingerprint {trained_on}, "
+                f"not on this one ({weights_fingerprint(model)}); train one for this model: "
+                f"python -m sadi.sae train model=... layer={sae.cfg.layer}"
+            )
         layer = self.layer if self.layer is not None else sae.cfg.layer
         assert layer is not None
         if not 0 <= layer < n_layers:
@@ -315,6 +322,14 @@ class SAS(Steerer):
             return {}
         sae = self.sae()
         s = self.vector()
+        if not bool((s != 0).any()):
+            st = self.fitted_state()
+            raise ValueError(
+                f"tau={self.tau} leaves the steering vector s empty: no latent is non-zero on "
+                f">= {self.tau:.0%} of one side's examples without also being kept on the "
+                f"other (largest frequencies: positives {float(st.freq_pos.max()):.3f}, "
+                f"negatives {float(st.freq_neg.max()):.3f}); lower tau, or use more pairs"
+            )
         if self.mode == "decoder":
             delta = self.lam * (s.to(sae.W_dec.dtype) @ sae.W_dec)  # [d_model]
 
