@@ -16,6 +16,11 @@ interleaved:
 AUSteer cases (one per site: head, hidden, residual): fitted once on the same pairs, k=100
 units, alpha 10, edited at every position of the batch (its policy); target <= 1.05.
 
+SAS cases (code space with the error term kept, target <= 1.10; decoder directions, <= 1.05):
+fitted on the same pairs at layer 15 with a TopK SAE of SmolLM2's shape (d_sae 8 x 576,
+k 32; a seeded random one unless `sas_sae` names a trained directory: the cost does not
+depend on what the SAE learned), tau 0, lambda 4, edited from the last prompt token on.
+
 Both sides run under `torch.inference_mode`. Targets: online <= 1.05, faithful <= 1.6
 (ratio of the medians, steered / unsteered). Faithful runs in one forward with a shadow
 position (`sadi.shadow`); `faithful_two_pass` measures the fallback path (a separate clean
@@ -42,13 +47,24 @@ from benchmarks.common import (
     summary,
     write_result,
 )
+from sadi.architectures import model_shape
 from sadi.positions import BatchLayout
-from sadi.steerers import SADI, AUSteer, Steerer
+from sadi.sae import SAEConfig, SparseAutoencoder, load_sae
+from sadi.steerers import SADI, SAS, AUSteer, Steerer
 from sadi.steerers.sadi import SadiMode
 from sadi.tasks import load_task
 
 NAME = "apply"
-TARGETS = {"online": 1.05, "faithful": 1.6, "faithful_two_pass": 1.6, "austeer": 1.05}
+TARGETS = {
+    "online": 1.05,
+    "faithful": 1.6,
+    "faithful_two_pass": 1.6,
+    "austeer": 1.05,
+    "sas_code": 1.10,
+    "sas_decoder": 1.05,
+}
+SAS_MODES = ("code", "decoder")
+SAS_LAYER, SAS_LAM = 15, 4.0
 AUSTEER_SITES = ("head", "hidden", "residual")  # the paper's attention, ffn, layer
 AUSTEER_K, AUSTEER_ALPHA = 100, 10.0
 K = {"head": 4, "neuron": 100, "neuron_down": 100, "hidden": 10, "residual": 10}
@@ -58,6 +74,16 @@ STRENGTH = 5.0
 BATCH, LENGTH, PROMPT = 8, 64, 48
 DEFAULT_REPEATS = 15
 WARMUP = 1
+
+
+def _random_sae(d_model: int, expansion: int = 8, k: int = 32) -> SparseAutoencoder:
+    """A seeded random TopK SAE of layer SAS_LAYER (the apply cost does not depend on it)."""
+    g = torch.Generator().manual_seed(0)
+    d_sae = expansion * d_model
+    w = torch.randn(d_sae, d_model, generator=g)
+    w = w / w.norm(dim=1, keepdim=True)
+    cfg = SAEConfig("topk", d_model, d_sae, k=k, apply_b_dec_to_input=True, layer=SAS_LAYER)
+    return SparseAutoencoder(cfg, w.T.clone(), torch.zeros(d_sae), w, torch.zeros(d_model))
 
 
 def copa_rows(
@@ -94,6 +120,8 @@ def run(
     components: tuple[str, ...] = COMPONENTS,
     modes: tuple[str, ...] = MODES,
     austeer_sites: tuple[str, ...] = AUSTEER_SITES,
+    sas_modes: tuple[str, ...] = SAS_MODES,
+    sas_sae: str | Path | None = None,
     max_wait_s: float = 5.0,
 ) -> dict[str, Any]:
     """Measure steered vs unsteered forwards; write `<out_dir>/apply.json`, return it."""
@@ -139,7 +167,7 @@ def run(
             "component": component,
             "mode": mode,
             "k": k,
-            "selected_layers": s.selected_layers(),  # type: ignore[attr-defined]
+            "selected_layers": getattr(s, "selected_layers", lambda: [SAS_LAYER])(),
             "max_abs_logit_change": diff,
             "times_s": times,
             "stats": {k: summary(v) for k, v in times.items()},
@@ -168,6 +196,14 @@ def run(
         with torch.inference_mode():
             au.fit(model, tok, pairs)
         cases.append(measure(au, component, "austeer", AUSTEER_K, "austeer"))
+    if sas_modes:
+        sae = load_sae(sas_sae) if sas_sae is not None else _random_sae(model_shape(model).d_model)
+        sas = SAS(sae=sae, layer=SAS_LAYER, tau=0.0, lam=SAS_LAM, progress=False)
+        with torch.inference_mode():
+            sas.fit(model, tok, pairs)
+        for sas_mode in sas_modes:
+            s = sas.with_params(mode=sas_mode)
+            cases.append(measure(s, "residual", f"sas_{sas_mode}", sae.cfg.k or 0, "sas"))
     result: dict[str, Any] = {
         "benchmark": NAME,
         "description": (
@@ -184,6 +220,12 @@ def run(
             "strength": STRENGTH,
             "k": K,
             "austeer": {"sites": list(austeer_sites), "k": AUSTEER_K, "alpha": AUSTEER_ALPHA},
+            "sas": {
+                "modes": list(sas_modes),
+                "layer": SAS_LAYER,
+                "lam": SAS_LAM,
+                "sae": str(sas_sae) if sas_sae is not None else "random TopK, 8 x d_model, k 32",
+            },
             "n_pairs": len(pairs),
             "grad_mode": "torch.inference_mode on both sides",
             "ratio_definition": "median(steered) / median(unsteered)",
