@@ -223,7 +223,9 @@ def test_smollm2_small_trained_sae_and_sas_move_scores_and_generation_agrees(
     from tests.test_one_model import generated_logprob
 
     model, tok = smollm2
-    cfg = TrainConfig(layer=15, expansion=2, k=16, tokens=20_000, epochs=2, tasks=("boolq",))
+    cfg = TrainConfig(
+        layer=15, expansion=2, k=16, tokens=20_000, epochs=8, lr=1e-3, tasks=("boolq",)
+    )
     sae, _, figures = train_sae(model, tok, cfg, cache_dir=tmp_path, progress=False)
     assert figures["held_out_variance_explained"] > 0.3 and figures["held_out_l0"] <= 16
     task = load_task("boolq")
