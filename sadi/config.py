@@ -105,8 +105,10 @@ class AUSteerSchema(InterventionSchema):
 class SasSchema(InterventionSchema):
     _target_: Optional[str] = "sadi.steerers.SAS"
     name: str = "sas"
-    sae: Optional[str] = MISSING  # an SAE directory in SAELens' format (cfg.json + weights)
-    layer: Optional[int] = None  # None: the SAE's layer
+    sae: Optional[str] = MISSING  # an SAE directory in SAELens' format, or "trained"
+    # sae=trained: overrides of sadi.sae.train.TrainConfig (e.g. {tokens: 100000})
+    sae_train: dict[str, Any] = field(default_factory=dict)
+    layer: Optional[int] = None  # None: the SAE's layer (sae=trained: the middle layer)
     tau: float = 0.1  # frequency threshold of a latent per side
     lam: float = 1.0  # lambda, the steering strength
     mode: str = "code"  # code (edit the code, keep the error term) | decoder
@@ -135,6 +137,16 @@ class PathsSchema:
 
 
 @dataclass
+class SideEffectsSchema:
+    """Other tasks scored with and without the run's steerer (the capability cost of
+    steering, e.g. MMLU under a behaviour vector); never fit on, never selected on."""
+
+    tasks: list[str] = field(default_factory=list)  # e.g. [mmlu]
+    split: str = "report"
+    limit: Optional[int] = 500  # items of that split (a fixed subset: the first `limit`)
+
+
+@dataclass
 class RunSchema:
     model: ModelSchema = MISSING
     task: TaskSchema = MISSING
@@ -142,6 +154,7 @@ class RunSchema:
     intervention: InterventionSchema = MISSING
     logger: LoggerSchema = MISSING
     paths: PathsSchema = field(default_factory=PathsSchema)
+    side_effects: SideEffectsSchema = field(default_factory=SideEffectsSchema)
     seed: int = 0
     progress: bool = True
     verbose: bool = False  # true: lm-eval, datasets, transformers and W&B log as they do

@@ -32,7 +32,7 @@ from sadi.cache import get_or_create
 from sadi.chat import apply_chat_template, chat_prompt
 from sadi.config import register_configs
 from sadi.evaluation import evaluate_split, generate_split, open_ended_prompts
-from sadi.inputs import run_inputs
+from sadi.inputs import data_fingerprint, run_inputs
 from sadi.lm_eval_model import SteeredLM
 from sadi.models import default_cache_dir, load_model
 from sadi.pairs import Pair, make_pairs, save_pairs
@@ -95,6 +95,7 @@ def build_steerer(cfg: DictConfig) -> Steerer | None:
     except Exception as err:  # hydra wraps the constructor's ValueError: show that message
         cause = err.__cause__ or err
         raise ConfigError(f"intervention={cfg.intervention.name}: {cause}") from cause
+    steerer.use_paths(cache_root(cfg), cfg.paths.data_dir)
     return steerer
 
 
@@ -205,6 +206,46 @@ def generate_open_ended(
         write_jsonl(run_dir / f"generations_{task.name}{suffix}.jsonl", rows)
 
 
+def load_side_tasks(cfg: DictConfig) -> list[Task]:
+    """The tasks of `side_effects.tasks`, their `side_effects.split` cut to `limit` items."""
+    split = cfg.side_effects.split
+    if split not in ("select", "report"):
+        raise ValueError(
+            f"side_effects.split={split!r}: choose report (the side-effect figure) or select"
+        )
+    return [
+        load_task(
+            name,
+            data_dir=cfg.paths.data_dir,
+            limit=cfg.side_effects.limit,
+            seed=cfg.seed,
+        )
+        for name in cfg.side_effects.tasks
+    ]
+
+
+def score_side_effect(
+    cfg: DictConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    side: Task,
+    conditions: dict[str, Steerer | None],
+    run_dir: Path,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Score a side task's split under every condition (the steerer fitted on the run's
+    task); samples go to samples_side_<task>_<split>[_baseline].jsonl."""
+    split = cast(SplitName, cfg.side_effects.split)
+    out: dict[str, Any] = {"split": split, "n_items": len(side.splits[split])}
+    for condition, st in conditions.items():
+        t = time.perf_counter()
+        out[condition], rows = evaluate(cfg, model, tokenizer, side, split, st, run_dir)
+        timings[f"side_{side.name}_{condition}_s"] = time.perf_counter() - t
+        suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
+        write_jsonl(run_dir / f"samples_side_{side.name}_{split}{suffix}.jsonl", rows)
+    return out
+
+
 def optimized_value(cfg: DictConfig, metrics: dict[str, Metrics]) -> float:
     _, name = check_optimized_metric(cfg.optimized_metric, cfg.task.primary_metric)
     return float(metrics["select"][name]) if "select" in metrics else float("nan")
@@ -238,7 +279,10 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
         seed=cfg.seed,
         path=cfg.task.path,
     )
+    side_tasks = load_side_tasks(cfg)
     inputs = run_inputs(task, cfg.model.source, cfg.paths.cache_dir)
+    if side_tasks:
+        inputs["side_effects_data"] = {t.name: data_fingerprint(t) for t in side_tasks}
     done = run_dir / "results.json"
     if completed(done, config, inputs):
         log.info("%s holds the results of this exact config and inputs: skipped", run_dir)
@@ -289,6 +333,13 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
             samples[f"{split}{suffix}"] = rows
     if cfg.task.open_ended:
         generate_open_ended(cfg, model, tokenizer, task, conditions, run_dir, timings)
+    side_effects = {}
+    for side in side_tasks:
+        if cfg.task.chat_template:
+            side = apply_chat_template(side, tokenizer)
+        side_effects[side.name] = score_side_effect(
+            cfg, model, tokenizer, side, conditions, run_dir, timings
+        )
     timings["total_s"] = time.perf_counter() - t0
 
     steered = metrics.get("steered", metrics["baseline"])
@@ -304,6 +355,7 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
         "steerer": str(run_dir / "steerer") if steerer is not None else None,
         "splits_file": str(run_dir / "splits.json"),
         "split_sizes": {s: len(items) for s, items in task.splits.items()},
+        "side_effects": side_effects,
         "tracking": None,
     }
     write_json(done, results)  # first: nothing computed is lost to a tracker failure

@@ -1,6 +1,6 @@
 """Honest selection: choose hyperparameters on the select split, report the report split once.
 
-    python -m sadi.select outputs/sweeps/<sweep_name> [--logger none]
+    python -m sadi.select outputs/sweeps/<sweep_name> [--logger none] [--side-effects mmlu]
 
 For each group of sweep points (same task, model, component and method, and the same inputs:
 points that read other data or weights, or another prompt format, form groups of their own,
@@ -77,8 +77,15 @@ def tie_break(config: dict[str, Any], run_dir: Path) -> tuple[Any, ...]:
     return (magnitude, int(iv.get("k", 0)), run_dir.name)
 
 
-def select(sweep_dir: Path, logger: str | None = None) -> list[dict[str, Any]]:
-    """Choose per group on the select split, then evaluate the report split once per group."""
+def select(
+    sweep_dir: Path,
+    logger: str | None = None,
+    side_effects: list[str] | None = None,
+    side_limit: int | None = 500,
+) -> list[dict[str, Any]]:
+    """Choose per group on the select split, then evaluate the report split once per group;
+    `side_effects` tasks (e.g. ["mmlu"]) are scored there too, on their report split's first
+    `side_limit` items, with and without the chosen steerer (the capability cost)."""
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     by_name: dict[str, set[str]] = {}
     found = [(p, read_json(p / "results.json")) for p in points(sweep_dir)]
@@ -108,6 +115,12 @@ def select(sweep_dir: Path, logger: str | None = None) -> list[dict[str, Any]]:
         config = OmegaConf.create(results["config"])
         config.task.splits = ["report"]
         config.paths.output_dir = str(out / "report")
+        if side_effects:
+            config.side_effects = {
+                "tasks": list(side_effects),
+                "split": "report",
+                "limit": side_limit,
+            }
         if logger is not None:
             config.logger.name = logger
         run(config, job_type="select")
@@ -130,6 +143,7 @@ def select(sweep_dir: Path, logger: str | None = None) -> list[dict[str, Any]]:
                 "baseline_metrics": report["baseline_metrics"]["report"],
             },
             "report_run_dir": str(out / "report"),
+            "side_effects": report.get("side_effects", {}),
         }
         write_json(out / "selection.json", selection)
         selections.append(selection)
@@ -146,8 +160,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--logger", choices=["wandb", "none"], default=None)
+    parser.add_argument(
+        "--side-effects",
+        nargs="*",
+        default=None,
+        metavar="TASK",
+        help="tasks also scored for the chosen point, with and without steering (e.g. mmlu)",
+    )
+    parser.add_argument("--side-limit", type=int, default=500, help="items per side task")
     args = parser.parse_args(argv)
-    select(args.sweep_dir, logger=args.logger)
+    select(
+        args.sweep_dir,
+        logger=args.logger,
+        side_effects=args.side_effects,
+        side_limit=args.side_limit,
+    )
 
 
 if __name__ == "__main__":

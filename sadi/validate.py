@@ -134,7 +134,10 @@ def check_required_values(intervention: DictConfig) -> None:
     # missing_keys names keys from the config root ("intervention.sae"): keep the last part
     missing = sorted(str(k).rsplit(".", 1)[-1] for k in OmegaConf.missing_keys(intervention))
     if missing:
-        hints = {"sae": "an SAE directory in SAELens' format (cfg.json + sae_weights.safetensors)"}
+        hints = {
+            "sae": "an SAE directory in SAELens' format (cfg.json + sae_weights.safetensors), "
+            "or 'trained' (sadi trains one offline for the model's layer, then caches it)"
+        }
         raise ConfigError(
             f"intervention={intervention.get('name')} needs "
             + ", ".join(f"intervention.{k}=<{hints.get(k, 'value')}>" for k in missing)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
 from lm_eval.api.instance import Instance
@@ -57,3 +63,90 @@ def loglikelihood_requests(pairs: Sequence[tuple[str, str]]) -> list[Instance]:
         Instance(request_type="loglikelihood", doc={}, arguments=a, idx=i)
         for i, a in enumerate(pairs)
     ]
+
+
+def run_then_lm_eval(
+    tmp_path: Path, overrides: Sequence[str], task: str = "copa", limit: int = 8
+) -> tuple[Path, dict[str, Any]]:
+    """`python -m sadi.run` on the embedded SmolLM2 with `overrides` (scoring `task`'s first
+    `limit` select items), then `sadi-lm-eval` with the saved steerer; asserts the run
+    succeeded, steering changed the log-likelihoods, and lm-eval reproduces the run's
+    accuracy and log-likelihoods. Returns (run directory, results.json)."""
+    from sadi.lm_eval_tasks import export_tasks
+
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PATH": str(Path(sys.executable).parent),
+    }
+    common = [
+        f"task={task}",
+        f"task.limit={limit}",
+        "task.splits=[select]",
+        "logger=none",
+        "progress=false",
+        f"paths.cache_dir={tmp_path}/cache",
+        f"hydra.run.dir={out}",
+        f"paths.output_dir={out}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sadi.run", *overrides, *common],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        return [json.loads(s) for s in (out / name).read_text().splitlines()]
+
+    samples = rows(f"samples_{task}_select.jsonl")
+    base = rows(f"samples_{task}_select_baseline.jsonl")
+    assert [s["loglikelihoods"] for s in samples] != [s["loglikelihoods"] for s in base]
+
+    (exported,) = export_tasks(tmp_path / "tasks", [task], splits=["select"], limit=limit)
+    lm_out = tmp_path / "lm_eval"
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "sadi-lm-eval"),
+            "run",
+            "--model",
+            "sadi",
+            "--include_path",
+            str(exported.yaml.parent),
+            "--tasks",
+            exported.name,
+            "--device",
+            "cpu",
+            "--batch_size",
+            "8",
+            "--model_args",
+            f"pretrained=embedded:smollm2-135m-instruct,steerer={out / 'steerer'}",
+            "--output_path",
+            str(lm_out),
+            "--log_samples",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = lm_out.rglob("results_*.json")
+    lm_acc = json.loads(result_file.read_text())["results"][exported.name]["acc,none"]
+    assert lm_acc == results["metrics"]["select"]["acc"]
+    (samples_file,) = lm_out.rglob(f"samples_{exported.name}_*.jsonl")
+    cli = sorted(
+        (json.loads(s) for s in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"]
+    )
+    torch.testing.assert_close(
+        torch.tensor([[float(r[0]) for r in s["filtered_resps"]] for s in cli]),
+        torch.tensor([s["loglikelihoods"] for s in samples]),
+        atol=1e-4,
+        rtol=0,
+    )
+    return out, results

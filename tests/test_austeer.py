@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +24,7 @@ from sadi.pairs import Pair
 from sadi.steerers import AUSteer, Steerer
 from sadi.steerers.austeer import SITES, momentum
 from tests.conftest import PAIRS, VOCAB, byte_tokenizer, make_tiny
-from tests.helpers import CONTS, PROMPTS, count_hooks, forward, steered
+from tests.helpers import CONTS, PROMPTS, count_hooks, forward, run_then_lm_eval, steered
 
 SITE_COMPONENTS = sorted(SITES.values())  # head, hidden, residual: the paper's three sites
 _FITS: dict[tuple[str, str], tuple[nn.Module, AUSteer]] = {}
@@ -434,84 +432,13 @@ def test_a_saved_steerer_round_trips_and_keeps_k(tmp_path: Path) -> None:
 def test_run_and_sadi_lm_eval_on_smollm2_copa(tmp_path: Path) -> None:
     """`python -m sadi.run intervention=austeer` on SmolLM2 / COPA, then `sadi-lm-eval` with
     the saved steerer gives the run's steered select scores."""
-    from sadi.lm_eval_tasks import export_tasks
-
-    out = tmp_path / "run"
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "PATH": str(Path(sys.executable).parent),
-    }
     overrides = [
         "intervention=austeer",
         "component=hidden",
         "intervention.k=16",
         "intervention.alpha=20",
-        "task=copa",
-        "task.limit=8",
         "task.n_pairs=24",
-        "task.splits=[select]",
-        "logger=none",
-        "progress=false",
-        f"paths.cache_dir={tmp_path}/cache",
-        f"hydra.run.dir={out}",
-        f"paths.output_dir={out}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "sadi.run", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**__import__("os").environ, **env},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    out, results = run_then_lm_eval(tmp_path, overrides)
     assert results["n_pairs"] == 24
     assert json.loads((out / "steerer" / "steerer.json").read_text())["method"] == "austeer"
-    steered_acc = results["metrics"]["select"]["acc"]
-    samples = [json.loads(s) for s in (out / "samples_copa_select.jsonl").read_text().splitlines()]
-    base = [
-        json.loads(s) for s in (out / "samples_copa_select_baseline.jsonl").read_text().splitlines()
-    ]
-    assert [s["loglikelihoods"] for s in samples] != [s["loglikelihoods"] for s in base]
-
-    (exported,) = export_tasks(tmp_path / "tasks", ["copa"], splits=["select"], limit=8)
-    lm_out = tmp_path / "lm_eval"
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "sadi-lm-eval"),
-            "run",
-            "--model",
-            "sadi",
-            "--include_path",
-            str(exported.yaml.parent),
-            "--tasks",
-            exported.name,
-            "--device",
-            "cpu",
-            "--batch_size",
-            "8",
-            "--model_args",
-            f"pretrained=embedded:smollm2-135m-instruct,steerer={out / 'steerer'}",
-            "--output_path",
-            str(lm_out),
-            "--log_samples",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**__import__("os").environ, **env},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (result_file,) = lm_out.rglob("results_*.json")
-    assert json.loads(result_file.read_text())["results"][exported.name]["acc,none"] == steered_acc
-    (samples_file,) = lm_out.rglob(f"samples_{exported.name}_*.jsonl")
-    cli = sorted(
-        (json.loads(s) for s in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"]
-    )
-    torch.testing.assert_close(
-        torch.tensor([[float(r[0]) for r in s["filtered_resps"]] for s in cli]),
-        torch.tensor([s["loglikelihoods"] for s in samples]),
-        atol=1e-4,
-        rtol=0,
-    )

@@ -80,3 +80,25 @@ def test_table1_7b_runs_every_method_by_default() -> None:
         f"experiment={m}"
         for m in ("sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer")
     ]
+
+
+def test_sas_caa_sweeps_both_methods_at_one_layer_with_the_mmlu_side_effect() -> None:
+    cmds = dry_run("sas_caa.py", "--tasks", "caa_refusal", "truthfulqa_mc2", "--layer", "12")
+    sweeps = [c for c in cmds if c[3:4] == ["-m"]]
+    assert len(sweeps) == 4
+    for cmd in sweeps:
+        kv = dict(a.split("=", 1) for a in overrides(cmd))
+        assert kv["intervention.layer"] == "12" and kv["task.splits"] == "[select]"
+        if kv["intervention"] == "sas":
+            assert kv["intervention.sae"] == "trained" and "-8" in kv["intervention.lam"]
+        else:
+            assert kv["intervention"] == "caa" and kv["intervention.multiplier"].startswith("-4")
+        first = {k: v.split(",")[0] for k, v in kv.items()}  # one point of the grid
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                "config", overrides=[f"{k}={v}" for k, v in first.items()] + ["paths.output_dir=x"]
+            )
+        assert cfg.intervention.layer == 12
+    selects = [c for c in cmds if c[2] == "sadi.select"]
+    assert len(selects) == 4 and all(c[c.index("--side-effects") + 1] == "mmlu" for c in selects)
+    assert cmds[-1][2] == "sadi.report"

@@ -28,7 +28,7 @@ from sadi.report import (
     to_html,
     to_markdown,
 )
-from sadi.report.plots import _axes
+from sadi.report.plots import _axes, plot_all
 
 N_LAYERS, N_HEADS = 6, 4
 
@@ -340,3 +340,65 @@ def test_austeer_units_plot_and_axes(tmp_path: Path) -> None:
     assert plot_head_heatmap(rec.steerer_dir, tmp_path / "heads.png") is None
     iti_dir = build_dirs(tmp_path / "other")[1] / "steerer"
     assert plot_units(iti_dir, tmp_path / "none.png") is None
+
+
+def test_sas_and_caa_on_one_behaviour_side_by_side(tmp_path: Path) -> None:
+    """SAS (lambda, a line per tau) and CAA (multiplier, a line per layer) swept on the same
+    task: one figure with a panel per method, each on its own strength axis."""
+    from sadi.report.plots import plot_methods_side_by_side
+
+    grids = {
+        "sas": ("residual", [{"lam": la, "tau": t} for la in (-2, 2, 4) for t in (0.1, 0.2)]),
+        "caa": ("residual", [{"layer": 15, "multiplier": m} for m in (-1, 1, 2)]),
+    }
+    for method, (component, grid) in grids.items():
+        for i, params in enumerate(grid):
+            write_run(
+                tmp_path / method / str(i),
+                {"select": scores_pair(50, 0.5, 0.02 * i, i)},
+                intervention=method,
+                component=component,
+                params=params,
+                task="caa_sycophancy",
+            )
+    records = collect([tmp_path / "sas", tmp_path / "caa"])
+    sas = next(r for r in records if r.intervention == "sas")
+    assert _axes(sas.points) == ("lam", ["tau"])
+    p = plot_methods_side_by_side(records, tmp_path / "side.png", "caa_sycophancy")
+    assert p is not None and p.stat().st_size > 1000
+    assert plot_methods_side_by_side(records[:1], tmp_path / "one.png", "caa_sycophancy") is None
+    names = {p.name for p in plot_all(records, table(records, n_resamples=50), tmp_path / "o")}
+    assert "methods_caa_sycophancy.png" in names
+
+
+def test_side_effects_are_tabled_next_to_the_effect(tmp_path: Path) -> None:
+    from sadi.report import side_effect_section
+
+    run = write_run(
+        tmp_path / "r",
+        {"select": scores_pair(40, 0.5, 0.1, 0)},
+        intervention="caa",
+        component="residual",
+        params={"layer": 15, "multiplier": 2.0},
+        task="caa_refusal",
+    )
+    res = json.loads((run / "results.json").read_text())
+    res["side_effects"] = {
+        "mmlu": {
+            "split": "report",
+            "n_items": 500,
+            "steered": {"acc": 0.31},
+            "baseline": {"acc": 0.335},
+        }
+    }
+    (run / "results.json").write_text(json.dumps(res))
+    (rec,) = collect([run])
+    ((title, md),) = side_effect_section([rec])
+    assert title == "Side effects"
+    assert "| caa_refusal | caa-residual | mmlu | report (500) | acc | 31.0 | 33.5 | -2.5 |" in md
+    assert (
+        side_effect_section(
+            collect([write_run(tmp_path / "plain", {"select": scores_pair(40, 0.5, 0.1, 0)})])
+        )
+        == []
+    )

@@ -205,7 +205,35 @@ def test_caa_task_in_chat_form_with_open_ended_generations(tmp_path: Path) -> No
     tok.save_pretrained(model_dir)
     out = tmp_path / "run"
     overrides = [o for o in tiny_overrides(model_dir, out) if not o.startswith("task")]
-    run(compose_run([*overrides, "task=caa_refusal", "task.limit=3", "task.max_gen_toks=4"]))
+    run(
+        compose_run(
+            [
+                *overrides,
+                "task=caa_refusal",
+                "task.limit=3",
+                "task.max_gen_toks=4",
+                "side_effects.tasks=[copa]",
+                "side_effects.limit=4",
+            ]
+        )
+    )
+    # the side effect: COPA's first 4 report items, with and without the refusal vector,
+    # in the run's chat form
+    results = json.loads((out / "results.json").read_text())
+    side = results["side_effects"]["copa"]
+    assert side["split"] == "report" and side["n_items"] == 4
+    assert {"acc", "acc_stderr"} <= set(side["steered"]) and "acc" in side["baseline"]
+    assert "copa" in results["inputs"]["side_effects_data"]
+    steered_rows = [
+        json.loads(s) for s in (out / "samples_side_copa_report.jsonl").read_text().splitlines()
+    ]
+    base_rows = [
+        json.loads(s)
+        for s in (out / "samples_side_copa_report_baseline.jsonl").read_text().splitlines()
+    ]
+    assert len(steered_rows) == 4 and steered_rows[0]["context"].startswith("<user>")
+    assert [r["loglikelihoods"] for r in steered_rows] != [r["loglikelihoods"] for r in base_rows]
+    assert side["steered"]["acc"] == sum(r["acc"] for r in steered_rows) / 4
     samples = [
         json.loads(s) for s in (out / "samples_caa_refusal_select.jsonl").read_text().splitlines()
     ]

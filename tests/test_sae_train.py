@@ -3,6 +3,7 @@ outlier exclusion, the TopK trainer on synthetic sparse data, the cache and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import torch
 from sadi.architectures import decoder_layers
 from sadi.sae import load_sae
 from sadi.sae.train import (
+    FEATURES_FILE,
     TopKTrainer,
     TrainConfig,
+    cached_activations,
     collect_activations,
     exclude_outliers,
     fit_split_texts,
@@ -44,7 +47,7 @@ def test_collection_skips_first_positions_and_stops_after_the_layer() -> None:
     after: list[int] = []
     handle = decoder_layers(model)[2].register_forward_hook(lambda *a: after.append(1))
     try:
-        x, owner = collect_activations(
+        x, owner, position = collect_activations(
             model,
             tok,
             texts,
@@ -72,6 +75,9 @@ def test_collection_skips_first_positions_and_stops_after_the_layer() -> None:
     finally:
         h.remove()
     torch.testing.assert_close(x[owner == 2], seen["x"][0, 1:], atol=1e-5, rtol=1e-5)
+    # positions index each text's tokens: 1..len-1 (position 0 skipped)
+    for i, n in enumerate(lengths):
+        assert sorted(position[owner == i].tolist()) == list(range(1, n + 1))
 
 
 def test_outliers_are_excluded_by_norm() -> None:
@@ -139,6 +145,50 @@ def test_train_sae_caches_by_weights_and_config(tmp_path: Path) -> None:
     other = make_tiny("llama", seed=1)
     assert train_sae(other, tok, cfg, cache_dir=tmp_path, progress=False)[1] != entry
     assert torch.equal(load_sae(entry).W_enc, sae.W_enc)
+    # another SAE of the same layer reuses the collected activations
+    wider = dataclasses.replace(cfg, expansion=4)
+    _, wide_entry, wide_figures = train_sae(model, tok, wider, cache_dir=tmp_path, progress=False)
+    assert wide_entry != entry and wide_figures["activations_cached"]
+    assert not figures["activations_cached"]
+    assert wide_figures["timings_s"]["collect_s"] == figures["timings_s"]["collect_s"]
+
+
+def test_feature_examples_are_each_latents_top_tokens(tmp_path: Path) -> None:
+    model = make_tiny("llama")
+    tok = byte_tokenizer()
+    cfg = TrainConfig(
+        layer=1,
+        expansion=2,
+        k=4,
+        tokens=2000,
+        epochs=1,
+        batch_tokens=256,
+        tasks=("copa",),
+        collect_dtype="float32",
+    )
+    sae, entry, _ = train_sae(model, tok, cfg, cache_dir=tmp_path, progress=False)
+    examples = json.loads((entry / FEATURES_FILE).read_text())
+    texts = fit_split_texts(cfg.tasks)
+    x, owner, position, _ = cached_activations(model, tok, texts, cfg, cache_dir=tmp_path)
+    z = sae.encode(x)
+    fired = 0
+    for c, rows in examples["latents"].items():
+        col = z[:, int(c)]
+        values = [r["value"] for r in rows]
+        assert values == sorted(values, reverse=True) and len(rows) <= examples["top"]
+        fired += bool(rows)
+        for row in rows:  # each row is this latent's code at the named token
+            ids = list(tok(texts[row["text"]])["input_ids"])[: cfg.max_text_tokens]
+            cells = (owner == row["text"]).nonzero().flatten()
+            match = [int(j) for j in cells if abs(float(col[j]) - row["value"]) < 1e-5]
+            assert match
+            p = int(position[match[0]])
+            assert row["token"] == tok.decode(ids[p : p + 1])
+            assert row["context"] == tok.decode(ids[max(0, p - examples["before"]) : p])
+        if rows:  # nothing among the training tokens is larger than the first (held-apart
+            # texts may be: they are not training text)
+            assert float(col.max()) >= rows[0]["value"] - 1e-6
+    assert fired > 0
 
 
 def test_layer_out_of_range_and_bad_values() -> None:

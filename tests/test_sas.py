@@ -4,6 +4,7 @@ positions in scoring and generation, lambda = 0, artifacts carrying the SAE, bad
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from sadi.sae import save_sae
 from sadi.steerers import SAS, Steerer
 from sadi.steerers.sas import SASState, code_statistics, steering_vector
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
-from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
+from tests.helpers import (
+    CONTS,
+    PROMPTS,
+    count_hooks,
+    forward,
+    recording,
+    run_then_lm_eval,
+    steered,
+)
 from tests.test_sae import random_sae
 
 _FITS: dict[tuple[str, str], tuple[nn.Module, SAS]] = {}
@@ -185,6 +194,8 @@ def test_fit_key_holds_the_sae_by_content_not_path(tmp_path: Path) -> None:
         ({"mode": "latent"}, r"mode must be one of \['code', 'decoder'\]"),
         ({"read_offset": 1}, "read_offset must be an integer <= 0"),
         ({"layer": -1}, "layer must be a non-negative integer"),
+        ({"sae": "trained", "sae_train": {"width": 3}}, r"unknown: \['width'\]"),
+        ({"sae": "/some/sae", "sae_train": {"k": 3}}, "applies to sae='trained'"),
     ],
 )
 def test_bad_hyperparameters(kwargs: dict[str, Any], message: str) -> None:
@@ -226,7 +237,7 @@ def test_smollm2_small_trained_sae_and_sas_move_scores_and_generation_agrees(
     cfg = TrainConfig(
         layer=15, expansion=2, k=16, tokens=20_000, epochs=8, lr=1e-3, tasks=("boolq",)
     )
-    sae, _, figures = train_sae(model, tok, cfg, cache_dir=tmp_path, progress=False)
+    sae, entry, figures = train_sae(model, tok, cfg, cache_dir=tmp_path / "cache", progress=False)
     assert figures["held_out_variance_explained"] > 0.3 and figures["held_out_l0"] <= 16
     task = load_task("boolq")
     sas = SAS(sae=sae, tau=0.05, lam=8.0, progress=False)
@@ -243,6 +254,33 @@ def test_smollm2_small_trained_sae_and_sas_move_scores_and_generation_agrees(
     torch.testing.assert_close(
         got[0], torch.tensor(generated_logprob(model, sas, ctx, cont)), atol=1e-4, rtol=0
     )
+
+    # end to end: `python -m sadi.run intervention=sas sae=trained`, then `sadi-lm-eval`
+    # with the saved steerer (which carries the SAE) reproduces the run's scores
+    out, results = run_then_lm_eval(
+        tmp_path,
+        [
+            "intervention=sas",
+            # sae=trained with this config: the SAE trained above, from the run's cache
+            "intervention.sae=trained",
+            "intervention.layer=15",
+            "intervention.sae_train={expansion:2,k:16,tokens:20000,epochs:8,lr:0.001,"
+            "tasks:[boolq]}",
+            "intervention.tau=0.05",
+            "intervention.lam=8",
+            "task.n_pairs=16",
+        ],
+    )
+    features = json.loads((out / "steerer" / "features.json").read_text())
+    assert features["n_nonzero"] > 0 and features["examples_from"] == str(entry)
+    first = features["features"][0]
+    assert abs(first["s"]) == max(abs(f["s"]) for f in features["features"])
+    assert first["examples"] and {"token", "context", "value"} <= set(first["examples"][0])
+    from sadi.report import main as report_main
+
+    assert report_main([str(out), "--out", str(tmp_path / "report"), "--resamples", "50"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## SAS features" in md and f"| {first['latent']} |" in md
 
 
 def test_an_empty_steering_vector_is_an_error_not_a_silent_no_op() -> None:
@@ -263,3 +301,135 @@ def test_an_sae_trained_by_sadi_on_another_model_is_refused(tmp_path: Path) -> N
     SAS(sae=sae, progress=False).fit(trained_on, byte_tokenizer(), PAIRS)  # its own model: fine
     with pytest.raises(ValueError, match="trained by sadi on a model with weights fingerprint"):
         SAS(sae=sae, progress=False).fit(make_tiny("llama"), byte_tokenizer(), PAIRS)
+
+
+# ----- batching ----------------------------------------------------------------------------
+@pytest.mark.parametrize("architecture", ["standard", "topk"])
+def test_batched_fit_and_apply_equal_one_by_one(family: str, architecture: str) -> None:
+    model = make_tiny(family)
+    tok = byte_tokenizer()
+    sae = random_sae(architecture, d_in=model_shape(model).d_model, d_sae=64, k=8, layer=1)
+    one = SAS(sae=sae, tau=0.0, lam=2.0, batch_size=1, progress=False).fit(model, tok, PAIRS)
+    many = SAS(sae=sae, tau=0.0, lam=2.0, batch_size=4, progress=False).fit(model, tok, PAIRS)
+    st1, st4 = one.fitted_state(), many.fitted_state()
+    # the codes may differ in the last bits; frequencies count non-zeros, so equal
+    assert torch.equal(st1.freq_pos, st4.freq_pos) and torch.equal(st1.freq_neg, st4.freq_neg)
+    torch.testing.assert_close(st1.mean_pos, st4.mean_pos, atol=1e-4, rtol=1e-4)
+    for padding_side in ("right", "left"):
+        batch = encode(tok, PROMPTS, CONTS, padding_side=padding_side)
+        got = steered(model, many, batch)
+        cells = batch.layout.mask("all")
+        for i, (p, c) in enumerate(zip(PROMPTS, CONTS)):
+            alone = steered(model, many, encode(tok, [p], [c]))[0]
+            torch.testing.assert_close(got[i][cells[i]], alone, atol=1e-4, rtol=1e-4)
+
+
+# ----- interpretability --------------------------------------------------------------------
+def test_top_features_by_abs_s_with_their_examples(tmp_path: Path) -> None:
+    """top_features orders latents by |s| (ties: lower index), names the side and carries the
+    examples of the SAE directory's features.json; the steerer writes them as features.json."""
+    model = make_tiny("llama")
+    sae = random_sae("topk", d_in=32, d_sae=6, k=2, layer=1)
+    directory = save_sae(sae, tmp_path / "sae")
+    examples = {
+        str(c): [{"value": 9.0 - c, "token": f"t{c}", "context": "ctx ", "text": c}]
+        for c in range(6)
+    }
+    (directory / "features.json").write_text(json.dumps({"top": 1, "latents": examples}))
+    sas = SAS(sae=directory, tau=0.5, lam=1.0, progress=False)
+    sas._remember_model(model, 3)
+    sas.state = SASState(
+        freq_pos=torch.tensor([1.0, 0.9, 0.1, 0.0, 0.6, 0.7]),
+        freq_neg=torch.tensor([0.0, 0.0, 0.0, 0.8, 0.0, 0.7]),
+        mean_pos=torch.tensor([2.0, 3.0, 5.0, 0.0, 2.0, 1.0]),
+        mean_neg=torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 4.0]),
+    )
+    # s: latent 0 +2, 1 +3, 2 filtered (freq 0.1), 3 -3, 4 +2, 5 shared -> 0
+    assert sas.vector().tolist() == [2.0, 3.0, 0.0, -3.0, 2.0, 0.0]
+    top = sas.top_features(n=10)
+    assert [f["latent"] for f in top] == [1, 3, 0, 4]
+    assert [f["side"] for f in top] == ["positive", "negative", "positive", "positive"]
+    assert top[1]["freq_neg"] == pytest.approx(0.8) and top[1]["mean_neg"] == 3.0
+    assert top[0]["examples"] == examples["1"]
+    sas.write_extras(tmp_path)
+    body = json.loads((tmp_path / "features.json").read_text())
+    assert (body["n_nonzero"], body["n_positive"], body["n_negative"]) == (4, 3, 1)
+    assert body["features"] == top and body["examples_from"] == str(directory)
+    # an SAE passed as a module (no directory): the examples are unknown, not empty
+    bare = SAS(sae=sae, tau=0.5, progress=False)
+    bare.state = sas.state
+    assert all(f["examples"] is None for f in bare.top_features())
+
+
+def test_report_shows_the_sas_features_of_a_run(tmp_path: Path) -> None:
+    from sadi.report import feature_sections
+    from sadi.report.records import RunRecord
+
+    _, sas = fitted("llama")
+    steerer_dir = sas.save(tmp_path / "run" / "steerer")
+    assert (steerer_dir / "features.json").is_file()
+    rec = RunRecord(
+        run_dir=tmp_path / "run",
+        task="copa",
+        intervention="sas",
+        component="residual",
+        model="tiny",
+        metric="acc",
+        params=sas.params(),
+        metrics={},
+        baseline_metrics={},
+        steered=True,
+    )
+    assert rec.steerer_dir == steerer_dir
+    records = [rec]
+    ((title, md),) = feature_sections(records)
+    assert title.startswith("SAS features") and "(no examples: the SAE has no features.json)" in md
+    first = sas.top_features()[0]
+    assert f"| {first['latent']} | {first['s']:+.2f} |" in md
+
+
+def test_a_steerer_whose_sae_tensors_are_not_the_recorded_sae_is_refused(
+    tmp_path: Path,
+) -> None:
+    model, sas = fitted("llama")
+    directory = sas.save(tmp_path / "s")
+    other = SAS(sae=random_sae("topk", d_in=32, d_sae=64, k=8, layer=1, seed=9), progress=False)
+    other.state = sas.state
+    other._copy_identity(sas)
+    forged = tmp_path / "forged"
+    other.save(forged)
+    # the other SAE's tensors under this steerer's steerer.json (which records its SAE)
+    (forged / "steerer.json").write_text((directory / "steerer.json").read_text())
+    with pytest.raises(ValueError, match="the files do not belong together"):
+        Steerer.load(forged, model)
+
+
+def test_sae_trained_is_made_offline_at_fit_and_keyed_by_its_training(tmp_path: Path) -> None:
+    """sae="trained": fit trains the default TopK SAE of the layer (middle layer when layer
+    is null) in the run's cache; the fit key is the SAE's training key, the same before and
+    after the fit, and a steerer that adopts the cached fit finds the SAE's examples."""
+    model = make_tiny("llama")  # 3 layers: the middle one is 1
+    tok = byte_tokenizer()
+    small = {"tokens": 3000, "epochs": 1, "tasks": ["copa"], "collect_dtype": "float32"}
+    sas = SAS(sae="trained", sae_train=small, tau=0.0, lam=2.0, progress=False)
+    sas.use_paths(tmp_path, None)
+    key = sas.fit_key(model, PAIRS)
+    assert key["sae_training"]["config"]["layer"] == 1 and "sae_fingerprint" not in key
+    with pytest.raises(RuntimeError, match="sae=trained: the SAE is trained by fit"):
+        sas.sae()
+    sas.fit(model, tok, PAIRS)
+    assert sas.layer == 1 and sas.sae().cfg.layer == 1
+    assert sas.sae().d_sae == 8 * 32 and sas.sae().cfg.k == 32
+    (entry,) = [p for p in (tmp_path / "saes").iterdir() if p.is_dir()]
+    assert json.loads((entry / "key.json").read_text()) == json.loads(
+        json.dumps(key["sae_training"])
+    )
+    assert sas.feature_examples() is not None
+    saved = sas.save(tmp_path / "steerer")
+    again = SAS(sae="trained", sae_train=small, tau=0.0, lam=2.0, progress=False)
+    again.use_paths(tmp_path, None)
+    assert again.fit_key(model, PAIRS) == key
+    again.adopt(Steerer.load(saved, model))
+    assert again._sae_dir == entry and again.feature_examples() == sas.feature_examples()
+    batch = encode(tok, PROMPTS, CONTS)
+    assert torch.equal(steered(model, again, batch), steered(model, sas, batch))

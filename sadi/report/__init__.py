@@ -28,7 +28,14 @@ from sadi.report.plots import (
 )
 from sadi.report.records import RunRecord, collect, load_run, load_scores
 from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
-from sadi.report.tables import Row, table, to_html, to_markdown
+from sadi.report.tables import (
+    Row,
+    feature_sections,
+    side_effect_section,
+    table,
+    to_html,
+    to_markdown,
+)
 
 __all__ = [
     "Estimate",
@@ -49,6 +56,8 @@ __all__ = [
     "table",
     "to_html",
     "to_markdown",
+    "feature_sections",
+    "side_effect_section",
 ]
 
 
@@ -64,8 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = table(records, args.resamples, args.seed)
     out = Path(args.out)
     images = plot_all(records, rows, out)
+    sections = side_effect_section(records) + feature_sections(records)
     md = to_markdown(rows, args.resamples, args.seed)
-    (out / "report.md").write_text(md + "".join(f"\n![{p.stem}]({p.name})\n" for p in images))
-    (out / "report.html").write_text(to_html(rows, images, args.resamples, args.seed))
+    md_sections = "".join(f"\n## {title}\n\n{body}\n" for title, body in sections)
+    (out / "report.md").write_text(
+        md + "".join(f"\n![{p.stem}]({p.name})\n" for p in images) + md_sections
+    )
+    (out / "report.html").write_text(to_html(rows, images, args.resamples, args.seed, sections))
     print(md + f"\nwrote report.md, report.html and {len(images)} PNGs to {out}", flush=True)
     return 0

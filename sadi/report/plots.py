@@ -1,5 +1,5 @@
-"""Plots: select metric vs strength per sweep, per-head score heatmaps, AUSteer unit
-momentum, methods with CIs."""
+"""Plots: select metric vs strength per sweep, methods side by side per task (SAS's lambda
+beside CAA's multiplier), per-head score heatmaps, AUSteer unit momentum, methods with CIs."""
 
 from __future__ import annotations
 
@@ -63,6 +63,41 @@ def plot_strength(
     ax.set_title(f"{rec.method} on {rec.task} ({rec.model}): select split vs {x}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def plot_methods_side_by_side(
+    records: Sequence[RunRecord], path: str | Path, task: str
+) -> Path | None:
+    """One panel per method swept on `task` (e.g. SAS's lambda beside CAA's multiplier): its
+    select metric against its own strength axis, the unsteered level dashed in every panel.
+
+    Returns the PNG path, or None when fewer than two methods were swept on `task`.
+    """
+    swept = [r for r in records if r.task == task and len(r.points) > 1]
+    if len(swept) < 2:
+        return None
+    fig = Figure(figsize=(5 * len(swept), 4.2))
+    axes = fig.subplots(1, len(swept), sharey=True, squeeze=False)[0]
+    for ax, rec in zip(axes, swept):
+        x, lines = _axes(rec.points)
+        if x is None:
+            continue
+        groups: dict[str, list[RunRecord]] = {}
+        for p in rec.points:
+            groups.setdefault(", ".join(f"{k}={p.params.get(k)}" for k in lines), []).append(p)
+        for label, pts in sorted(groups.items()):
+            pts = sorted(pts, key=lambda p: p.params[x])
+            ys = [100 * p.metrics.get("select", {}).get(rec.metric, math.nan) for p in pts]
+            ax.plot([p.params[x] for p in pts], ys, marker="o", label=label or rec.method)
+        base = rec.baseline_metrics.get("select", {}).get(rec.metric)
+        if base is not None:
+            ax.axhline(100 * base, color="gray", ls="--", label="unsteered")
+        ax.set(xlabel=f"intervention.{x}", title=rec.method)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(f"select {swept[0].metric} (%)")
+    fig.suptitle(f"{task} ({swept[0].model}): each method against its strength")
     return _save(fig, path)
 
 
@@ -214,5 +249,8 @@ def plot_all(records: Sequence[RunRecord], rows: Sequence[Row], out_dir: str | P
         if rec.steerer_dir and (p := plot_head_heatmap(rec.steerer_dir, out / f"heads_{stem}.png")):
             paths.append(p)
         if rec.steerer_dir and (p := plot_units(rec.steerer_dir, out / f"units_{stem}.png")):
+            paths.append(p)
+    for task in sorted({r.task for r in records}):
+        if p := plot_methods_side_by_side(records, out / f"methods_{_slug(task)}.png", task):
             paths.append(p)
     return paths + plot_methods(rows, out)

@@ -19,6 +19,7 @@ AXES = {
     "iti": ("alpha", "k"),
     "caa": ("multiplier", "layer"),
     "austeer": ("alpha", "k"),
+    "sas": ("lam", "tau"),
 }
 
 
@@ -39,6 +40,9 @@ class RunRecord:
     sample_dirs: dict[str, Path] = field(default_factory=dict)  # split -> dir of its samples
     points: list[RunRecord] = field(default_factory=list, repr=False)
     chosen_by: str = "single run"
+    # other tasks scored with and without this steerer: {task: {split, n_items, steered,
+    # baseline}} (results.json "side_effects")
+    side_effects: dict[str, Any] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -69,6 +73,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         baseline_metrics=res.get("baseline_metrics", {}),
         steered=bool(res.get("steered", iv.get("name", "none") != "none")),
         sample_dirs={"select": d, "report": d},
+        side_effects=res.get("side_effects") or {},
     )
 
 
@@ -106,6 +111,9 @@ def _from_selection(root: Path) -> RunRecord:
         if got:
             getattr(rec, key)["report"] = got.get("report", got)  # flat or {split: {...}}
     rec.sample_dirs["report"] = report_dir or rec.run_dir
+    rec.side_effects = sel.get("side_effects") or (
+        load_run(report_dir).side_effects if report_dir is not None else {}
+    )
     rec.points = [load_run(d) for d in dirs]
     rec.chosen_by = f"{SELECTION} ({sel.get('n_points', len(dirs))} points)"
     return rec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,74 @@ def to_markdown(rows: Sequence[Row], n_resamples: int = 2000, seed: int = 0) -> 
     return "\n".join(lines) + "\n"
 
 
+def _example_text(ex: dict[str, Any]) -> str:
+    ctx = ex["context"][-40:].replace("\n", " ").replace("|", "/")
+    tok = ex["token"].replace("\n", "\\n").replace("|", "/")
+    return f"{ctx}[[{tok}]] ({ex['value']:.1f})"
+
+
+def side_effect_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
+    """("Side effects", table) when any record scored other tasks with its steerer: the
+    capability cost of steering next to its effect."""
+    lines = [
+        "Each chosen steerer also scored on other tasks (never fit or selected on), with and "
+        "without steering.",
+        "",
+        "| task | method | side task | split (items) | metric | steered | unsteered | delta |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    n = 0
+    for rec in records:
+        for side, got in sorted(rec.side_effects.items()):
+            metric = "mc2" if "mc2" in got.get("baseline", {}) else "acc"
+            st, base = got["steered"].get(metric), got["baseline"].get(metric)
+            if st is None or base is None:
+                continue
+            n += 1
+            lines.append(
+                f"| {rec.task} | {rec.method} | {side} | {got['split']} ({got['n_items']}) | "
+                f"{metric} | {100 * st:.1f} | {100 * base:.1f} | {100 * (st - base):+.1f} |"
+            )
+    return [("Side effects", "\n".join(lines))] if n else []
+
+
+def feature_sections(records: Sequence[RunRecord], top: int = 10) -> list[tuple[str, str]]:
+    """(title, markdown table) per run whose steerer wrote `features.json` (SAS): its top
+    latents by |s| with their top-activating training tokens, [[token]] after its context."""
+    out = []
+    for rec in records:
+        d = rec.steerer_dir
+        path = d / "features.json" if d is not None else None
+        if path is None or not path.is_file():
+            continue
+        body = json.loads(path.read_text())
+        lines = [
+            f"s has {body['n_nonzero']} non-zero latents ({body['n_positive']} positive: "
+            f"only with the behaviour; {body['n_negative']} negative) at tau={body['tau']}.",
+            "",
+            "| latent | s | side | freq + | freq - | top-activating training tokens |",
+            "|---|---|---|---|---|---|",
+        ]
+        for f in body["features"][:top]:
+            ex = (
+                "(no examples: the SAE has no features.json)"
+                if f["examples"] is None
+                else "; ".join(_example_text(e) for e in f["examples"][:3]) or "(never fired)"
+            )
+            lines.append(
+                f"| {f['latent']} | {f['s']:+.2f} | {f['side']} | {f['freq_pos']:.2f} | "
+                f"{f['freq_neg']:.2f} | {ex} |"
+            )
+        out.append((f"SAS features: {rec.method} on {rec.task} ({rec.model})", "\n".join(lines)))
+    return out
+
+
 def to_html(
-    rows: Sequence[Row], images: Sequence[Path] = (), n_resamples: int = 2000, seed: int = 0
+    rows: Sequence[Row],
+    images: Sequence[Path] = (),
+    n_resamples: int = 2000,
+    seed: int = 0,
+    sections: Sequence[tuple[str, str]] = (),
 ) -> str:
     """A self-contained HTML page: the table and the PNGs embedded as data URIs."""
     esc = html.escape
@@ -111,5 +178,25 @@ def to_html(
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Steering report</title>"
         f"<style>{style}</style></head><body><h1>Steering report</h1><p>{header}</p>\n"
-        f"<table><tr>{head}</tr>\n{body}</table>\n{figs}</body></html>\n"
+        f"<table><tr>{head}</tr>\n{body}</table>\n{figs}{_sections_html(sections)}"
+        "</body></html>\n"
     )
+
+
+def _sections_html(sections: Sequence[tuple[str, str]]) -> str:
+    """Markdown sections (a paragraph, then a pipe table) as HTML."""
+    esc = html.escape
+    parts = []
+    for title, md in sections:
+        parts.append(f"<h2>{esc(title)}</h2>")
+        rows = [ln for ln in md.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+        text = [ln for ln in md.splitlines() if ln and not ln.startswith("|")]
+        parts += [f"<p>{esc(t)}</p>" for t in text]
+        cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+        if cells:
+            head = "".join(f"<th>{esc(c)}</th>" for c in cells[0])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in cells[1:]
+            )
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+    return "\n".join(parts) + "\n"

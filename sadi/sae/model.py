@@ -34,6 +34,8 @@ SaeArchitecture = Literal["standard", "jumprelu", "topk"]
 ARCHITECTURES: tuple[str, ...] = get_args(SaeArchitecture)
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+# written beside an SAE sadi trained: each latent's top-activating training tokens
+FEATURES_FILE = "features.json"
 _ALIASES = {"relu": "standard", "jump_relu": "jumprelu", "top_k": "topk"}
 # hook names that say which decoder layer's output (residual stream) an SAE reads
 _LAYER_PATTERNS = (

@@ -43,7 +43,7 @@ from sadi.architectures import architecture_of, decoder_layers, model_shape, wei
 from sadi.architectures import site as site_of
 from sadi.cache import digest, get_or_create
 from sadi.hooks import LayerHook, hooked
-from sadi.sae.model import SAEConfig, SparseAutoencoder, load_sae, save_sae
+from sadi.sae.model import FEATURES_FILE, SAEConfig, SparseAutoencoder, load_sae, save_sae
 
 QUALITY_FILE = "quality.json"
 # tasks whose fit splits give the training text (every registered one with plain text items)
@@ -177,9 +177,10 @@ def collect_activations(
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """(activations [n, d_model] float32, text index [n]) of decoder layer `layer`'s output
-    over the real tokens of `texts` from position `skip_first` on, at most `max_tokens`.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(activations [n, d_model] float32, text index [n], token position [n]) of decoder
+    layer `layer`'s output over the real tokens of `texts` from position `skip_first` on, at
+    most `max_tokens` (the position indexes the text's tokens, cut at `max_text_tokens`).
 
     Whole texts are drawn in a seeded order until `max_tokens` are covered, then read
     longest first (little padding, right-padded); the forward stops after
@@ -207,6 +208,7 @@ def collect_activations(
 
     out: list[Tensor] = []
     owners: list[Tensor] = []
+    places: list[Tensor] = []
     n = 0
     bar = tqdm(total=max_tokens, desc=f"SAE: reading layer {layer}", disable=not progress)
     with hooked(work, site_of(architecture_of(work), "residual"), [LayerHook(layer, grab)]):
@@ -228,12 +230,17 @@ def collect_activations(
             keep[:, :skip_first] = False
             out.append(act[keep.to(act.device)].float().cpu())
             owners.append(torch.tensor(idx).repeat_interleave(keep.sum(1)))
+            places.append(keep.nonzero()[:, 1])
             n += len(out[-1])
             bar.update(len(out[-1]))
             if n >= max_tokens:
                 break
     bar.close()
-    return torch.cat(out)[:max_tokens], torch.cat(owners)[:max_tokens]
+    return (
+        torch.cat(out)[:max_tokens],
+        torch.cat(owners)[:max_tokens],
+        torch.cat(places)[:max_tokens],
+    )
 
 
 def exclude_outliers(x: Tensor, factor: float) -> Tensor:
@@ -290,28 +297,28 @@ class TopKTrainer:
         with torch.no_grad():
             pre = xc @ self.W_enc + self.b_enc
         top = pre.topk(self.k, dim=-1)
+        top_idx = top.indices
         vals = torch.relu(top.values).requires_grad_(True)
-        x_hat = self.decode_sparse(top.indices, vals)
+        x_hat = self.decode_sparse(top_idx, vals)
         err = x - x_hat
         mse = err.pow(2).sum(-1).mean() / variance
         total = mse
-        leaves = [(vals, top)]
+        # (leaf of the kept values, their pre-activations, their latent indices)
+        leaves = [(vals, top.values, top_idx)]
         dead = self.since_fired >= dead_tokens
         n_dead = int(dead.sum())
         if n_dead and aux_coef > 0:
             dead_idx = dead.nonzero().flatten()
             sub = pre[:, dead_idx].topk(min(aux_k, n_dead), dim=-1)  # only dead columns
-            aux = torch.return_types.topk((sub.values, dead_idx[sub.indices]))
-            aux_vals = torch.relu(aux.values).requires_grad_(True)
-            aux_hat = F.embedding_bag(
-                aux.indices, self.W_dec, per_sample_weights=aux_vals, mode="sum"
-            )
+            aux_idx = dead_idx[sub.indices]
+            aux_vals = torch.relu(sub.values).requires_grad_(True)
+            aux_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals, mode="sum")
             aux_mse = (err.detach() - aux_hat).pow(2).sum(-1).mean() / variance
             total = total + aux_coef * aux_mse
-            leaves.append((aux_vals, aux))
+            leaves.append((aux_vals, sub.values, aux_idx))
         total.backward()
-        idx = torch.cat([t.indices for _, t in leaves], dim=1)  # [B, k (+ aux)]
-        grad = torch.cat([v.grad * (t.values > 0) for v, t in leaves], dim=1)  # type: ignore[operator]
+        idx = torch.cat([i for _, _, i in leaves], dim=1)  # [B, k (+ aux)]
+        grad = torch.cat([v.grad * (p > 0) for v, p, _ in leaves], dim=1)  # type: ignore[operator]
         rows = torch.arange(len(x)).repeat_interleave(idx.shape[1])
         g_sparse = torch.sparse_coo_tensor(
             torch.stack([rows, idx.flatten()]),
@@ -325,7 +332,7 @@ class TopKTrainer:
         # pre depends on b_dec through xc = x - b_dec: d pre / d b_dec = -W_enc^T
         b_dec_enc = -(db_enc @ self.W_enc.detach().T)
         self.b_dec.grad = b_dec_enc if self.b_dec.grad is None else self.b_dec.grad + b_dec_enc
-        return float(mse.detach()), top.indices
+        return float(mse.detach()), top_idx
 
     @torch.no_grad()
     def after_step(self, active: Tensor, n_tokens: int) -> None:
@@ -430,6 +437,120 @@ def sae_key(model: nn.Module, texts_digest: str, cfg: TrainConfig) -> dict[str, 
     }
 
 
+# the collection parameters of a TrainConfig: they alone determine the activations
+_COLLECT_FIELDS = ("layer", "tokens", "max_text_tokens", "skip_first", "seed")
+ACTIVATIONS_FILE = "activations.safetensors"
+
+
+def cached_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    cfg: TrainConfig,
+    *,
+    cache_dir: str | Path,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    """`collect_activations` for `cfg`, cached under `<cache_dir>/sae_activations/` by model
+    weights, text digest, dtype and the collection fields, so that training another SAE of
+    the same layer (other k, width, lr, epochs) skips the collection forward.
+
+    Returns (activations, text index, position, meta); meta holds the collection's measured
+    seconds (`collect_s`, from when it ran) and `cached` (whether this call reused it).
+    """
+    from safetensors.torch import load_file, save_file
+
+    dtype = collect_dtype(cfg.collect_dtype, next(model.parameters()).device)
+    key = {
+        "what": "sae-activations",
+        "weights_fingerprint": weights_fingerprint(model),
+        "shape": model_shape(model).as_dict(),
+        "texts": digest(list(texts)),
+        "dtype": str(dtype),
+        **{name: getattr(cfg, name) for name in _COLLECT_FIELDS},
+    }
+
+    def create(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        x, owner, position = collect_activations(
+            model,
+            tokenizer,
+            texts,
+            cfg.layer,
+            max_tokens=cfg.tokens,
+            max_text_tokens=cfg.max_text_tokens,
+            skip_first=cfg.skip_first,
+            dtype=dtype,
+            seed=cfg.seed,
+            progress=progress,
+        )
+        meta = {"collect_s": time.perf_counter() - t0, "dtype": str(dtype).removeprefix("torch.")}
+        save_file(
+            {"x": x.contiguous(), "owner": owner.contiguous(), "position": position.contiguous()},
+            str(tmp / ACTIVATIONS_FILE),
+        )
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    entry, hit = get_or_create(Path(cache_dir) / "sae_activations", key, create)
+    t = load_file(str(entry / ACTIVATIONS_FILE))
+    meta = {**json.loads((entry / "meta.json").read_text()), "cached": hit}
+    return t["x"], t["owner"], t["position"], meta
+
+
+@torch.no_grad()
+def feature_examples(
+    sae: SparseAutoencoder,
+    x: Tensor,
+    owner: Tensor,
+    position: Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    top: int = 8,
+    before: int = 12,
+    max_text_tokens: int = 256,
+    batch: int = 8192,
+) -> dict[str, Any]:
+    """For every latent, the `top` tokens of `x` (the SAE's training tokens) on which it is
+    largest: value, the token and up to `before` tokens of context before it.
+
+    Returns {"top": top, "latents": {str(c): [{"value", "token", "context", "text"}, ...]}};
+    a latent that never fires has an empty list.
+    """
+    d_sae = sae.d_sae
+    best_v = torch.full((top, d_sae), -math.inf)
+    best_i = torch.zeros((top, d_sae), dtype=torch.long)
+    for i in range(0, len(x), batch):
+        z = sae.encode(x[i : i + batch]).float()  # [b, d_sae]
+        here = z.topk(min(top, len(z)), dim=0)
+        v = torch.cat([best_v, here.values])
+        idx = torch.cat([best_i, here.indices + i])
+        t = v.topk(top, dim=0)
+        best_v, best_i = t.values, idx.gather(0, t.indices)
+    needed = sorted({int(owner[j]) for j in best_i[best_v > 0].tolist()})
+    encoded = {i: list(tokenizer(texts[i])["input_ids"])[:max_text_tokens] for i in needed}
+    latents: dict[str, list[dict[str, Any]]] = {}
+    for c in range(d_sae):
+        rows = []
+        for r in range(best_v.shape[0]):
+            value = float(best_v[r, c])
+            if not value > 0:
+                break
+            j = int(best_i[r, c])
+            ids = encoded[int(owner[j])]
+            p = int(position[j])
+            rows.append(
+                {
+                    "value": value,
+                    "token": tokenizer.decode(ids[p : p + 1]),
+                    "context": tokenizer.decode(ids[max(0, p - before) : p]),
+                    "text": int(owner[j]),
+                }
+            )
+        latents[str(c)] = rows
+    return {"top": top, "before": before, "latents": latents}
+
+
 def train_sae(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -441,6 +562,8 @@ def train_sae(
 ) -> tuple[SparseAutoencoder, Path, dict[str, Any]]:
     """The TopK SAE of `cfg` for `model`: from the cache, or trained and cached.
 
+    The SAE's directory holds the SAELens files, `quality.json` (its figures) and
+    `features.json` (each latent's top-activating training tokens, `feature_examples`).
     Returns (sae, its directory, its quality figures).
     """
     n_layers = len(decoder_layers(model))
@@ -454,22 +577,11 @@ def train_sae(
     model_name = str(getattr(model.config, "name_or_path", "") or "") or None
 
     def create(tmp: Path) -> None:
-        timings: dict[str, float] = {}
-        dtype = collect_dtype(cfg.collect_dtype, next(model.parameters()).device)
         t0 = time.perf_counter()
-        x, owner = collect_activations(
-            model,
-            tokenizer,
-            texts,
-            cfg.layer,
-            max_tokens=cfg.tokens,
-            max_text_tokens=cfg.max_text_tokens,
-            skip_first=cfg.skip_first,
-            dtype=dtype,
-            seed=cfg.seed,
-            progress=progress,
+        x, owner, position, meta = cached_activations(
+            model, tokenizer, texts, cfg, cache_dir=cache_dir, progress=progress
         )
-        timings["collect_s"] = time.perf_counter() - t0
+        timings: dict[str, float] = {"collect_s": meta["collect_s"]}
         keep = exclude_outliers(x, cfg.outlier_factor)
         gen = torch.Generator().manual_seed(cfg.seed)
         texts_seen = owner.unique()
@@ -477,7 +589,8 @@ def train_sae(
             : max(1, int(cfg.held_out * len(texts_seen)))
         ]
         is_held = torch.isin(owner, held)
-        train_x, held_x = x[keep & ~is_held], x[keep & is_held]
+        train = keep & ~is_held
+        train_x, held_x = x[train], x[keep & is_held]
         t1 = time.perf_counter()
         trainer, log = train_topk(train_x, cfg, progress=progress)
         timings["train_s"] = time.perf_counter() - t1
@@ -486,6 +599,17 @@ def train_sae(
             model_name,
             {"sadi_training": asdict(cfg), "sadi_weights_fingerprint": weights_fingerprint(model)},
         )
+        t2 = time.perf_counter()
+        examples = feature_examples(
+            sae,
+            train_x,
+            owner[train],
+            position[train],
+            tokenizer,
+            texts,
+            max_text_tokens=cfg.max_text_tokens,
+        )
+        timings["examples_s"] = time.perf_counter() - t2
         figures = {
             **{f"held_out_{k}": v for k, v in quality(sae, held_x).items()},
             **{f"train_{k}": v for k, v in quality(sae, train_x[:100_000]).items()},
@@ -495,14 +619,21 @@ def train_sae(
             "outliers_excluded": int((~keep).sum()),
             "outlier_fraction": float((~keep).float().mean()),
             "skip_first_positions": cfg.skip_first,
-            "collect_dtype": str(dtype).removeprefix("torch."),
+            "collect_dtype": meta["dtype"],
+            "activations_cached": meta["cached"],
             "texts": len(texts),
-            "timings_s": {**timings, "total_s": time.perf_counter() - t0},
+            "timings_s": {
+                **timings,
+                # collection as measured when it ran (it may have been reused from the cache)
+                "total_s": timings["collect_s"] + timings["train_s"] + timings["examples_s"],
+                "this_call_s": time.perf_counter() - t0,
+            },
             "training": log,
             "config": asdict(cfg),
         }
         save_sae(sae, tmp)
         (tmp / QUALITY_FILE).write_text(json.dumps(figures, indent=2) + "\n")
+        (tmp / FEATURES_FILE).write_text(json.dumps(examples) + "\n")
 
     entry, _ = get_or_create(Path(cache_dir) / "saes", key, create)
     figures = json.loads((entry / QUALITY_FILE).read_text())

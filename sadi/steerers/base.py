@@ -377,7 +377,16 @@ class Steerer(ABC):
         tensors = {k: v.detach().cpu().clone() for k, v in self.tensors().items()}
         save_file(tensors, str(out / TENSORS_FILE))
         (out / META_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+        self.write_extras(out)
         return out
+
+    def use_paths(self, cache_dir: str | Path, data_dir: str | Path | None) -> None:
+        """Take the run's cache and data directories (SAS trains its SAE there when asked);
+        most methods need neither."""
+
+    def write_extras(self, directory: Path) -> None:
+        """Write readable, derived files beside the artifact (e.g. SAS's top features);
+        `load` never reads them."""
 
     @classmethod
     def load(

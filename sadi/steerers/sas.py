@@ -35,6 +35,7 @@ SAE's directory; its fingerprint is part of the fit key (content, not path).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,14 @@ from sadi.activations import read_activations
 from sadi.architectures import decoder_layers, model_shape, weights_fingerprint
 from sadi.pairs import Pair
 from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
-from sadi.sae.model import SAEConfig, SparseAutoencoder, load_sae, parse_cfg, sae_fingerprint
+from sadi.sae.model import (
+    FEATURES_FILE,
+    SAEConfig,
+    SparseAutoencoder,
+    load_sae,
+    parse_cfg,
+    sae_fingerprint,
+)
 from sadi.steerers.artifacts import check_finite_tensor, check_tensor_names, check_tensor_shape
 from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
@@ -58,6 +66,8 @@ SAS_MODES: tuple[str, ...] = get_args(SasMode)
 SAS_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
 _STATE = ("freq_pos", "freq_neg", "mean_pos", "mean_neg")
 _SAE_PREFIX = "sae."
+# sae="trained": the TopK SAE `python -m sadi.sae train` makes, with its defaults
+TRAINED = "trained"
 # rows encoded at once while fitting
 _ENCODE_ROWS = 256
 
@@ -100,9 +110,14 @@ class SAS(Steerer):
     Args:
         component: must be "residual" (the SAE's input is the residual stream).
         sae: the SAE: a directory in SAELens' format (cfg.json + sae_weights.safetensors),
-            or a loaded `sadi.sae.SparseAutoencoder`. Required to fit.
+            a loaded `sadi.sae.SparseAutoencoder`, or "trained": the TopK SAE that
+            `python -m sadi.sae train` makes for this model and layer with its defaults
+            (trained offline at the first fit, then taken from the cache). Required to fit.
         layer: the decoder layer whose output the SAE reads and SAS steers; None takes it
-            from the SAE's hook name. A layer that disagrees with the SAE's is an error.
+            from the SAE's hook name (with sae="trained": the middle layer, n_layers // 2).
+            A layer that disagrees with the SAE's is an error.
+        sae_train: with sae="trained", overrides of `sadi.sae.train.TrainConfig` fields
+            (e.g. {"tokens": 100_000}); they enter the SAE's cache key and the fit key.
         tau: frequency threshold in [0, 1]: a latent enters v+ (v-) when it is non-zero on
             at least this fraction of the positives (negatives).
         lam: lambda, the steering strength; 0 is the unsteered model.
@@ -133,6 +148,7 @@ class SAS(Steerer):
         component: str = "residual",
         sae: str | Path | SparseAutoencoder | None = None,
         layer: int | None = None,
+        sae_train: dict[str, Any] | None = None,
         tau: float = 0.1,
         lam: float = 1.0,
         mode: SasMode = "code",
@@ -174,6 +190,21 @@ class SAS(Steerer):
             sae if isinstance(sae, SparseAutoencoder) else None
         )
         self.layer = layer
+        # plain JSON values (a Hydra config passes DictConfig / ListConfig)
+        self.sae_train: dict[str, Any] = json.loads(json.dumps(dict(sae_train or {}), default=list))
+        if self.sae_train:
+            import dataclasses
+
+            from sadi.sae.train import TrainConfig
+
+            known = {f.name for f in dataclasses.fields(TrainConfig)} - {"layer"}
+            unknown = sorted(set(self.sae_train) - known)
+            if unknown or self.sae_source != TRAINED:
+                raise ValueError(
+                    f"sae_train={self.sae_train} applies to sae='trained' and takes "
+                    f"TrainConfig fields {sorted(known)}"
+                    + (f"; unknown: {unknown}" if unknown else f"; sae={self.sae_source!r}")
+                )
         self.tau = tau
         self.lam = check_finite("lam", lam)
         self.mode: SasMode = mode
@@ -184,11 +215,19 @@ class SAS(Steerer):
         self.progress = progress
         self.state: SASState | None = None
         self._sae_cfg: SAEConfig | None = None  # read from steerer.json before the tensors
+        self._examples: dict[str, list[dict[str, Any]]] | None = None
+        self._sae_dir: Path | None = (
+            Path(self.sae_source) if self.sae_source not in (None, TRAINED) else None
+        )
+        self._cache_dir: Path | None = None
+        self._training_key: dict[str, Any] | None = None  # sae="trained": set by fit_key
+        self._data_dir: str | Path | None = None
 
     def params(self) -> dict[str, Any]:
         return {
             "sae": self.sae_source,
             "layer": self.layer,
+            "sae_train": self.sae_train,
             "tau": self.tau,
             "lam": self.lam,
             "mode": self.mode,
@@ -197,17 +236,45 @@ class SAS(Steerer):
         }
 
     # ----- the SAE ---------------------------------------------------------------------
+    def use_paths(self, cache_dir: str | Path, data_dir: str | Path | None) -> None:
+        self._cache_dir, self._data_dir = Path(cache_dir), data_dir
+
     def sae(self) -> SparseAutoencoder:
-        """The SAE, loaded from `sae` on first use."""
+        """The SAE, loaded from `sae` on first use (sae="trained": made by `fit`)."""
         if self.sae_module is None:
             if self.sae_source is None:
                 raise ValueError(
                     "SAS needs an SAE: pass sae=<directory in SAELens' format> (e.g. "
                     "intervention.sae=/path/to/sae, one written by `python -m sadi.sae train`)"
-                    " or a loaded sadi.sae.SparseAutoencoder"
+                    ", sae=trained (sadi trains one offline for this model) or a loaded "
+                    "sadi.sae.SparseAutoencoder"
                 )
+            if self.sae_source == TRAINED:
+                raise RuntimeError("sae=trained: the SAE is trained by fit(); call fit() first")
             self.sae_module = load_sae(self.sae_source)
         return self.sae_module
+
+    def _train_config(self, model: nn.Module) -> Any:
+        from sadi.sae.train import TrainConfig
+
+        layer = self.layer if self.layer is not None else len(decoder_layers(model)) // 2
+        values = {k: tuple(v) if k == "tasks" else v for k, v in self.sae_train.items()}
+        return TrainConfig(layer=layer, **values)
+
+    def _trained_sae(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        """sae="trained": train (or take from the cache) the default SAE of the layer."""
+        from sadi.models import default_cache_dir
+        from sadi.sae.train import train_sae
+
+        sae, directory, _ = train_sae(
+            model,
+            tokenizer,
+            self._train_config(model),
+            cache_dir=self._cache_dir or default_cache_dir(),
+            data_dir=self._data_dir,
+            progress=self.progress,
+        )
+        self.sae_module, self._sae_dir = sae, directory
 
     def _resolve_layer(self, model: nn.Module) -> int:
         sae = self.sae()
@@ -246,7 +313,7 @@ class SAS(Steerer):
 
     def with_params(self, **changes: Any) -> SAS:
         """A copy with some apply parameters changed, sharing this fit (and its SAE)."""
-        for name in ("read_offset", "sae", "layer"):
+        for name in ("read_offset", "sae", "layer", "sae_train"):
             if name in changes and changes[name] != self.params()[name]:
                 raise ValueError(
                     f"{name} changes what fit() computes; fit a new SAS with "
@@ -260,7 +327,8 @@ class SAS(Steerer):
             **changes,
         }
         new = SAS(**kwargs)
-        new.sae_module = self.sae_module
+        new.sae_module, new._sae_dir = self.sae_module, self._sae_dir
+        new._cache_dir, new._data_dir = self._cache_dir, self._data_dir
         new._copy_identity(self)
         new.state = self.state
         return new
@@ -272,6 +340,8 @@ class SAS(Steerer):
         """Encode the read position of every positive and negative; keep per-latent
         frequencies and non-zero means (deterministic given model, SAE, pairs, offset)."""
         check_pairs(pairs)
+        if self.sae_source == TRAINED and self.sae_module is None:
+            self._trained_sae(model, tokenizer)
         layer = self._resolve_layer(model)
         shape = self._remember_model(model, len(pairs))
         self.layer = layer
@@ -303,7 +373,16 @@ class SAS(Steerer):
         """The base key, with the SAE by content (its fingerprint), not by path."""
         key = super().fit_key(model, pairs)
         key["params"] = {k: v for k, v in key["params"].items() if k != "sae"}
-        key["sae_fingerprint"] = sae_fingerprint(self.sae())
+        if self.sae_source == TRAINED:  # the SAE by what determines it: its training key
+            from sadi.cache import digest
+            from sadi.sae.train import fit_split_texts, sae_key
+
+            cfg = self._train_config(model)
+            texts = fit_split_texts(cfg.tasks, self._data_dir)
+            key["sae_training"] = sae_key(model, digest(texts), cfg)
+            self._training_key = key["sae_training"]
+        else:
+            key["sae_fingerprint"] = sae_fingerprint(self.sae())
         return key
 
     # ----- apply ---------------------------------------------------------------------
@@ -349,6 +428,54 @@ class SAS(Steerer):
 
         return {layer: edit}
 
+    # ----- interpretability ----------------------------------------------------------
+    def feature_examples(self) -> dict[str, list[dict[str, Any]]] | None:
+        """Each latent's top-activating training tokens, from the `features.json` that
+        `python -m sadi.sae train` writes beside the SAE (None when there is none, e.g. an
+        SAE from the hub, or a steerer loaded without its SAE directory)."""
+        if self._examples is None:
+            path = self._sae_dir / FEATURES_FILE if self._sae_dir is not None else None
+            if path is not None and path.is_file():
+                self._examples = json.loads(path.read_text())["latents"]
+        return self._examples
+
+    def top_features(self, n: int = 20, examples: int = 5) -> list[dict[str, Any]]:
+        """The `n` latents with the largest |s| (ties: lower index first): s, the side
+        ("positive": seen only with the behaviour), per-side frequency and non-zero mean,
+        and up to `examples` top-activating training tokens (None when unknown)."""
+        st = self.fitted_state()
+        s = self.vector()
+        order = [c for c in torch.argsort(-s.abs(), stable=True).tolist() if s[c] != 0][:n]
+        known = self.feature_examples()
+        return [
+            {
+                "latent": c,
+                "s": float(s[c]),
+                "side": "positive" if s[c] > 0 else "negative",
+                "freq_pos": float(st.freq_pos[c]),
+                "freq_neg": float(st.freq_neg[c]),
+                "mean_pos": float(st.mean_pos[c]),
+                "mean_neg": float(st.mean_neg[c]),
+                "examples": None if known is None else known.get(str(c), [])[:examples],
+            }
+            for c in order
+        ]
+
+    def write_extras(self, directory: Path) -> None:
+        """`features.json`: the top features of s (`top_features`) at this tau."""
+        if self.state is None:
+            return
+        s = self.vector()
+        body = {
+            "tau": self.tau,
+            "n_nonzero": int((s != 0).sum()),
+            "n_positive": int((s > 0).sum()),
+            "n_negative": int((s < 0).sum()),
+            "examples_from": (str(self._sae_dir) if self.feature_examples() is not None else None),
+            "features": self.top_features(),
+        }
+        (directory / FEATURES_FILE).write_text(json.dumps(body, indent=2) + "\n")
+
     # ----- artifacts -----------------------------------------------------------------
     def extra_metadata(self) -> dict[str, Any]:
         sae = self.sae()
@@ -365,6 +492,14 @@ class SAS(Steerer):
     def adopt(self, fitted: Steerer) -> Self:
         if isinstance(fitted, SAS):
             self.sae_module = fitted.sae()
+            trained = self._training_key
+            if self.sae_source == TRAINED and trained is not None and self._sae_dir is None:
+                # the trained SAE's cache entry, for its feature examples
+                from sadi.cache import digest
+                from sadi.models import default_cache_dir
+
+                entry = (self._cache_dir or default_cache_dir()) / "saes" / digest(trained)
+                self._sae_dir = entry if entry.is_dir() else None
         return super().adopt(fitted)
 
     def tensors(self) -> dict[str, Tensor]:
