@@ -9,7 +9,9 @@ also gives tokens per second per stage.
 
 `run(cache_dir=None)` trains in a fresh temporary cache; a `cache_dir` holding the SAE
 already (e.g. from `python -m sadi.sae train model=smollm2_135m layer=15`) reports that
-training's figures instead (`cache_hit` says so).
+training's figures instead (`cache_hit` says so), and one holding only the layer's collected
+activations trains on them, reporting the collection's seconds as measured when it ran
+(`figures.activations_cached`).
 """
 
 from __future__ import annotations

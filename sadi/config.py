@@ -107,7 +107,9 @@ class SasSchema(InterventionSchema):
     name: str = "sas"
     sae: Optional[str] = MISSING  # an SAE directory in SAELens' format, or "trained"
     # sae=trained: overrides of sadi.sae.train.TrainConfig (e.g. {tokens: 100000})
-    sae_train: dict[str, Any] = field(default_factory=dict)
+    # Any, default None: a Hydra override sets the whole mapping (an empty struct dict would
+    # refuse new keys)
+    sae_train: Any = None
     layer: Optional[int] = None  # None: the SAE's layer (sae=trained: the middle layer)
     tau: float = 0.1  # frequency threshold of a latent per side
     lam: float = 1.0  # lambda, the steering strength

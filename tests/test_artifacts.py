@@ -451,3 +451,32 @@ def test_non_finite_tensor(tmp_path: Path) -> None:
     path = edit_tensors(directory, lambda t: t["vectors"].view(-1).__setitem__(0, float("nan")))
     with artifact_error(path, "tensor 'vectors' holds NaN or infinite values"):
         Steerer.load(directory)
+
+
+@pytest.mark.parametrize("method", ["caa", "austeer", "sas"])
+def test_with_params_shares_the_fit_and_refuses_fit_parameters(method: str) -> None:
+    """One `with_params` (the base class's): apply parameters change, the fit is shared,
+    fit parameters and unknown names are refused by name."""
+    model = make_tiny("llama")
+    tok = byte_tokenizer()
+    if method == "caa":
+        st: Steerer = CAA("residual", layer=1, progress=False).fit(model, tok, PAIRS)
+        change, fit_param = {"multiplier": -2.0}, {"read_offset": -1}
+    elif method == "austeer":
+        st = AUSteer("residual", k=4, progress=False).fit(model, tok, PAIRS)
+        change, fit_param = {"alpha": 3.0, "k": 2}, {"ties": "negative"}
+    else:
+        from tests.test_sae import random_sae
+
+        st = SAS(sae=random_sae("topk", d_in=32, layer=1), tau=0.0, progress=False)
+        st.fit(model, tok, PAIRS)
+        change, fit_param = {"lam": 3.0, "tau": 0.2}, {"read_offset": -1}
+    new = st.with_params(**change)
+    assert type(new) is type(st) and new.state is st.state  # type: ignore[attr-defined]
+    assert {k: new.params()[k] for k in change} == change
+    assert new.weights_fingerprint == st.weights_fingerprint
+    (name,) = fit_param
+    with pytest.raises(ValueError, match=f"{name} changes what fit"):
+        st.with_params(**fit_param)
+    with pytest.raises(ValueError, match="has no parameter 'strenght'"):
+        st.with_params(strenght=1.0)

@@ -192,3 +192,54 @@ def test_bad_weights_and_missing_files(tmp_path: Path) -> None:
 def test_parse_cfg_refuses_a_non_object() -> None:
     with pytest.raises(SAEFormatError, match="must be a JSON object"):
         parse_cfg([1, 2], "x.json")  # type: ignore[arg-type]
+
+
+def test_from_pretrained_without_saelens_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from sadi.sae import from_pretrained
+
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # an import of it fails
+    with pytest.raises(ImportError, match="pip install sae-lens"):
+        from_pretrained("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
+
+
+def test_from_pretrained_converts_what_saelens_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub path without the hub: a stand-in `sae_lens.SAE.from_pretrained` returns what
+    SAELens 6 returns (an SAE object with `cfg.to_dict()` and `state_dict()`); the result
+    encodes as the SAE those tensors and that cfg describe."""
+    import sys
+    import types
+
+    ref = random_sae("jumprelu", d_in=8, d_sae=16, layer=None)
+    v6 = {
+        "architecture": "jumprelu",
+        "d_in": 8,
+        "d_sae": 16,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": "blocks.12.hook_resid_post", "model_name": "gemma-3-270m"},
+    }
+    calls = []
+
+    class FakeSAE:
+        cfg = types.SimpleNamespace(to_dict=lambda: v6)
+
+        def state_dict(self) -> dict[str, torch.Tensor]:
+            return ref.tensors()
+
+        @classmethod
+        def from_pretrained(cls, release: str, sae_id: str, device: str) -> FakeSAE:
+            calls.append((release, sae_id, device))
+            return cls()
+
+    module = types.ModuleType("sae_lens")
+    module.SAE = FakeSAE  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sae_lens", module)
+    from sadi.sae import from_pretrained
+
+    sae = from_pretrained("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
+    assert calls == [("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium", "cpu")]
+    assert sae.cfg.layer == 12 and sae.cfg.architecture == "jumprelu"
+    x = torch.randn(5, 8)
+    assert torch.equal(sae.encode(x), ref.encode(x))

@@ -102,8 +102,9 @@ def test_select_chooses_on_select_and_reports_once(
     grid = [(k, s) for k in (2, 3) for s in (2.0, 8.0)]
     dirs = [point(tiny_model_dir, sweep, k, s) for k, s in grid]
     assert "report" not in evaluated and evaluated.count("select") == len(grid) + 1
-    (selection,) = select(sweep, logger="none")
-    assert evaluated.count("report") == 2  # the chosen point, steered and baseline, once
+    (selection,) = select(sweep, logger="none", side_effects=["copa"], side_limit=3)
+    # the chosen point, steered and baseline, once; and the side task's report items
+    assert evaluated.count("report") == 4 and len(evaluated) == len(grid) + 1 + 4
     values = {
         str(d): json.loads((d / "results.json").read_text())["metrics"]["select"]["acc"]
         for d in dirs
@@ -115,6 +116,14 @@ def test_select_chooses_on_select_and_reports_once(
     assert saved["n_points"] == len(grid)
     report = json.loads((Path(selection["report_run_dir"]) / "results.json").read_text())
     assert set(report["metrics"]) == {"report"} and report["timings"]["fit_cache_hit"] == 1.0
+    side = saved["side_effects"]["copa"]  # only the chosen point pays for the side effect
+    assert side["n_items"] == 3 and {"steered", "baseline"} <= set(side)
+    assert side == report["side_effects"]["copa"]
+    assert all(
+        "side_effects" not in json.loads((d / "results.json").read_text())
+        or not json.loads((d / "results.json").read_text())["side_effects"]
+        for d in dirs
+    )
 
 
 def sweep_command(model_dir: Path, tmp: Path, *extra: str) -> list[str]:

@@ -94,7 +94,7 @@ class TrainConfig:
     tokens: int = 400_000
     epochs: int = 3
     batch_tokens: int = 4096
-    lr: float = 4e-4
+    lr: float = 2e-3
     aux_k: int = 256
     aux_coef: float = 1 / 32
     dead_tokens: int = 200_000

@@ -197,31 +197,9 @@ class AUSteer(Steerer):
             "seed": self.seed,
         }
 
-    def with_params(self, **changes: Any) -> AUSteer:
-        """A copy with some apply parameters changed, sharing this fit's state.
-
-        Example:
-            >>> for k in (1, 2, 4, 8):
-            ...     with au.with_params(k=k).apply(model): ...
-        """
-        if "ties" in changes and changes["ties"] != self.ties:
-            raise ValueError(
-                f"ties changes what fit() computes; fit a new AUSteer with "
-                f"ties={changes['ties']!r} instead"
-            )
-        kwargs = {
-            "component": self.component,
-            **self.params(),
-            "batch_size": self.batch_size,
-            "progress": self.progress,
-            **changes,
-        }
-        new = AUSteer(**kwargs)
-        new._copy_identity(self)
-        new.state = self.state
-        if new.shape is not None:
-            new._check_k(new.shape)
-        return new
+    def _share_fit(self, source: AUSteer) -> None:
+        if self.shape is not None:
+            self._check_k(self.shape)
 
     def n_units(self, shape: ModelShape) -> int:
         """Number of atomic units of this site: n_layers x width."""

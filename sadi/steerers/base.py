@@ -172,6 +172,43 @@ class Steerer(ABC):
         self.n_pairs = n_pairs
         return self.shape
 
+    def with_params(self, **changes: Any) -> Self:
+        """A copy with some `apply_params` changed, sharing this fit's state (a parameter
+        outside `apply_params` changes what `fit` computes: changing it is an error).
+
+        Example:
+            >>> for multiplier in (-1.0, 1.0, 2.0):
+            ...     with caa.with_params(multiplier=multiplier).apply(model): ...
+        """
+        current = self.params()
+        for name, value in changes.items():
+            if name not in current:
+                raise ValueError(
+                    f"{type(self).__name__} has no parameter {name!r}; its parameters: "
+                    f"{sorted(current)}"
+                )
+            if name not in self.apply_params and value != current[name]:
+                raise ValueError(
+                    f"{name} changes what fit() computes; fit a new {type(self).__name__} "
+                    f"with {name}={value!r} instead"
+                )
+        kwargs = {
+            "component": self.component,
+            **current,
+            "batch_size": getattr(self, "batch_size", 16),
+            "progress": getattr(self, "progress", True),
+            **changes,
+        }
+        new = type(self)(**kwargs)
+        new._copy_identity(self)
+        new.state = self.state  # type: ignore[attr-defined]
+        new._share_fit(self)
+        return new
+
+    def _share_fit(self, source: Self) -> None:
+        """`with_params`' hook: take what else the fit carries (e.g. SAS's SAE) and check
+        the new values against the recorded model (e.g. a layer in range)."""
+
     def _copy_identity(self, fitted: Steerer) -> None:
         """Take the model record (fingerprints, model id, pair count) of `fitted`."""
         self.shape, self.model_id, self.n_pairs = fitted.shape, fitted.model_id, fitted.n_pairs

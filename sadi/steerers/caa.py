@@ -143,31 +143,9 @@ class CAA(Steerer):
             "positions": self.positions,
         }
 
-    def with_params(self, **changes: Any) -> CAA:
-        """A copy with some hyperparameters changed, sharing this fit's vectors.
-
-        Example:
-            >>> for layer in range(n_layers):
-            ...     with caa.with_params(layer=layer).apply(model): ...
-        """
-        if "read_offset" in changes and changes["read_offset"] != self.read_offset:
-            raise ValueError(
-                "read_offset changes what fit() reads; fit a new CAA with "
-                f"read_offset={changes['read_offset']!r} instead"
-            )
-        kwargs = {
-            "component": self.component,
-            **self.params(),
-            "batch_size": self.batch_size,
-            "progress": self.progress,
-            **changes,
-        }
-        new = CAA(**kwargs)
-        new._copy_identity(self)
-        new.state = self.state
-        if new.shape is not None:
-            new._check_layer(new.shape.n_layers)
-        return new
+    def _share_fit(self, source: CAA) -> None:
+        if self.shape is not None:
+            self._check_layer(self.shape.n_layers)
 
     def _check_layer(self, n_layers: int) -> None:
         if not 0 <= self.layer < n_layers:

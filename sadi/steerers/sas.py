@@ -258,7 +258,9 @@ class SAS(Steerer):
         from sadi.sae.train import TrainConfig
 
         layer = self.layer if self.layer is not None else len(decoder_layers(model)) // 2
-        values = {k: tuple(v) if k == "tasks" else v for k, v in self.sae_train.items()}
+        values: dict[str, Any] = {
+            k: tuple(v) if k == "tasks" else v for k, v in self.sae_train.items()
+        }
         return TrainConfig(layer=layer, **values)
 
     def _trained_sae(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -311,27 +313,10 @@ class SAS(Steerer):
             )
         return layer
 
-    def with_params(self, **changes: Any) -> SAS:
-        """A copy with some apply parameters changed, sharing this fit (and its SAE)."""
-        for name in ("read_offset", "sae", "layer", "sae_train"):
-            if name in changes and changes[name] != self.params()[name]:
-                raise ValueError(
-                    f"{name} changes what fit() computes; fit a new SAS with "
-                    f"{name}={changes[name]!r} instead"
-                )
-        kwargs = {
-            "component": self.component,
-            **self.params(),
-            "batch_size": self.batch_size,
-            "progress": self.progress,
-            **changes,
-        }
-        new = SAS(**kwargs)
-        new.sae_module, new._sae_dir = self.sae_module, self._sae_dir
-        new._cache_dir, new._data_dir = self._cache_dir, self._data_dir
-        new._copy_identity(self)
-        new.state = self.state
-        return new
+    def _share_fit(self, source: SAS) -> None:
+        self.sae_module, self._sae_dir = source.sae_module, source._sae_dir
+        self._cache_dir, self._data_dir = source._cache_dir, source._data_dir
+        self._training_key = source._training_key
 
     # ----- fit -----------------------------------------------------------------------
     def fit(
