@@ -13,7 +13,8 @@ capability cost on MMLU. Here, on SmolLM2-135M-Instruct, offline:
 - per task (the five CAA behaviours, A/B items in the chat template, and TruthfulQA MC1 /
   MC2): SAS over tau {0.05, 0.1, 0.2} x lambda {-8, -4, -2, -1, 1, 2, 4, 8} and CAA at the
   same layer over multiplier {-4, -2, -1, -0.5, 0.5, 1, 2, 4}, on the select split
-  (negative strengths steer away from the behaviour);
+  (negative strengths steer away from the behaviour); and the ablation, SAS with random
+  features of the same count (`intervention=sas_random`), over the same grid;
 - `sadi.select` picks each sweep's point on select and scores it once on report, with the
   MMLU side effect (the first 500 MMLU report items, with and without the chosen vector);
 - `sadi.report` draws, per task, SAS's select metric against lambda beside CAA's against
@@ -43,7 +44,7 @@ MULTIPLIERS = "-4,-2,-1,-0.5,0.5,1,2,4"
 
 
 def sweeps(task: str, layer: int) -> dict[str, list[str]]:
-    """The two sweeps of one task: SAS and CAA at `layer`."""
+    """The sweeps of one task: SAS, its random-features ablation, and CAA at `layer`."""
     common = [
         f"task={task}",
         "task.splits=[select]",
@@ -56,6 +57,14 @@ def sweeps(task: str, layer: int) -> dict[str, list[str]]:
         "sas": [
             *common,
             "intervention=sas",
+            "intervention.sae=trained",
+            f"intervention.layer={layer}",
+            f"intervention.tau={TAUS}",
+            f"intervention.lam={LAMBDAS}",
+        ],
+        "sas_random": [
+            *common,
+            "intervention=sas_random",
             "intervention.sae=trained",
             f"intervention.layer={layer}",
             f"intervention.tau={TAUS}",

@@ -114,6 +114,8 @@ class SasSchema(InterventionSchema):
     tau: float = 0.1  # frequency threshold of a latent per side
     lam: float = 1.0  # lambda, the steering strength
     mode: str = "code"  # code (edit the code, keep the error term) | decoder
+    variant: str = "sas"  # sas | random (the ablation: s's values on random latents)
+    seed: int = 0  # the random variant's latents
     read_offset: int = 0
     positions: str = "response"  # response (last prompt token on) | all
     batch_size: int = 16

@@ -5,8 +5,8 @@
 For each group of sweep points (same task, model, component and method, and the same inputs:
 points that read other data or weights, or another prompt format, form groups of their own,
 named with a tag of their inputs) the point with the best select-split value of its
-`optimized_metric` is chosen. Ties go to the weakest
-intervention: the smallest |strength - 1| (SADI), |alpha| (ITI, AUSteer) or |multiplier| (CAA), then
+`optimized_metric` is chosen. Ties go to the weakest intervention: the smallest
+|strength - 1| (SADI), |alpha| (ITI, AUSteer), |multiplier| (CAA) or |lam| (SAS), then
 the smallest k, then the override string in alphabetical order. Only the chosen point is
 then scored on the report split (its fit comes from the fit cache), in
 `<sweep>/selected/<group>/report/`, and `<sweep>/selected/<group>/selection.json` records the
@@ -74,6 +74,7 @@ def tie_break(config: dict[str, Any], run_dir: Path) -> tuple[Any, ...]:
     iv = config["intervention"]
     magnitude = abs(float(iv.get("strength", 1.0)) - 1.0)
     magnitude += abs(float(iv.get("alpha", 0.0))) + abs(float(iv.get("multiplier", 0.0)))
+    magnitude += abs(float(iv.get("lam", 0.0)))  # SAS
     return (magnitude, int(iv.get("k", 0)), run_dir.name)
 
 

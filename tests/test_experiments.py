@@ -85,11 +85,11 @@ def test_table1_7b_runs_every_method_by_default() -> None:
 def test_sas_caa_sweeps_both_methods_at_one_layer_with_the_mmlu_side_effect() -> None:
     cmds = dry_run("sas_caa.py", "--tasks", "caa_refusal", "truthfulqa_mc2", "--layer", "12")
     sweeps = [c for c in cmds if c[3:4] == ["-m"]]
-    assert len(sweeps) == 4
+    assert len(sweeps) == 6
     for cmd in sweeps:
         kv = dict(a.split("=", 1) for a in overrides(cmd))
         assert kv["intervention.layer"] == "12" and kv["task.splits"] == "[select]"
-        if kv["intervention"] == "sas":
+        if kv["intervention"].startswith("sas"):
             assert kv["intervention.sae"] == "trained" and "-8" in kv["intervention.lam"]
         else:
             assert kv["intervention"] == "caa" and kv["intervention.multiplier"].startswith("-4")
@@ -100,5 +100,10 @@ def test_sas_caa_sweeps_both_methods_at_one_layer_with_the_mmlu_side_effect() ->
             )
         assert cfg.intervention.layer == 12
     selects = [c for c in cmds if c[2] == "sadi.select"]
-    assert len(selects) == 4 and all(c[c.index("--side-effects") + 1] == "mmlu" for c in selects)
+    assert {dict(a.split("=", 1) for a in overrides(c))["intervention"] for c in sweeps} == {
+        "sas",
+        "sas_random",
+        "caa",
+    }
+    assert len(selects) == 6 and all(c[c.index("--side-effects") + 1] == "mmlu" for c in selects)
     assert cmds[-1][2] == "sadi.report"

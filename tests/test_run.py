@@ -26,7 +26,7 @@ def compose_run(overrides: list[str]) -> DictConfig:
 
 
 # ITI steers attention heads and CAA the residual stream; other methods take any component
-FIXED_COMPONENT = {"iti": "head", "caa": "residual", "sas": "residual"}
+FIXED_COMPONENT = {"iti": "head", "caa": "residual", "sas": "residual", "sas_random": "residual"}
 
 
 @pytest.mark.slow  # ~200 compositions

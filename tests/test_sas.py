@@ -18,7 +18,7 @@ from sadi.architectures import model_shape
 from sadi.pairs import Pair
 from sadi.sae import save_sae
 from sadi.steerers import SAS, Steerer
-from sadi.steerers.sas import SASState, code_statistics, steering_vector
+from sadi.steerers.sas import SASState, code_statistics, random_features, steering_vector
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import (
     CONTS,
@@ -433,3 +433,23 @@ def test_sae_trained_is_made_offline_at_fit_and_keyed_by_its_training(tmp_path: 
     assert again._sae_dir == entry and again.feature_examples() == sas.feature_examples()
     batch = encode(tok, PROMPTS, CONTS)
     assert torch.equal(steered(model, again, batch), steered(model, sas, batch))
+
+
+def test_random_features_ablation_keeps_the_values_on_random_latents() -> None:
+    s = torch.tensor([0.0, 2.0, 0.0, -3.0, 0.0, 0.0, 1.5, 0.0])
+    r = random_features(s, seed=3)
+    # the values land, in order, on the first 3 latents of the seeded permutation
+    latents = torch.randperm(8, generator=torch.Generator().manual_seed(3))[:3]
+    assert r[latents].tolist() == [2.0, -3.0, 1.5]
+    assert int((r != 0).sum()) == 3 and torch.equal(random_features(s, seed=3), r)
+    model, sas = fitted("llama")
+    ablation = sas.with_params(variant="random", seed=1)
+    assert ablation.state is sas.state  # one fit serves both
+    v, a = sas.vector(), ablation.vector()
+    assert int((a != 0).sum()) == int((v != 0).sum())
+    assert sorted(a[a != 0].tolist()) == sorted(v[v != 0].tolist())
+    assert not torch.equal(a, v)
+    batch = encode(byte_tokenizer(), PROMPTS, CONTS)
+    assert not torch.equal(steered(model, ablation, batch), steered(model, sas, batch))
+    with pytest.raises(ValueError, match=r"variant must be one of \['sas', 'random'\]"):
+        SAS(variant="shuffled")  # type: ignore[arg-type]

@@ -63,6 +63,9 @@ from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 
 SasMode = Literal["code", "decoder"]
 SAS_MODES: tuple[str, ...] = get_args(SasMode)
+# "random" (the ablation): s's non-zero values on as many latents drawn at random (seeded)
+SasVariant = Literal["sas", "random"]
+SAS_VARIANTS: tuple[str, ...] = get_args(SasVariant)
 SAS_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
 _STATE = ("freq_pos", "freq_neg", "mean_pos", "mean_neg")
 _SAE_PREFIX = "sae."
@@ -104,6 +107,15 @@ def steering_vector(state: SASState, tau: float) -> Tensor:
     return torch.where(shared, 0.0, v_pos) - torch.where(shared, 0.0, v_neg)
 
 
+def random_features(s: Tensor, seed: int) -> Tensor:
+    """The ablation's vector: the non-zero values of `s` (in latent order) placed on as many
+    distinct latents drawn uniformly at random (seeded); zero elsewhere."""
+    values = s[s != 0]
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randperm(len(s), generator=g)[: len(values)]
+    return torch.zeros_like(s).index_put((latents,), values)
+
+
 class SAS(Steerer):
     """Sparse activation steering with an SAE of decoder layer `layer`'s output.
 
@@ -123,6 +135,8 @@ class SAS(Steerer):
         lam: lambda, the steering strength; 0 is the unsteered model.
         mode: "code" (edit the code, decode, keep the error term) or "decoder"
             (add lambda * s @ W_dec).
+        variant: "sas", or "random" (the ablation: s's values on as many random latents).
+        seed: seeds the random variant's latents.
         read_offset: read position relative to the last token of prompt + completion (<= 0).
         positions: "response" (from the last prompt token on, and every generated token) or
             "all" (every real token).
@@ -139,7 +153,7 @@ class SAS(Steerer):
     """
 
     method: ClassVar[str] = "sas"
-    apply_params = ("tau", "lam", "mode", "positions")
+    apply_params = ("tau", "lam", "mode", "positions", "variant", "seed")
     edit_policy: PositionPolicy = "response"
     edit_generated = True
 
@@ -152,6 +166,8 @@ class SAS(Steerer):
         tau: float = 0.1,
         lam: float = 1.0,
         mode: SasMode = "code",
+        variant: SasVariant = "sas",
+        seed: int = 0,
         read_offset: int = 0,
         positions: AnswerPositions = "response",
         batch_size: int = 16,
@@ -208,6 +224,12 @@ class SAS(Steerer):
         self.tau = tau
         self.lam = check_finite("lam", lam)
         self.mode: SasMode = mode
+        if variant not in SAS_VARIANTS:
+            raise ValueError(f"variant must be one of {list(SAS_VARIANTS)}, got {variant!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.variant: SasVariant = variant
+        self.seed = seed
         self.read_offset = read_offset
         self.positions: AnswerPositions = answer_positions(positions)
         self.edit_policy = self.positions
@@ -231,6 +253,8 @@ class SAS(Steerer):
             "tau": self.tau,
             "lam": self.lam,
             "mode": self.mode,
+            "variant": self.variant,
+            "seed": self.seed,
             "read_offset": self.read_offset,
             "positions": self.positions,
         }
@@ -377,8 +401,12 @@ class SAS(Steerer):
         return self.state
 
     def vector(self) -> Tensor:
-        """s, [d_sae] float32, for this steerer's tau."""
-        return steering_vector(self.fitted_state(), self.tau)
+        """s, [d_sae] float32, for this steerer's tau; variant "random": the same non-zero
+        values, in the same order, on as many latents drawn uniformly (seeded by `seed`)."""
+        s = steering_vector(self.fitted_state(), self.tau)
+        if self.variant == "random":
+            return random_features(s, self.seed)
+        return s
 
     def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
         layer = self._resolve_layer(model)
@@ -532,4 +560,13 @@ class SAS(Steerer):
         self.state = SASState(**stats)
 
 
-__all__ = ["SAS", "SASState", "SAS_MODES", "SAS_POSITIONS", "code_statistics", "steering_vector"]
+__all__ = [
+    "SAS",
+    "SASState",
+    "SAS_MODES",
+    "SAS_VARIANTS",
+    "random_features",
+    "SAS_POSITIONS",
+    "code_statistics",
+    "steering_vector",
+]
