@@ -167,7 +167,7 @@ def run(
             "component": component,
             "mode": mode,
             "k": k,
-            "selected_layers": getattr(s, "selected_layers", lambda: [SAS_LAYER])(),
+            "selected_layers": s.selected_layers(),
             "max_abs_logit_change": diff,
             "times_s": times,
             "stats": {k: summary(v) for k, v in times.items()},

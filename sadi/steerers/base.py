@@ -136,6 +136,10 @@ class Steerer(ABC):
         """One edit function per layer that is edited at all."""
 
     @abstractmethod
+    def selected_layers(self) -> list[int]:
+        """The decoder layers this fitted steerer edits, ascending."""
+
+    @abstractmethod
     def params(self) -> dict[str, Any]:
         """Hyperparameters, JSON-serialisable, as accepted by the constructor."""
 

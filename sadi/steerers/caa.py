@@ -213,6 +213,9 @@ class CAA(Steerer):
         self._check_layer(int(vectors.shape[0]))
         return vectors[self.layer]
 
+    def selected_layers(self) -> list[int]:
+        return [self.layer]
+
     def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
         self._check_layer(len(decoder_layers(model)))
         if self.multiplier == 0.0:  # the identity: register nothing

@@ -400,6 +400,12 @@ class SAS(Steerer):
             raise RuntimeError("SAS is not fitted: call fit() or SAS.load()")
         return self.state
 
+    def selected_layers(self) -> list[int]:
+        """[the SAE's layer] (known once fitted or loaded)."""
+        if self.layer is None:
+            raise RuntimeError("SAS is not fitted: its layer comes from the SAE at fit()")
+        return [self.layer]
+
     def vector(self) -> Tensor:
         """s, [d_sae] float32, for this steerer's tau; variant "random": the same non-zero
         values, in the same order, on as many latents drawn uniformly (seeded by `seed`)."""
