@@ -115,18 +115,22 @@ def test_trainer_recovers_a_sparse_dictionary() -> None:
     assert log["log"][-1]["nmse"] < log["log"][0]["nmse"]
 
 
+# a small SAE of the tiny Llama's layer 1, trained on COPA's fit split in seconds
+TINY_SAE = TrainConfig(
+    layer=1,
+    expansion=2,
+    k=4,
+    tokens=2000,
+    epochs=1,
+    batch_tokens=256,
+    tasks=("copa",),
+    collect_dtype="float32",
+)
+
+
 def test_train_sae_caches_by_weights_and_config(tmp_path: Path) -> None:
     model, tok = make_tiny("llama"), byte_tokenizer()
-    cfg = TrainConfig(
-        layer=1,
-        expansion=2,
-        k=4,
-        tokens=2000,
-        epochs=1,
-        batch_tokens=256,
-        tasks=("copa",),
-        collect_dtype="float32",
-    )
+    cfg = TINY_SAE
     sae, entry, figures = train_sae(model, tok, cfg, cache_dir=tmp_path, progress=False)
     assert (entry / "cfg.json").exists() and (entry / "quality.json").exists()
     assert sae.cfg.layer == 1 and sae.cfg.k == 4 and sae.d_sae == 64
@@ -156,16 +160,7 @@ def test_train_sae_caches_by_weights_and_config(tmp_path: Path) -> None:
 def test_feature_examples_are_each_latents_top_tokens(tmp_path: Path) -> None:
     model = make_tiny("llama")
     tok = byte_tokenizer()
-    cfg = TrainConfig(
-        layer=1,
-        expansion=2,
-        k=4,
-        tokens=2000,
-        epochs=1,
-        batch_tokens=256,
-        tasks=("copa",),
-        collect_dtype="float32",
-    )
+    cfg = TINY_SAE
     sae, entry, _ = train_sae(model, tok, cfg, cache_dir=tmp_path, progress=False)
     examples = json.loads((entry / FEATURES_FILE).read_text())
     texts = fit_split_texts(cfg.tasks)

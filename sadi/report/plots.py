@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state; PNGs render with Agg
@@ -33,6 +34,22 @@ def _axes(points: Sequence[RunRecord]) -> tuple[str | None, list[str]]:
     return x, lines
 
 
+def _draw_sweep(
+    ax: Any, rec: RunRecord, points: Sequence[RunRecord], x: str, lines: list[str], base_label: str
+) -> None:
+    """Select metric against `x`, a line per value of `lines`, and the unsteered level."""
+    groups: dict[str, list[RunRecord]] = {}
+    for p in points:
+        groups.setdefault(", ".join(f"{k}={p.params.get(k)}" for k in lines), []).append(p)
+    for label, pts in sorted(groups.items()):
+        pts = sorted(pts, key=lambda p: p.params[x])
+        ys = [100 * p.metrics.get("select", {}).get(rec.metric, math.nan) for p in pts]
+        ax.plot([p.params[x] for p in pts], ys, marker="o", label=label or rec.method)
+    base = rec.baseline_metrics.get("select", {}).get(rec.metric)
+    if base is not None:
+        ax.axhline(100 * base, color="gray", ls="--", label=base_label)
+
+
 def plot_strength(
     points: Sequence[RunRecord], path: str | Path, chosen: RunRecord | None = None
 ) -> Path | None:
@@ -46,16 +63,7 @@ def plot_strength(
     rec = points[0]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    groups: dict[str, list[RunRecord]] = {}
-    for p in points:
-        groups.setdefault(", ".join(f"{k}={p.params.get(k)}" for k in lines), []).append(p)
-    for label, pts in sorted(groups.items()):
-        pts = sorted(pts, key=lambda p: p.params[x])
-        ys = [100 * p.metrics.get("select", {}).get(rec.metric, math.nan) for p in pts]
-        ax.plot([p.params[x] for p in pts], ys, marker="o", label=label or rec.method)
-    base = rec.baseline_metrics.get("select", {}).get(rec.metric)
-    if base is not None:
-        ax.axhline(100 * base, color="gray", ls="--", label="unsteered baseline")
+    _draw_sweep(ax, rec, points, x, lines, "unsteered baseline")
     if chosen is not None and x in chosen.params:
         y = 100 * chosen.metrics.get("select", {}).get(rec.metric, math.nan)
         ax.plot([chosen.params[x]], [y], "k*", ms=14, label="chosen", zorder=5)
@@ -83,16 +91,7 @@ def plot_methods_side_by_side(
         x, lines = _axes(rec.points)
         if x is None:
             continue
-        groups: dict[str, list[RunRecord]] = {}
-        for p in rec.points:
-            groups.setdefault(", ".join(f"{k}={p.params.get(k)}" for k in lines), []).append(p)
-        for label, pts in sorted(groups.items()):
-            pts = sorted(pts, key=lambda p: p.params[x])
-            ys = [100 * p.metrics.get("select", {}).get(rec.metric, math.nan) for p in pts]
-            ax.plot([p.params[x] for p in pts], ys, marker="o", label=label or rec.method)
-        base = rec.baseline_metrics.get("select", {}).get(rec.metric)
-        if base is not None:
-            ax.axhline(100 * base, color="gray", ls="--", label="unsteered")
+        _draw_sweep(ax, rec, rec.points, x, lines, "unsteered")
         ax.set(xlabel=f"intervention.{x}", title=rec.method)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

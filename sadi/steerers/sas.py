@@ -341,6 +341,7 @@ class SAS(Steerer):
         self.sae_module, self._sae_dir = source.sae_module, source._sae_dir
         self._cache_dir, self._data_dir = source._cache_dir, source._data_dir
         self._training_key = source._training_key
+        self._examples = source._examples  # read once per fit, not once per sweep point
 
     # ----- fit -----------------------------------------------------------------------
     def fit(
