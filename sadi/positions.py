@@ -18,6 +18,9 @@ from torch import Tensor
 PositionPolicy = Literal["last_prompt", "last_token", "continuation", "response", "all"]
 POLICIES: tuple[str, ...] = get_args(PositionPolicy)
 PaddingSide = Literal["left", "right"]
+# policies whose cells all lie at or after the last prompt token: a row's positions before
+# it are those of the unsteered model (the sweep engine shares them across points)
+SUFFIX_POLICIES: tuple[str, ...] = ("last_prompt", "last_token", "continuation", "response")
 
 
 @dataclass(frozen=True)

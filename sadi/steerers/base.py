@@ -32,7 +32,7 @@ from sadi.architectures import (
 from sadi.forwards import forward_kind
 from sadi.hooks import Inputs, LayerHook, hooked, observe_forward
 from sadi.pairs import Pair
-from sadi.positions import BatchLayout, PositionPolicy
+from sadi.positions import SUFFIX_POLICIES, BatchLayout, PositionPolicy
 from sadi.shadow import drop_shadow
 from sadi.steerers.artifacts import (
     META_FILE,
@@ -91,10 +91,21 @@ class SteeringHandle:
 
     def __init__(self) -> None:
         self.layout: BatchLayout | None = None
+        # the sweep engine's suffix forwards (`sadi.sweep.prefix`): rows continue cached,
+        # unsteered prefixes; `clean` holds the unsteered activations at the last prompt token
+        self.continues_prefix = False
+        self.clean: dict[int, Tensor] = {}
 
     def set_layout(self, layout: BatchLayout | None) -> None:
         """Use `layout` for the following forwards (None: read it off the attention mask)."""
-        self.layout = layout
+        self.layout, self.continues_prefix, self.clean = layout, False, {}
+
+    def continue_prefix(self, layout: BatchLayout, clean: dict[int, Tensor]) -> None:
+        """The following forwards continue cached unsteered prefixes: each row of `layout`
+        starts at its last prompt token (prompt length 1) and the positions before it are
+        in the KV cache; `clean[layer]` [batch, width] is the unsteered activation of the
+        component at that token (`Steerer.clean_layers`)."""
+        self.layout, self.continues_prefix, self.clean = layout, True, clean
 
 
 class Steerer(ABC):
@@ -155,6 +166,25 @@ class Steerer(ABC):
         are exactly those `tensors()` writes, with the shapes of the recorded fingerprint
         (when one is set) and consistent with the hyperparameters.
         """
+
+    def prefix_unshared(self) -> str | None:
+        """Why this steerer cannot score on a shared unsteered prefix (its edits reach
+        positions before the last prompt token), or None when it can (`sadi.sweep`)."""
+        if self.edit_policy in SUFFIX_POLICIES:
+            return None
+        return (
+            f"{self.method} edits positions={self.edit_policy!r} (before the last prompt "
+            "token), so no prefix is the same as the unsteered model's"
+        )
+
+    def clean_layers(self) -> list[int]:
+        """Layers at which the edit reads the unsteered activation of the last prompt token
+        (faithful SADI); the sweep engine takes them from its cached prefix pass."""
+        return []
+
+    def _use_clean(self, clean: dict[int, Tensor]) -> None:
+        """Take the unsteered last-prompt-token activations of `clean_layers` for the
+        following forward (called for the sweep engine's suffix forwards)."""
 
     def _before_full_forward(
         self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
@@ -309,6 +339,17 @@ class Steerer(ABC):
             appended[0] = None
             kind = forward_kind(args, kwargs)
             batch, length = kind.batch, kind.length
+            if handle.continues_prefix:  # the sweep engine: rows start at the last prompt token
+                suffix = handle.layout
+                assert suffix is not None
+                if (suffix.batch_size, suffix.padded_length) != (batch, length):
+                    raise ValueError(
+                        f"the suffix layout is for {(suffix.batch_size, suffix.padded_length)} "
+                        f"but the forward got {(batch, length)}"
+                    )
+                cells[0] = suffix.indices(self.edit_policy)
+                self._use_clean(handle.clean)
+                return None
             if kind.decoding:
                 if self.edit_generated:
                     rows = torch.arange(batch).repeat_interleave(length)

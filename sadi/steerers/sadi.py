@@ -231,6 +231,14 @@ class SADI(Steerer):
         self._clean = self._clean_pass(model, args, kwargs, layout)
         return None
 
+    def clean_layers(self) -> list[int]:
+        if self.mode != "faithful" or self.variant == "fixed" or self.delta_s == 0.0:
+            return []
+        return self.selected_layers()
+
+    def _use_clean(self, clean: dict[int, Tensor]) -> None:
+        self._clean, self._shadow_at = clean, None
+
     def _clean_at(self, layer: int, act: Tensor, rows: Tensor) -> Tensor:
         """The unsteered activation at the last prompt token: the shadow's, or the clean pass's."""
         if self._shadow_at is not None:

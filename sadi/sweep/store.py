@@ -1,0 +1,173 @@
+"""A sweep's scores: every condition scored together, kept on disk by chunk, served to lm-eval.
+
+`SweepScores.get(name, requests)` answers one condition's log-likelihood requests. On the
+first call for a set of requests it scores *every* condition not yet on disk, chunk by
+chunk, on shared prefixes (`PrefixScorer`), writing each chunk's scores as soon as they
+exist: a killed sweep resumes from the chunks written, and a later job (another process, a
+launcher's worker) finds its point's scores there. A lock file keeps parallel jobs of one
+sweep from computing the same chunks twice.
+
+`SweepLM` is the lm-eval model that serves a condition from those scores; lm-eval still
+builds the requests (context, continuation, truncation) and computes the metrics.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from sadi.cache import digest
+from sadi.lm_eval_model import Request, SteeredLM
+from sadi.sweep.prefix import Condition, PrefixScorer, Score, split_request
+
+Tokens = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+class SweepScores:
+    """The log-likelihood scores of named conditions (one fit's sweep points and the
+    baseline) on the requests lm-eval sends, computed together.
+
+    Args:
+        model: the model every condition steers.
+        conditions: name -> fitted steerer (None: unsteered). Names are directory names:
+            give each condition a name that identifies it (e.g. a digest of its parameters).
+        directory: where chunks are written (None: memory only).
+        progress: a progress bar over chunks.
+        **scorer: `PrefixScorer` options (batch_size, cache_mb, logits_mb).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        conditions: dict[str, Condition],
+        *,
+        directory: str | Path | None = None,
+        progress: bool = False,
+        **scorer: Any,
+    ) -> None:
+        for name, st in conditions.items():
+            why = None if st is None else st.prefix_unshared()
+            if why is not None:
+                raise ValueError(f"condition {name!r} cannot share prefixes: {why}")
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"condition name {name!r} must be a plain directory name")
+        self.scorer = PrefixScorer(model, **scorer)
+        self.conditions = dict(conditions)
+        self.directory = None if directory is None else Path(directory)
+        self.progress = progress
+        self._memo: dict[tuple[str, str], list[Score]] = {}
+
+    def get(self, name: str, requests: Sequence[Tokens], max_length: int) -> list[Score]:
+        """The scores of condition `name` on `requests`, in their order."""
+        if name not in self.conditions:
+            raise KeyError(f"no condition {name!r}; this sweep has {sorted(self.conditions)}")
+        key = digest(
+            {"max_length": max_length, "requests": [[list(c), list(k)] for c, k in requests]}
+        )
+        if (name, key) not in self._memo:
+            self._score_all(key, requests, max_length)
+        return self._memo[(name, key)]
+
+    def _score_all(self, key: str, requests: Sequence[Tokens], max_length: int) -> None:
+        rows = [split_request(c, k, max_length) for c, k in requests]
+        folder = None if self.directory is None else self.directory / key
+        if folder is None:
+            self._fill(key, rows, None)
+            return
+        with _locked(folder / ".lock"):
+            self._fill(key, rows, folder)
+
+    def _fill(self, key: str, rows: list[Any], folder: Path | None) -> None:
+        plan_file = None if folder is None else folder / "plan.json"
+        if plan_file is not None and plan_file.exists():
+            chunks = json.loads(plan_file.read_text())["chunks"]
+        else:
+            chunks = self.scorer.chunks(rows)
+            if plan_file is not None:
+                _write_atomic(plan_file, {"n_requests": len(rows), "chunks": chunks})
+        results: dict[str, list[Score | None]] = {n: [None] * len(rows) for n in self.conditions}
+        bar = tqdm(
+            chunks, desc=f"sweep: {len(self.conditions)} conditions", disable=not self.progress
+        )
+        for ci, chunk in enumerate(bar):
+            files = {
+                n: None if folder is None else folder / n / f"chunk_{ci}.json"
+                for n in self.conditions
+            }
+            missing = [n for n, f in files.items() if f is None or not f.exists()]
+            got: dict[str, list[Score]] = {}
+            for n in self.conditions:
+                f = files[n]
+                if n not in missing and f is not None:
+                    got[n] = [(float(ll), bool(g)) for ll, g in json.loads(f.read_text())]
+            if missing:
+                scored = self.scorer.score_chunk(
+                    [rows[i] for i in chunk], {n: self.conditions[n] for n in missing}
+                )
+                for n, scores in scored.items():
+                    f = files[n]
+                    if f is not None:
+                        _write_atomic(f, scores)
+                    got[n] = scores
+            for n, scores in got.items():
+                for i, s in zip(chunk, scores, strict=True):
+                    results[n][i] = s
+        for n, scores in results.items():
+            assert all(s is not None for s in scores)
+            self._memo[(n, key)] = scores  # type: ignore[assignment]
+
+
+class SweepLM(SteeredLM):
+    """SteeredLM whose log-likelihoods are condition `condition` of `scores` (all of a
+    sweep's conditions are scored at the first request); generation runs as SteeredLM's,
+    under `steerer`.
+
+    Example:
+        >>> scores = SweepScores(model, {"base": None, "s5": sadi5, "s10": sadi10})
+        >>> evaluate_split(SweepLM(model, scores=scores, condition="s5", steerer=sadi5), ...)
+    """
+
+    def __init__(
+        self, pretrained: Any, *, scores: SweepScores, condition: str, **kwargs: Any
+    ) -> None:
+        if condition not in scores.conditions:
+            raise KeyError(f"no condition {condition!r}; the sweep has {sorted(scores.conditions)}")
+        super().__init__(pretrained, **kwargs)
+        self.scores, self.condition = scores, condition
+
+    def _loglikelihood_tokens(  # type: ignore[override]
+        self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
+        answers = self.scores.get(
+            self.condition, [(ctx, cont) for _, ctx, cont in requests], self.max_length
+        )
+        for (request, _, _), answer in zip(requests, answers, strict=True):
+            if request is not None:
+                self.cache_hook.add_partial("loglikelihood", request, answer)
+        return answers
