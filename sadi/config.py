@@ -151,6 +151,17 @@ class SideEffectsSchema:
 
 
 @dataclass
+class SweepSchema:
+    """How log-likelihoods are scored (`sadi.sweep`): the engine shares each context's
+    unsteered prefix across choices, the baseline and a sweep's points of one fit."""
+
+    engine: Any = "auto"  # auto: sweep points (-m) use it; true: every run; false: never
+    batch_size: Any = "auto"  # heads per prefix forward, rows per suffix forward, or "auto"
+    cache_mb: float = 256.0  # bound on a chunk's KV cache (and a suffix forward's copy)
+    logits_mb: float = 128.0  # bound on a suffix forward's logits
+
+
+@dataclass
 class RunSchema:
     model: ModelSchema = MISSING
     task: TaskSchema = MISSING
@@ -159,6 +170,7 @@ class RunSchema:
     logger: LoggerSchema = MISSING
     paths: PathsSchema = field(default_factory=PathsSchema)
     side_effects: SideEffectsSchema = field(default_factory=SideEffectsSchema)
+    sweep: SweepSchema = field(default_factory=SweepSchema)
     seed: int = 0
     progress: bool = True
     verbose: bool = False  # true: lm-eval, datasets, transformers and W&B log as they do

@@ -24,6 +24,7 @@ def comparable(config: Any) -> Any:
     config.pop("progress", None)
     config.pop("verbose", None)
     config.pop("logger", None)
+    config.pop("sweep", None)  # how scores are computed (equal to 1e-4), not what
     return config
 
 

@@ -38,6 +38,8 @@ from sadi.models import default_cache_dir, load_model
 from sadi.pairs import Pair, make_pairs, save_pairs
 from sadi.points import TrackerError, completed, scored_splits, tracked
 from sadi.steerers.base import Steerer
+from sadi.sweep import SweepLM, SweepScores
+from sadi.sweep.plan import build_engine, condition_name
 from sadi.tasks import SplitName, Task, load_task, split_ids
 from sadi.tracking import (
     NoTracker,
@@ -147,15 +149,28 @@ def evaluate(
     split: SplitName,
     steerer: Steerer | None,
     run_dir: Path,
+    engine: SweepScores | None = None,
 ) -> tuple[Metrics, list[dict[str, Any]]]:
-    """Score one split; unsteered scores are cached (they are the same for every point)."""
+    """Score one split; unsteered scores are cached (they are the same for every point).
+    With `engine`, lm-eval's log-likelihoods come from its shared-prefix scores."""
     lm_kwargs: dict[str, Any] = {"tokenizer": tokenizer, "batch_size": cfg.model.batch_size}
     if cfg.model.max_length:
         lm_kwargs["max_length"] = cfg.model.max_length
 
     def score(out: Path | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
+        lm = (
+            SteeredLM(model, steerer=steerer, **lm_kwargs)
+            if engine is None
+            else SweepLM(
+                model,
+                scores=engine,
+                condition=condition_name(steerer),
+                steerer=steerer,
+                **lm_kwargs,
+            )
+        )
         values, samples = evaluate_split(
-            SteeredLM(model, steerer=steerer, **lm_kwargs),
+            lm,
             task.splits[split],
             task_name=f"sadi_{task.name}_{split}",
             metric=task.metric,
@@ -232,6 +247,7 @@ def score_side_effect(
     conditions: dict[str, Steerer | None],
     run_dir: Path,
     timings: dict[str, float],
+    engine: SweepScores | None = None,
 ) -> dict[str, Any]:
     """Score a side task's split under every condition (the steerer fitted on the run's
     task); samples go to samples_side_<task>_<split>[_baseline].jsonl."""
@@ -239,7 +255,7 @@ def score_side_effect(
     out: dict[str, Any] = {"split": split, "n_items": len(side.splits[split])}
     for condition, st in conditions.items():
         t = time.perf_counter()
-        out[condition], rows = evaluate(cfg, model, tokenizer, side, split, st, run_dir)
+        out[condition], rows = evaluate(cfg, model, tokenizer, side, split, st, run_dir, engine)
         timings[f"side_{side.name}_{condition}_s"] = time.perf_counter() - t
         suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
         write_jsonl(run_dir / f"samples_side_{side.name}_{split}{suffix}.jsonl", rows)
@@ -316,6 +332,8 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
             cfg, steerer, model, tokenizer, pairs, run_dir, timings, tracker_errors
         )
 
+    fit_key = None if steerer is None else steerer.fit_key(model, pairs)
+    engine, engine_info = build_engine(cfg, model, steerer, fit_key, cache_root(cfg))
     conditions: dict[str, Steerer | None] = {"baseline": None}
     if steerer is not None:
         conditions["steered"] = steerer
@@ -325,7 +343,7 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
         for condition, st in conditions.items():
             t = time.perf_counter()
             metrics[condition][split], rows = evaluate(
-                cfg, model, tokenizer, task, cast(SplitName, split), st, run_dir
+                cfg, model, tokenizer, task, cast(SplitName, split), st, run_dir, engine
             )
             timings[f"eval_{split}_{condition}_s"] = time.perf_counter() - t
             suffix = "_baseline" if condition == "baseline" and steerer is not None else ""
@@ -338,7 +356,7 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
         if cfg.task.chat_template:
             side = apply_chat_template(side, tokenizer)
         side_effects[side.name] = score_side_effect(
-            cfg, model, tokenizer, side, conditions, run_dir, timings
+            cfg, model, tokenizer, side, conditions, run_dir, timings, engine
         )
     timings["total_s"] = time.perf_counter() - t0
 
@@ -356,6 +374,7 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
         "splits_file": str(run_dir / "splits.json"),
         "split_sizes": {s: len(items) for s, items in task.splits.items()},
         "side_effects": side_effects,
+        "sweep_engine": engine_info,
         "tracking": None,
     }
     write_json(done, results)  # first: nothing computed is lost to a tracker failure

@@ -1,0 +1,167 @@
+"""Which scorer a run uses, and which points of the running Hydra sweep share its fit.
+
+A point of a grid sweep (Hydra's basic sweeper, the `-m` command line or an experiment's
+`hydra.sweeper.params`) reads the whole grid back from the sweep's `multirun.yaml`; the
+points that differ from it only in apply parameters of its steerer (`Steerer.apply_params`)
+share its fit and are scored together with it on shared prefixes. Whichever point runs
+first computes them all; the others find their scores on disk (any launcher, any order).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sadi.architectures import weights_fingerprint
+from sadi.cache import digest
+from sadi.steerers.base import Steerer
+from sadi.sweep.store import SweepScores
+
+BASELINE = "baseline"
+
+
+def _canonical(value: Any) -> Any:
+    """Numbers as floats (a config's 5 and a sweep's 5.0 name the same point)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return str(value)
+
+
+def condition_name(steerer: Steerer | None) -> str:
+    """A directory name that identifies a steerer's hyperparameters (its fit is the group's)."""
+    if steerer is None:
+        return BASELINE
+    params = _canonical(json.loads(json.dumps(steerer.params(), default=str)))
+    return f"{steerer.method}-{digest(params)[:16]}"
+
+
+def model_id(model: nn.Module) -> str:
+    return str(getattr(model.config, "name_or_path", ""))
+
+
+def _hydra() -> Any:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get()
+    except ValueError:  # not under @hydra.main (the Python API)
+        return None
+
+
+def in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def sweep_jobs() -> list[list[str]] | None:
+    """Every job's overrides of the running grid sweep, from its multirun.yaml; None when
+    not in a sweep of Hydra's basic sweeper (e.g. Optuna, whose trials are not known
+    before they run)."""
+    hc = _hydra()
+    if hc is None or not in_multirun():
+        return None
+    path = Path(hc.sweep.dir) / "multirun.yaml"
+    if not path.exists():
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    saved = OmegaConf.load(path)
+    sweeper = saved.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides([*params, *saved.hydra.overrides.task])
+    return [list(job) for job in BasicSweeper.split_arguments(overrides, None)[0]]
+
+
+def sibling_changes(apply_params: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The apply-parameter values of the grid points that differ from the running job only
+    in `intervention.<p>` for p in `apply_params` (the job itself included); [] outside a
+    grid sweep."""
+    jobs = sweep_jobs()
+    hc = _hydra()
+    if not jobs or hc is None:
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    mine = {o.get_key_element(): o for o in parser.parse_overrides(list(hc.overrides.task))}
+    out = []
+    for job in jobs:
+        theirs = {o.get_key_element(): o for o in parser.parse_overrides(job)}
+        diff = [
+            k
+            for k in {*mine, *theirs}
+            if (k in mine) != (k in theirs)
+            or mine[k].get_value_element_as_str() != theirs[k].get_value_element_as_str()
+        ]
+        if all(
+            k in theirs and k.startswith("intervention.") and k.split(".", 1)[1] in apply_params
+            for k in diff
+        ):
+            out.append({k.split(".", 1)[1]: theirs[k].value() for k in diff})
+    return out
+
+
+def build_engine(
+    cfg: DictConfig,
+    model: nn.Module,
+    steerer: Steerer | None,
+    fit_key: dict[str, Any] | None,
+    cache_root: Path,
+) -> tuple[SweepScores | None, dict[str, Any]]:
+    """The shared-prefix scores this run is served from, or None (the per-point path), and
+    a record of the choice for results.json. Prints why when a sweep point cannot use it."""
+    mode = cfg.sweep.engine
+    if mode not in ("auto", True, False):
+        raise ValueError(f"sweep.engine={mode!r}: choose auto (sweep points), true or false")
+    if mode is False:
+        return None, {"used": False, "reason": "sweep.engine=false"}
+    if mode == "auto" and not in_multirun():
+        return None, {"used": False, "reason": "a single run (sweep.engine=true to use it)"}
+    why = None if steerer is None else steerer.prefix_unshared()
+    if why is not None:
+        print(f"sweep engine: not used: {why}; this point is scored by the per-point path")
+        return None, {"used": False, "reason": why}
+    conditions: dict[str, Steerer | None] = {BASELINE: None}
+    skipped = []
+    if steerer is not None:
+        conditions[condition_name(steerer)] = steerer
+        for changes in sibling_changes(steerer.apply_params):
+            sibling = steerer.with_params(**changes)
+            if sibling.prefix_unshared() is None:
+                conditions.setdefault(condition_name(sibling), sibling)
+            else:
+                skipped.append(changes)
+    if skipped:
+        print(
+            f"sweep engine: {len(skipped)} points of this sweep edit before the last prompt "
+            f"token (e.g. {skipped[0]}) and are scored by the per-point path"
+        )
+    group = fit_key or {"model": model_id(model), "weights": weights_fingerprint(model)}
+    scores = SweepScores(
+        model,
+        conditions,
+        directory=cache_root / "sweeps" / digest(group),
+        progress=cfg.progress,
+        batch_size=cfg.sweep.batch_size,
+        cache_mb=cfg.sweep.cache_mb,
+        logits_mb=cfg.sweep.logits_mb,
+    )
+    n = len(conditions) - 1
+    print(f"sweep engine: {n} point(s) of one fit and the baseline scored on shared prefixes")
+    return scores, {"used": True, "points": n, "directory": str(scores.directory)}
