@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -197,10 +198,19 @@ def point_dir(override_dirname: str, *values: Any) -> str:
     return f"{override_dirname},{tag}" if override_dirname else tag
 
 
+def sqlite_url(directory: str) -> str:
+    """`sqlite:///<directory>/optuna.db`, the directory created (the Optuna sweeper opens
+    its storage before Hydra creates the sweep directory)."""
+    path = Path(directory).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'optuna.db'}"
+
+
 def register_resolvers() -> None:
     for name, fn, cache in (
         ("sadi_run_id", run_id, True),  # cached: one value per process, as hydra's `now`
         ("sadi_point_dir", point_dir, False),
+        ("sadi_sqlite", sqlite_url, False),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)

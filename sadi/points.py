@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sadi.tracking import read_json
+from sadi.validate import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,14 @@ def scored_splits(cfg: DictConfig) -> list[str]:
         return splits
     overrides = [*hydra_cfg.overrides.task, *hydra_cfg.overrides.hydra]
     chosen = any(o.lstrip("+~").startswith("task.splits=") for o in overrides)
-    if chosen or cfg.task.splits != ["select", "report"]:  # an experiment or the user chose
-        return splits
-    return ["select"]
+    chosen = chosen or cfg.task.splits != ["select", "report"]  # an experiment or the user
+    if chosen and "report" in splits and "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
+        raise ConfigError(
+            f"task.splits={splits} under the Optuna sweeper: its trials optimise the select "
+            "split and never score the report split; drop report (task.splits=[select]) and "
+            "report the chosen trial once with `python -m sadi.select <sweep dir>`"
+        )
+    return splits if chosen else ["select"]
 
 
 def completed(done: Path, config: Any, inputs: dict[str, Any]) -> bool:

@@ -56,6 +56,11 @@ from sadi.verbosity import set_verbosity
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "task", "component", "intervention", "logger", "experiment")
+# options whose Hydra plugin is an optional extra: (plugin module, how to install it)
+OPTIONAL_PLUGINS = {
+    "hydra/launcher=ray_local": ("hydra_plugins.hydra_ray_launcher", "pip install -e '.[ray]'"),
+    "hydra/launcher=ray_cluster": ("hydra_plugins.hydra_ray_launcher", "pip install -e '.[ray]'"),
+}
 Metrics = dict[str, float]
 
 
@@ -440,7 +445,14 @@ def print_table(task: str, metrics: dict[str, dict[str, Metrics]], splits: Any) 
 
 def check_overrides(argv: list[str]) -> None:
     """Fail early on a config-group option that does not exist, suggesting the nearest."""
+    import importlib.util
+
     for arg in argv:
+        if arg in OPTIONAL_PLUGINS and importlib.util.find_spec(OPTIONAL_PLUGINS[arg][0]) is None:
+            raise SystemExit(
+                f"error: {arg} needs the optional plugin {OPTIONAL_PLUGINS[arg][0]}, not "
+                f"installed here: {OPTIONAL_PLUGINS[arg][1]}"
+            )
         group, sep, value = arg.partition("=")
         group = group.lstrip("+~")
         if not sep or group not in GROUPS:

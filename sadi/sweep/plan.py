@@ -10,6 +10,7 @@ first computes them all; the others find their scores on disk (any launcher, any
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,40 @@ def sibling_changes(apply_params: tuple[str, ...]) -> list[dict[str, Any]]:
     return out
 
 
+def search_space_keys() -> list[str]:
+    """The keys an Optuna sweep searches over (its `hydra.sweeper.params` and the sweep
+    overrides of the command line); [] for other sweepers."""
+    hc = _hydra()
+    if hc is None or not in_multirun() or "optuna" not in str(hc.sweeper.get("_target_", "")):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [str(k) for k in (hc.sweeper.get("params") or {})]
+    try:  # the command line's sweep overrides (the job sees only its trial's values)
+        parsed = OverridesParser.create().parse_overrides(
+            [a for a in sys.argv[1:] if not a.startswith("-")]
+        )
+        keys += [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    except Exception:  # not a Hydra command line (a launcher's worker process)
+        pass
+    return sorted(set(keys))
+
+
+def refit_note(steerer: Steerer | None) -> str | None:
+    """What an Optuna search over parameters outside the steerer's apply parameters costs."""
+    if steerer is None:
+        return None
+    apply = {f"intervention.{p}" for p in steerer.apply_params}
+    refits = [k for k in search_space_keys() if k not in apply]
+    if not refits:
+        return None
+    return (
+        f"note: this Optuna search varies {', '.join(refits)}, which changes the fit: each "
+        f"new value costs a fit (cached: a repeated value does not); only "
+        f"{', '.join(sorted(apply)) or 'no parameter'} vary without refitting"
+    )
+
+
 def build_engine(
     cfg: DictConfig,
     model: nn.Module,
@@ -126,6 +161,9 @@ def build_engine(
 ) -> tuple[SweepScores | None, dict[str, Any]]:
     """The shared-prefix scores this run is served from, or None (the per-point path), and
     a record of the choice for results.json. Prints why when a sweep point cannot use it."""
+    note = refit_note(steerer)
+    if note:
+        print(note)
     mode = cfg.sweep.engine
     if mode not in ("auto", True, False):
         raise ValueError(f"sweep.engine={mode!r}: choose auto (sweep points), true or false")

@@ -132,10 +132,8 @@ class PrefixScorer:
         self._kv_bytes: float | None = None
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        vocab = (
-            getattr(model.config, "vocab_size", None)
-            or model.get_output_embeddings().weight.shape[0]
-        )
+        head: Any = getattr(model, "get_output_embeddings")()  # noqa: B009 (typed Any)
+        vocab = getattr(model.config, "vocab_size", None) or head.weight.shape[0]
         self._logit_bytes = int(vocab) * torch.finfo(self.dtype).bits // 8
 
     # ----- planning ----------------------------------------------------------------------

@@ -138,9 +138,10 @@ class SweepScores:
             for n, scores in got.items():
                 for i, s in zip(chunk, scores, strict=True):
                     results[n][i] = s
-        for n, scores in results.items():
-            assert all(s is not None for s in scores)
-            self._memo[(n, key)] = scores  # type: ignore[assignment]
+        for n, maybe in results.items():
+            done = [s for s in maybe if s is not None]
+            assert len(done) == len(maybe), f"condition {n}: rows left unscored"
+            self._memo[(n, key)] = done
 
 
 class SweepLM(SteeredLM):
