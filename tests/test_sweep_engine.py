@@ -177,12 +177,17 @@ def test_a_sweep_too_large_for_memory_is_chunked_with_the_same_scores() -> None:
     model, conds = model_and_conditions()
     requests, _ = task_requests("boolq", "lm_eval", n=6)
     tokens = [lm(model, None, 4)._encode_pair(*r.args) for r in requests]
-    whole = SweepScores(model, conds).get("sadi4", tokens, MAX_LENGTH)
+    big = SweepScores(model, conds)
+    whole = big.get("sadi4", tokens, MAX_LENGTH)
     tiny = SweepScores(model, conds, cache_mb=0.05, logits_mb=0.01)
     assert close(tiny.get("sadi4", tokens, MAX_LENGTH), whole)
     heads = {split_request(c, k, MAX_LENGTH).head for c, k in tokens}
     assert tiny.scorer.counts["prefix_forwards"] == len(heads)  # one head per chunk
     assert tiny.scorer.counts["suffix_forwards"] > 6 * len(conds)
+    # the bound holds wherever one head fits in it: a chunk never holds two heads past it
+    one_head = max(len(h) for h in heads) * tiny.scorer.kv_bytes_per_token()
+    assert tiny.scorer.counts["max_prefix_cache_bytes"] <= max(one_head, tiny.scorer.cache_bytes)
+    assert 0 < big.scorer.counts["max_prefix_cache_bytes"] <= big.scorer.cache_bytes
 
 
 def test_a_killed_sweep_resumes_from_the_chunks_written(tmp_path: Path) -> None:

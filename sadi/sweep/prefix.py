@@ -104,7 +104,8 @@ class PrefixScorer:
 
     Attributes:
         counts: forwards and real tokens run so far ("prefix_forwards", "prefix_tokens",
-            "suffix_forwards", "suffix_tokens"), for tests and benchmarks.
+            "suffix_forwards", "suffix_tokens") and the largest prefix KV cache held
+            ("max_prefix_cache_bytes"), for tests and benchmarks.
     """
 
     def __init__(
@@ -239,6 +240,10 @@ class PrefixScorer:
             self.base(**call, **{self._base_cache_kw: cache})
         self.counts["prefix_forwards"] += 1
         self.counts["prefix_tokens"] += int(mask.sum())
+        held = n * (length - 1) * self.kv_bytes_per_token()
+        self.counts["max_prefix_cache_bytes"] = max(
+            self.counts["max_prefix_cache_bytes"], int(held)
+        )
         keep = mask[:, : length - 1].bool()[:, None, :, None]
         kv = []
         for k, v, _ in cache:
