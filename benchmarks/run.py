@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_apply, bench_fit, bench_lm_eval, bench_sae
+from benchmarks import bench_apply, bench_fit, bench_lm_eval, bench_sae, bench_sweep
 from benchmarks.common import CONTENDED, RESULTS_DIR, load_default_model
 
-BENCHMARKS = ("fit", "apply", "lm_eval", "sae")
+BENCHMARKS = ("fit", "apply", "lm_eval", "sae", "sweep")
 
 
 Row = tuple[str, ...]
@@ -134,6 +134,47 @@ def rows(name: str, result: dict[str, Any]) -> list[Row]:
                 )
             )
         return out
+    if name == "sweep":
+        for case in result["cases"]:
+            med, n = case["medians_s"], case["points"]
+            label = f"sweep {case['task']} ({case['items']} items, {n} strengths)"
+            sides = {
+                "whole": (f"{n * med['per_point']:.1f}", f"{med['engine_sweep']:.1f}"),
+                "extra_point": (
+                    f"{med['per_point']:.1f}",
+                    f"{(med['engine_sweep'] - med.get('engine_one', 0.0)) / (n - 1):.1f}",
+                ),
+                "baseline": (f"{med['unsteered']:.1f}", f"{med['engine_baseline']:.1f}"),
+            }
+            for side, ratio in case["ratios"].items():
+                target = case["targets"].get(side)
+                out.append(
+                    (
+                        f"{label}: {side}",
+                        *sides[side],
+                        f"{ratio:.3f}",
+                        f"<= {target}",
+                        ok(case["meets_target"][side]),
+                        busy(case["contention"]),
+                        quiet(case["quiet_only"]) if side == "whole" else "-",
+                    )
+                )
+            if "memory" in case:
+                mem = case["memory"]
+                kv = mem["kv_cache"]["largest_chunk_cache_mb"]
+                out.append(
+                    (
+                        f"{label}: peak RSS MB (KV cache {kv:.0f})",
+                        f"{mem['per_point']['peak_mb']:.0f}",
+                        f"{mem['engine_sweep']['peak_mb']:.0f}",
+                        f"{mem['ratio']:.3f}",
+                        f"<= {mem['target']}",
+                        ok(case["meets_target"]["memory"]),
+                        "",
+                        "",
+                    )
+                )
+        return out
     for case in result["cases"]:
         med = case["medians_s"]
         out.append(
@@ -175,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=(
             "recorded interleaved rounds per comparison (default: "
             f"fit {bench_fit.DEFAULT_REPEATS}, apply {bench_apply.DEFAULT_REPEATS}, "
-            f"lm_eval {bench_lm_eval.DEFAULT_REPEATS})"
+            f"lm_eval {bench_lm_eval.DEFAULT_REPEATS}, sweep {bench_sweep.DEFAULT_REPEATS})"
         ),
     )
     parser.add_argument(
@@ -192,6 +233,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=bench_lm_eval.DEFAULT_ITEMS,
         help="COPA select items the lm_eval benchmark scores (default: all 300)",
+    )
+    parser.add_argument(
+        "--sweep-items",
+        type=int,
+        default=None,
+        help="cap every sweep task's select items (default: BoolQ 500, MMLU 300, all others)",
+    )
+    parser.add_argument(
+        "--sweep-tasks",
+        default=",".join(bench_sweep.CASES),
+        help=f"comma-separated sweep tasks (default: {','.join(bench_sweep.CASES)})",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results"
@@ -214,6 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = bench_fit.run(**common)
         elif name == "apply":
             result = bench_apply.run(**common)
+        elif name == "sweep":
+            tasks = tuple(t for t in args.sweep_tasks.split(",") if t)
+            unknown = sorted(set(tasks) - set(bench_sweep.CASES))
+            if unknown:
+                parser.error(
+                    f"--sweep-tasks: unknown {unknown}; choose from {list(bench_sweep.CASES)}"
+                )
+            result = bench_sweep.run(
+                repeats=args.repeats or bench_sweep.DEFAULT_REPEATS,
+                model=model,
+                tok=tok,
+                out_dir=args.out,
+                max_wait_s=args.max_wait if args.max_wait is not None else 5.0,
+                tasks=tasks,
+                items=args.sweep_items,
+            )
         elif name == "sae":
             result = bench_sae.run(out_dir=args.out)
         else:
