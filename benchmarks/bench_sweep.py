@@ -228,7 +228,7 @@ def run_case(
 
 
 def run(
-    repeats: int = DEFAULT_REPEATS,
+    repeats: int | None = None,
     model: Any = None,
     tok: Any = None,
     out_dir: Path | None = None,
@@ -240,6 +240,7 @@ def run(
     task's select items (default: the issue's sizes)."""
     if model is None or tok is None:
         model, tok = load_default_model()
+    repeats = repeats or DEFAULT_REPEATS
     cases = []
     for name in tasks:
         n, chat = CASES[name]

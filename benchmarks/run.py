@@ -253,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--repeats must be >= 1")
     if not 2 <= args.items <= bench_lm_eval.DEFAULT_ITEMS:
         parser.error(f"--items must be in 2..{bench_lm_eval.DEFAULT_ITEMS}, got {args.items}")
+    sweep_tasks = tuple(t for t in args.sweep_tasks.split(",") if t)
+    unknown = sorted(set(sweep_tasks) - set(bench_sweep.CASES))
+    if unknown:  # before the model loads and any benchmark runs
+        parser.error(f"--sweep-tasks: unknown {unknown}; choose from {list(bench_sweep.CASES)}")
+    if args.sweep_items is not None and args.sweep_items < 1:
+        parser.error(f"--sweep-items must be >= 1, got {args.sweep_items}")
     names = [args.only] if args.only else list(BENCHMARKS)
     model, tok = load_default_model()
     table: list[Row] = []
@@ -267,21 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "apply":
             result = bench_apply.run(**common)
         elif name == "sweep":
-            tasks = tuple(t for t in args.sweep_tasks.split(",") if t)
-            unknown = sorted(set(tasks) - set(bench_sweep.CASES))
-            if unknown:
-                parser.error(
-                    f"--sweep-tasks: unknown {unknown}; choose from {list(bench_sweep.CASES)}"
-                )
-            result = bench_sweep.run(
-                repeats=args.repeats or bench_sweep.DEFAULT_REPEATS,
-                model=model,
-                tok=tok,
-                out_dir=args.out,
-                max_wait_s=args.max_wait if args.max_wait is not None else 5.0,
-                tasks=tasks,
-                items=args.sweep_items,
-            )
+            result = bench_sweep.run(**common, tasks=sweep_tasks, items=args.sweep_items)
         elif name == "sae":
             result = bench_sae.run(out_dir=args.out)
         else:
