@@ -15,7 +15,8 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -73,19 +74,47 @@ def task_config(name: str, data_file: Path, metric: Metric) -> dict[str, Any]:
     return config
 
 
+_ENV_INFO: list[str] = []
+
+
+@contextmanager
+def _env_info_once() -> Iterator[None]:
+    """lm-eval's `simple_evaluate` records torch's environment report, which runs ~11
+    subprocesses (~1 s, 17 times in a 16-point sweep) for results this module discards:
+    compute it once per process. If torch moves the function, it is simply computed anew."""
+    from torch.utils import collect_env
+
+    original = getattr(collect_env, "get_pretty_env_info", None)
+    if original is None:
+        yield
+        return
+
+    def once() -> str:
+        if not _ENV_INFO:
+            _ENV_INFO.append(original())
+        return _ENV_INFO[0]
+
+    collect_env.get_pretty_env_info = once
+    try:
+        yield
+    finally:
+        collect_env.get_pretty_env_info = original
+
+
 def _simple_evaluate(lm: LM, config: dict[str, Any], seed: int) -> dict[str, Any]:
-    out = simple_evaluate(
-        model=lm,
-        tasks=[config],
-        num_fewshot=0,
-        task_manager=task_manager(),
-        log_samples=True,
-        bootstrap_iters=0,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    with _env_info_once():
+        out = simple_evaluate(
+            model=lm,
+            tasks=[config],
+            num_fewshot=0,
+            task_manager=task_manager(),
+            log_samples=True,
+            bootstrap_iters=0,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     assert out is not None
     return out
 

@@ -168,3 +168,31 @@ def test_lm_eval_cli_runs_the_sadi_model(setup: tuple, tmp_path) -> None:  # typ
 
     metrics, _ = evaluate_split(lm, items, task_name="sadi_tiny_py", metric="acc")
     assert acc == metrics["acc"]
+
+
+def test_evaluations_compute_torchs_environment_report_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lm-eval records torch's environment report (~1 s of subprocesses) on every
+    evaluation; sadi discards it, so it is computed once per process, and torch's own
+    function is back in place after each evaluation."""
+    from torch.utils import collect_env
+
+    import sadi.evaluation as ev
+    from sadi.tasks import load_task
+
+    calls: list[int] = []
+
+    def report() -> str:
+        calls.append(1)
+        return "env"
+
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", report)
+    monkeypatch.setattr(ev, "_ENV_INFO", [])
+    items = load_task("copa", limit=4, seed=0).splits["select"][:4]
+    lm = SteeredLM(make_tiny("llama"), tokenizer=byte_tokenizer(), batch_size=4, device="cpu")
+    first, _ = ev.evaluate_split(lm, items, task_name="sadi_env_a", metric="acc")
+    again, _ = ev.evaluate_split(lm, items, task_name="sadi_env_b", metric="acc")
+    assert len(calls) == 1
+    assert first == again
+    assert collect_env.get_pretty_env_info is report

@@ -190,6 +190,31 @@ def test_a_sweep_too_large_for_memory_is_chunked_with_the_same_scores() -> None:
     assert 0 < big.scorer.counts["max_prefix_cache_bytes"] <= big.scorer.cache_bytes
 
 
+def test_heads_of_a_chunk_run_in_micro_batches_with_the_same_scores() -> None:
+    """Heads of many lengths in one chunk run in micro-batches each padded to its own
+    longest head; their caches, laid side by side, give every condition the same scores."""
+    model, conds = model_and_conditions()
+    requests, _ = task_requests("copa", "lm_eval", n=8)  # contexts of different lengths
+    tokens = [lm(model, None, 4)._encode_pair(*r.args) for r in requests]
+    heads = sorted({split_request(c, k, MAX_LENGTH).head for c, k in tokens}, key=len)
+    assert len({len(h) for h in heads}) > 2
+    one = SweepScores(model, conds, prefix_tokens=10**6)
+    single = SweepScores(model, conds, prefix_tokens=1)  # one head per forward
+    pairs = SweepScores(model, conds, prefix_tokens=2 * len(heads[-1]))  # some two at a time
+    for name in conds:
+        want = one.get(name, tokens, MAX_LENGTH)
+        # batch composition changes float rounding only (summed log-likelihoods of ~-200)
+        assert close(single.get(name, tokens, MAX_LENGTH), want, tol=1e-4)
+        assert close(pairs.get(name, tokens, MAX_LENGTH), want, tol=1e-4)
+    assert one.scorer.counts["prefix_forwards"] == 1
+    assert single.scorer.counts["prefix_forwards"] == len(heads)
+    assert 1 < pairs.scorer.counts["prefix_forwards"] < len(heads)
+    for s in (single, pairs):
+        assert s.scorer.counts["prefix_tokens"] == one.scorer.counts["prefix_tokens"]
+    with pytest.raises(ValueError, match="prefix_tokens=0"):
+        SweepScores(model, conds, prefix_tokens=0)
+
+
 def test_a_killed_sweep_resumes_from_the_chunks_written(tmp_path: Path) -> None:
     model, conds = model_and_conditions()
     requests, _ = task_requests("copa", "lm_eval", n=6)

@@ -59,7 +59,7 @@ class SweepScores:
             give each condition a name that identifies it (e.g. a digest of its parameters).
         directory: where chunks are written (None: memory only).
         progress: a progress bar over chunks.
-        **scorer: `PrefixScorer` options (batch_size, cache_mb, logits_mb).
+        **scorer: `PrefixScorer` options (batch_size, cache_mb, logits_mb, prefix_tokens).
     """
 
     def __init__(
