@@ -25,12 +25,19 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import environment, interleaved, load_default_model, write_result
+from benchmarks.common import (
+    RESULTS_DIR,
+    environment,
+    interleaved,
+    load_default_model,
+    write_result,
+)
 from sadi.chat import apply_chat_template
 from sadi.evaluation import evaluate_split
 from sadi.lm_eval_model import SteeredLM
@@ -241,14 +248,40 @@ def run(
     if model is None or tok is None:
         model, tok = load_default_model()
     repeats = repeats or DEFAULT_REPEATS
+    kept = earlier_cases(out_dir, exclude=tasks, items=items)
     cases = []
     for name in tasks:
         n, chat = CASES[name]
         n = n if items is None else min(items, n or items)
-        cases.append(run_case(name, model, tok, repeats, n, chat, max_wait_s))
+        case = run_case(name, model, tok, repeats, n, chat, max_wait_s)
+        cases.append({**case, "measured": {**environment(), "rounds": repeats}})
         print(f"[sweep] {name}: {cases[-1]['ratios']}", flush=True)
-        write_result("sweep", summary(cases, repeats), out_dir)  # each case kept as it ends
-    return summary(cases, repeats)
+        write_result("sweep", summary(kept + cases, repeats), out_dir)  # each case kept as it ends
+    return summary(kept + cases, repeats)
+
+
+def earlier_cases(
+    out_dir: Path | None, exclude: tuple[str, ...], items: int | None
+) -> list[dict[str, Any]]:
+    """The cases of tasks not measured in this run, from the results file already there
+    (each carries when, on what and over how many rounds it was measured): a run over some
+    tasks adds to the file instead of erasing the others. Only full-size cases are kept,
+    and only into a full-size run."""
+    path = (out_dir or RESULTS_DIR) / "sweep.json"
+    if items is not None or not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    stamp = {k: old.get(k) for k in ("timestamp", "versions", "machine")}
+    return [
+        {**c, "measured": c.get("measured", {**stamp, "rounds": old.get("repeats")})}
+        for c in old.get("cases", [])
+        if c["task"] not in exclude and c["items"] == _full_size(c["task"], c["items"])
+    ]
+
+
+def _full_size(task: str, items: int) -> int:
+    n = CASES.get(task, (None, False))[0]
+    return items if n is None else n
 
 
 def summary(cases: list[dict[str, Any]], repeats: int) -> dict[str, Any]:

@@ -26,3 +26,30 @@ def test_lm_eval_benchmark_runs_and_peers_agree(tmp_path: Path) -> None:
     assert set(agreement["max_abs_loglik_diff"]) == set(bench_lm_eval.SAME_VECTOR[1:])
     assert all(d <= 1e-4 for d in agreement["max_abs_loglik_diff"].values())
     assert len(set(agreement["acc"].values())) == 1
+
+
+def test_a_sweep_benchmark_over_some_tasks_keeps_the_others_measured_cases(
+    tmp_path: Path,
+) -> None:
+    """`--sweep-tasks copa` adds to sweep.json: the other tasks' full-size cases stay, each
+    stamped with when and over how many rounds it was measured; capped runs keep nothing."""
+    from benchmarks import bench_sweep
+
+    old = {
+        "timestamp": "2026-12-03T13:04:54+00:00",
+        "versions": {"torch": "2.13.0+cpu"},
+        "machine": {"cpu_count": 2},
+        "repeats": 1,
+        "cases": [
+            {"task": "copa", "items": 300},
+            {"task": "boolq", "items": 500},
+            {"task": "mmlu", "items": 4},  # a capped run's case: not a full-size figure
+        ],
+    }
+    (tmp_path / "sweep.json").write_text(json.dumps(old))
+    kept = bench_sweep.earlier_cases(tmp_path, exclude=("copa",), items=None)
+    assert [c["task"] for c in kept] == ["boolq"]
+    assert kept[0]["measured"]["timestamp"] == old["timestamp"]
+    assert kept[0]["measured"]["rounds"] == 1
+    assert bench_sweep.earlier_cases(tmp_path, exclude=("copa",), items=4) == []
+    assert bench_sweep.earlier_cases(tmp_path / "none", exclude=(), items=None) == []
