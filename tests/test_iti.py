@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -235,7 +236,8 @@ def test_selection_theta_and_sigma_recomputed_independently(family: str) -> None
         np.testing.assert_allclose(state.accuracy.numpy(), accuracy, atol=1e-6)
         assert set(state.mask.flatten().nonzero().flatten().tolist()) == set(order[:k])
         assert int(state.mask.sum()) == k
-        for layer, head in iti.selected_heads():
+        # theta and sigma of every head (another k selects from the same fit)
+        for layer, head in [(a, b) for a in range(n_layers) for b in range(n_heads)]:
             a = acts[:, layer, head].double()  # [texts, d]
             if direction == "mass_mean":
                 raw = a[:n].mean(0) - a[n:].mean(0)  # every fit text, as the authors' code
@@ -249,8 +251,32 @@ def test_selection_theta_and_sigma_recomputed_independently(family: str) -> None
                 state.sigma[layer, head].double(), sigma, atol=1e-4, rtol=1e-4
             )
             assert math.isclose(float(got.norm()), 1.0, abs_tol=1e-5)
-        unselected = ~state.mask
-        assert not state.direction[unselected].any() and not state.sigma[unselected].any()
+        # another k: the same fit's next most accurate heads, edited exactly as a fresh fit
+        more = iti.with_params(k=k + 3)
+        assert set(more.fitted_state().mask.flatten().nonzero().flatten().tolist()) == set(
+            order[: k + 3]
+        )
+        _, fresh = fitted(family, k=k + 3, direction=direction)
+        assert torch.equal(more.shift(), fresh.shift())
+        adopted = ITI(k=k + 3, direction=direction, progress=False).adopt(iti)
+        assert torch.equal(adopted.fitted_state().mask, fresh.fitted_state().mask)
+
+
+def test_an_artifact_with_only_its_own_heads_refuses_another_k(tmp_path: Path) -> None:
+    model, iti = fitted("llama", k=2)
+    iti.save(tmp_path)
+    assert json.loads((tmp_path / "steerer.json").read_text())["heads_stored"] == "all"
+    assert Steerer.load(tmp_path, model).with_params(k=5).fitted_state().mask.sum() == 5
+    # as sadi wrote it before k became an apply parameter: no heads_stored field
+    meta = json.loads((tmp_path / "steerer.json").read_text())
+    del meta["heads_stored"]
+    (tmp_path / "steerer.json").write_text(json.dumps(meta))
+    old = Steerer.load(tmp_path, model)
+    assert old.with_params(k=2, alpha=3.0).fitted_state().mask.sum() == 2
+    with pytest.raises(ValueError, match="own 2 heads only .* refit it with this k"):
+        old.with_params(k=5)
+    with pytest.raises(ValueError, match="refit it with this k"):
+        ITI(k=5, progress=False).adopt(old)
 
 
 def test_scaled_k() -> None:

@@ -280,6 +280,24 @@ def test_bad_hyperparameters(kwargs: dict, match: str) -> None:
         SADI(**kwargs)
 
 
+@pytest.mark.parametrize("variant", ["dynamic", "random"])
+def test_another_k_shares_the_fit_and_selects_as_a_fresh_fit(variant: str) -> None:
+    model, four = fitted("llama", "neuron", k=4, strength=3.0, variant=variant)
+    _, seven = fitted("llama", "neuron", k=7, strength=3.0, variant=variant)
+    shared = four.with_params(k=7)
+    assert shared.fitted_state().delta is four.fitted_state().delta  # no refit
+    assert torch.equal(shared.fitted_state().mask, seven.fitted_state().mask)
+    assert int(four.fitted_state().mask.sum()) == 4  # the source keeps its own mask
+    batch = encode(byte_tokenizer(), PROMPTS, CONTS)
+    assert torch.equal(steered(model, shared, batch), steered(model, seven, batch))
+    # a cached fit of another k is adopted with this k's elements
+    adopted = SADI("neuron", k=7, strength=3.0, variant=variant, progress=False).adopt(four)
+    assert torch.equal(adopted.fitted_state().mask, seven.fitted_state().mask)
+    assert SADI("neuron", k=4).fit_key(model, PAIRS) == SADI("neuron", k=7).fit_key(model, PAIRS)
+    with pytest.raises(ValueError, match=r"k=1000 exceeds"):
+        four.with_params(k=1000)
+
+
 def test_k_larger_than_the_grid() -> None:
     model = make_tiny("llama")
     with pytest.raises(ValueError, match=r"k=13 exceeds the 12 head elements"):

@@ -11,7 +11,11 @@ import pytest
 
 from tests.test_sweep import completed, sweep_command
 
-TPE = ["hydra/sweeper=tpe", "intervention.strength=interval(1,10)", "intervention.k=choice(2,3)"]
+TPE = [
+    "hydra/sweeper=tpe",
+    "intervention.strength=interval(1,10)",
+    "intervention.variant=choice(dynamic,fixed)",
+]
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -29,8 +33,8 @@ def test_optuna_trials_score_select_only_and_the_study_resumes(
     cmd = [a for a in sweep_command(tiny_model_dir, tmp_path, *TPE) if a != "task.splits=[select]"]
     first = _run([*cmd, "hydra.sweeper.n_trials=2"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    # k is no apply parameter of SADI: the run says each new value costs a fit
-    assert "varies intervention.k, which changes the fit: each new value costs a fit" in (
+    # variant is no apply parameter of SADI: the run says each new value costs a fit
+    assert "varies intervention.variant, which changes the fit: each new value costs a fit" in (
         first.stdout
     )
     storage = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"

@@ -91,8 +91,9 @@ class SteeringHandle:
 
     def __init__(self) -> None:
         self.layout: BatchLayout | None = None
-        # the sweep engine's suffix forwards (`sadi.sweep.prefix`): rows continue cached,
-        # unsteered prefixes; `clean` holds the unsteered activations at the last prompt token
+        # the sweep engine's suffix forwards (`sadi.sweep.prefix`): rows continue cached
+        # prefixes (unsteered, or this steerer's own when it edits the prompt); `clean` holds
+        # the unsteered activations at the last prompt token
         self.continues_prefix = False
         self.clean: dict[int, Tensor] = {}
 
@@ -101,10 +102,11 @@ class SteeringHandle:
         self.layout, self.continues_prefix, self.clean = layout, False, {}
 
     def continue_prefix(self, layout: BatchLayout, clean: dict[int, Tensor]) -> None:
-        """The following forwards continue cached unsteered prefixes: each row of `layout`
-        starts at its last prompt token (prompt length 1) and the positions before it are
-        in the KV cache; `clean[layer]` [batch, width] is the unsteered activation of the
-        component at that token (`Steerer.clean_layers`)."""
+        """The following forwards continue cached prefixes (unsteered, or steered by this
+        steerer when it edits the prompt too): each row of `layout` starts at its last
+        prompt token (prompt length 1) and the positions before it are in the KV cache;
+        `clean[layer]` [batch, width] is the unsteered activation of the component at that
+        token (`Steerer.clean_layers`)."""
         self.layout, self.continues_prefix, self.clean = layout, True, clean
 
 
@@ -421,9 +423,14 @@ class Steerer(ABC):
         }
 
     def adopt(self, fitted: Steerer) -> Self:
-        """Take the fitted state of `fitted` (same method and fit parameters); returns self."""
+        """Take the fitted state of `fitted` (same method and fit parameters; its apply
+        parameters may differ, e.g. a cached fit of another k); returns self."""
         if type(fitted) is not type(self) or fitted.component != self.component:
             raise ValueError(f"cannot adopt a {fitted.method}/{fitted.component} state")
+        mine, theirs = self.params(), fitted.params()
+        changes = {p: mine[p] for p in self.apply_params if p in mine and mine[p] != theirs.get(p)}
+        if changes:  # e.g. SADI's mask re-selected for this k
+            fitted = fitted.with_params(**changes)
         self._copy_identity(fitted)  # first: `_load_tensors` checks against the fingerprint
         self._load_tensors(fitted.tensors())
         return self

@@ -5,7 +5,8 @@ attention head's output (the input of the attention output projection, split per
 the last token of each text. Pairs (not texts) are split, seeded, into a train part and a
 held-apart part, so both texts of a pair fall on the same side. One logistic-regression
 probe per (layer, head) is trained on the train part and scored by accuracy on the held-apart
-part; the K most accurate heads are selected. Per selected head:
+part; the K most accurate heads are selected (K is an apply parameter: the fit keeps theta
+and sigma of every head, so every K of a grid shares one fit). Per head:
 
 - theta: the unit direction, either the mass-mean shift mu_true - mu_false ("mass_mean", the
   authors' best variant) or the probe's weight vector ("probe");
@@ -66,9 +67,10 @@ class ITIState:
     """Fitted ITI state (L layers, H heads, head_dim d).
 
     accuracy: [L, H] float32, each head's probe accuracy on the held-apart pairs.
-    mask: [L, H] bool, the K selected heads.
-    direction: [L, H, d] float32, unit theta of the selected heads, zero elsewhere.
-    sigma: [L, H] float32, std of the projections on theta of the selected heads, zero elsewhere.
+    mask: [L, H] bool, the K selected heads (the K most accurate).
+    direction: [L, H, d] float32, unit theta of every head (edited only where `mask` is set,
+        so another K selects from the same fit).
+    sigma: [L, H] float32, std of the projections on theta, for every head.
     """
 
     accuracy: Tensor
@@ -113,7 +115,8 @@ class ITI(Steerer):
     """
 
     method: ClassVar[str] = "iti"
-    apply_params = ("alpha", "positions")
+    # k only chooses heads by the fitted probe accuracies: every k of a grid shares one fit
+    apply_params = ("k", "alpha", "positions")
     edit_generated = True
 
     def __init__(
@@ -160,6 +163,9 @@ class ITI(Steerer):
         self.batch_size = batch_size
         self.progress = progress
         self.state: ITIState | None = None
+        # "all": theta and sigma of every head are stored (another k may select from the
+        # fit); "selected": an artifact of an older sadi, only its own k heads' (steerer.json)
+        self.heads_stored = "all"
 
     @staticmethod
     def scaled_k(n_heads_total: int) -> int:
@@ -254,11 +260,7 @@ class ITI(Steerer):
         heads = acts.double().view(2 * n, n_layers, n_heads, head_dim)
         accuracy, coef = self._probe(heads, labels, train, held)  # [L, H], [L, H, d]
 
-        # stable sort: equal accuracies go to the lower (layer, head) index, deterministically
-        chosen = torch.sort(accuracy.flatten(), descending=True, stable=True).indices[: self.k]
-        mask = torch.zeros(n_layers * n_heads, dtype=torch.bool)
-        mask[chosen] = True
-        mask = mask.view(n_layers, n_heads)
+        mask = self._select(accuracy)
 
         if self.direction == "mass_mean":
             raw = heads[:n].mean(dim=0) - heads[n:].mean(dim=0)  # [L, H, d], every fit text
@@ -267,15 +269,58 @@ class ITI(Steerer):
         norm = raw.norm(dim=-1, keepdim=True)  # [L, H, 1]
         # a zero vector (identical class means) stays zero: that head is then not moved
         theta = torch.where(norm > 0, raw / norm.clamp(min=1e-300), torch.zeros_like(raw))
-        theta = torch.where(mask.unsqueeze(-1), theta, torch.zeros_like(theta))
         proj = (heads * theta).sum(dim=-1)  # [2 * pairs, L, H]
-        std = proj.std(dim=0, correction=0)  # [L, H], population std like np.std
-        sigma = torch.where(mask, std, torch.zeros_like(std))
+        sigma = proj.std(dim=0, correction=0)  # [L, H], population std like np.std
 
         self.state = ITIState(
             accuracy=accuracy.float(), mask=mask, direction=theta.float(), sigma=sigma.float()
         )
+        self.heads_stored = "all"
         self._remember_model(model, n)
+        return self
+
+    def _select(self, accuracy: Tensor) -> Tensor:
+        """[L, H] bool: the k most accurate heads; a stable sort sends equal accuracies to
+        the lower (layer, head) index, deterministically."""
+        n_layers, n_heads = accuracy.shape
+        if self.k > n_layers * n_heads:
+            raise ValueError(
+                f"k={self.k} is above the number of heads of this model, {n_layers * n_heads} "
+                f"({n_layers} layers x {n_heads} heads); choose k <= {n_layers * n_heads}, "
+                f"e.g. ITI.scaled_k({n_layers * n_heads}) = {self.scaled_k(n_layers * n_heads)}"
+            )
+        chosen = torch.sort(accuracy.flatten(), descending=True, stable=True).indices[: self.k]
+        mask = torch.zeros(n_layers * n_heads, dtype=torch.bool)
+        mask[chosen] = True
+        return mask.view(n_layers, n_heads)
+
+    def _share_fit(self, source: Self) -> None:
+        """Another k selects its own heads from the same fit's accuracies."""
+        self.heads_stored = source.heads_stored
+        s = self.state
+        if s is None or int(s.mask.sum()) == self.k:
+            return
+        if self.heads_stored != "all":
+            raise ValueError(
+                f"this ITI steerer stores theta and sigma of its own {int(s.mask.sum())} heads "
+                f"only (saved by a sadi before k became an apply parameter), so k={self.k} "
+                "cannot select from it; refit it with this k"
+            )
+        self.state = ITIState(s.accuracy, self._select(s.accuracy), s.direction, s.sigma)
+
+    def extra_metadata(self) -> dict[str, Any]:
+        return {"heads_stored": self.heads_stored}
+
+    def _read_extra_metadata(self, meta: dict[str, Any]) -> None:
+        stored = meta.get("heads_stored", "selected")  # absent: written before it existed
+        if stored not in ("all", "selected"):
+            raise ValueError(f"'heads_stored' must be 'all' or 'selected', got {stored!r}")
+        self.heads_stored = stored
+
+    def adopt(self, fitted: Steerer) -> Self:
+        super().adopt(fitted)
+        if isinstance(fitted, ITI):
+            self.heads_stored = fitted.heads_stored
         return self
 
     def _probe(
@@ -312,9 +357,9 @@ class ITI(Steerer):
         return [int(i) for i in self.fitted_state().mask.any(dim=1).nonzero().flatten()]
 
     def shift(self) -> Tensor:
-        """[L, H, d] float32: alpha * sigma * theta per head (zero for unselected heads)."""
+        """[L, H, d] float32: alpha * sigma * theta per selected head, zero for the others."""
         s = self.fitted_state()
-        return self.alpha * s.sigma.unsqueeze(-1) * s.direction
+        return self.alpha * (s.sigma * s.mask).unsqueeze(-1) * s.direction
 
     def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
         if self.alpha == 0.0:  # the identity, bit for bit: register nothing

@@ -83,7 +83,8 @@ class SADI(Steerer):
     """
 
     method: ClassVar[str] = "sadi"
-    apply_params = ("strength", "mode")
+    # k only chooses elements from the fitted delta: every k of a grid shares one fit
+    apply_params = ("k", "strength", "mode")
     edit_policy: PositionPolicy = "last_prompt"
     edit_generated = False
     # faithful mode: take the clean values from a shadow position in the steered forward
@@ -142,12 +143,7 @@ class SADI(Steerer):
         check_pairs(pairs)
         shape = self._remember_model(model, len(pairs))
         n_layers, n_elements = shape.grid(self.component)
-        if self.k > n_layers * n_elements:
-            raise ValueError(
-                f"k={self.k} exceeds the {n_layers * n_elements} {self.component} elements of "
-                f"this model ({n_layers} layers x {n_elements}); "
-                f"choose k <= {n_layers * n_elements}"
-            )
+        self._check_k(n_layers, n_elements)
         prompts = [p.prompt for p in pairs] * 2
         completions = [p.positive for p in pairs] + [p.negative for p in pairs]
         acts = read_activations(
@@ -170,6 +166,21 @@ class SADI(Steerer):
             delta = direction
         self.state = SADIState(delta=delta, mask=self._select(delta), direction=direction)
         return self
+
+    def _check_k(self, n_layers: int, n_elements: int) -> None:
+        if self.k > n_layers * n_elements:
+            raise ValueError(
+                f"k={self.k} exceeds the {n_layers * n_elements} {self.component} elements of "
+                f"this model ({n_layers} layers x {n_elements}); "
+                f"choose k <= {n_layers * n_elements}"
+            )
+
+    def _share_fit(self, source: Self) -> None:
+        """Another k selects its own top-K elements of the same fitted delta."""
+        state = self.state
+        if state is not None and int(state.mask.sum()) != self.k:
+            self._check_k(*state.delta.shape)
+            self.state = SADIState(state.delta, self._select(state.delta), state.direction)
 
     def _select(self, delta: Tensor) -> Tensor:
         flat = delta.flatten()
