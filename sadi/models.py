@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -178,3 +179,38 @@ def load_model(
     model.eval()
     model.config.name_or_path = source
     return model, tokenizer
+
+
+_LAST: list[tuple[tuple[Any, ...], tuple[PreTrainedModel, PreTrainedTokenizerBase]]] = []
+
+
+def _files_stamp(source: str) -> tuple[tuple[str, int, int], ...] | None:
+    """(name, size, mtime) of a local model directory's files: a changed file is a new model."""
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    return tuple(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(path.iterdir())
+        if f.is_file()
+    )
+
+
+def load_model_reused(
+    source: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`load_model`, reusing the model this process loaded last when the arguments (and a
+    local directory's files) are the same: the points of a sweep run in one process (Hydra's
+    basic launcher) load it once. One model is held at a time; steering never changes its
+    weights (hooks only, removed on exit)."""
+    key = (source, str(dtype), device, str(cache_dir), _files_stamp(source))
+    if _LAST and _LAST[0][0] == key:
+        return _LAST[0][1]
+    _LAST.clear()
+    loaded = load_model(source, dtype=dtype, device=device, cache_dir=cache_dir)
+    _LAST.append((key, loaded))
+    return loaded

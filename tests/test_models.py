@@ -56,6 +56,24 @@ def test_local_path_loads(tmp_path: Path) -> None:
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
+def test_a_sweep_in_one_process_loads_the_model_once(tmp_path: Path) -> None:
+    from tests.conftest import byte_tokenizer, make_tiny
+
+    make_tiny("llama").save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    first = models.load_model_reused(str(tmp_path), device="cpu")
+    assert models.load_model_reused(str(tmp_path), device="cpu") is first
+    # other arguments, or a changed file in the directory: loaded anew
+    assert models.load_model_reused(str(tmp_path), device="cpu", dtype="bfloat16") is not first
+    again = models.load_model_reused(str(tmp_path), device="cpu")
+    assert again is not first and again is models.load_model_reused(str(tmp_path), device="cpu")
+    make_tiny("llama", seed=1).save_pretrained(tmp_path)  # new weights, same path
+    new, _ = models.load_model_reused(str(tmp_path), device="cpu")
+    assert new is not again[0]
+    ids = torch.tensor([[3, 4, 5]])
+    assert not torch.equal(new(ids).logits, again[0](ids).logits)
+
+
 @pytest.mark.slow
 def test_embedded_smollm2_is_cached_as_safetensors(smollm2: tuple) -> None:
     model, tok = smollm2

@@ -1,5 +1,6 @@
 """The sweep engine (shared-prefix scoring) gives the per-point path's numbers, computes each
-prefix once, resumes from what it wrote, and leaves all-position methods to the per-point path."""
+prefix once, resumes from what it wrote, and gives all-position methods their own steered
+prefixes (shared by an item's choices, never across points)."""
 
 from __future__ import annotations
 
@@ -136,14 +137,14 @@ def test_metrics_and_samples_are_lm_evals_own(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
-def test_engine_equals_the_per_point_path_for_every_shareable_method(family: str) -> None:
+def test_engine_equals_the_per_point_path_for_every_method(family: str) -> None:
+    """Methods on shared unsteered prefixes and those with their own steered prefixes
+    (AUSteer, positions="all") alike."""
     from tests.test_lm_eval_model import requests
 
     reqs = requests()  # includes a context longer than max_length (left truncation)
     for method in METHODS:
         model, st = fitted(family, method)
-        if st.prefix_unshared() is not None:
-            continue
         scores = SweepScores(model, {"s": st})
         kw = {"tokenizer": byte_tokenizer(), "batch_size": 4, "device": "cpu", "max_length": 48}
         want = SteeredLM(model, steerer=st, **kw).loglikelihood(reqs)
@@ -247,14 +248,30 @@ def test_a_killed_sweep_resumes_from_the_chunks_written(tmp_path: Path) -> None:
     assert later.scorer.counts["prefix_forwards"] == 0  # another job: all from disk
 
 
-def test_all_position_methods_are_refused_by_the_engine() -> None:
+def test_all_position_methods_run_their_own_steered_prefix() -> None:
+    """AUSteer edits every position: each of its conditions runs its heads once under its
+    own steering (shared by an item's choices); the unsteered prefix still serves the rest."""
     model, st = fitted("llama", "austeer-head")
     assert isinstance(st, AUSteer)
     assert "edits positions='all'" in (st.prefix_unshared() or "")
-    with pytest.raises(ValueError, match="cannot share prefixes"):
-        SweepScores(model, {"a": st})
     _, caa_all = fitted("llama", "caa-all")
     assert caa_all.prefix_unshared() is not None
+    other = st.with_params(alpha=-3.0)
+    requests, _ = task_requests("mmlu", "lm_eval", n=4)
+    tokens = [lm(model, None, 4)._encode_pair(*r.args) for r in requests]
+    heads = {split_request(c, k, MAX_LENGTH).head for c, k in tokens}
+    conds: dict[str, Steerer | None] = {"baseline": None, "a": st, "b": other, "caa": caa_all}
+    scores = SweepScores(model, conds)
+    for name, cond in conds.items():
+        want = lm(model, cond, 4).loglikelihood(requests)
+        assert close(scores.get(name, tokens, MAX_LENGTH), want, tol=1e-4), name
+    counts = scores.scorer.counts
+    # one unsteered pass (baseline) and one steered pass per all-position condition
+    assert counts["prefix_forwards"] == 4
+    assert counts["prefix_tokens"] == 4 * sum(len(h) for h in heads)
+    assert len(heads) < len(tokens)  # the four choices of an item share its steered prefix
+    base = scores.get("baseline", tokens, MAX_LENGTH)
+    assert any(abs(x[0] - y[0]) > 1e-3 for x, y in zip(base, scores.get("a", tokens, MAX_LENGTH)))
 
 
 def test_condition_names_identify_parameters_not_number_types() -> None:
@@ -320,14 +337,16 @@ def test_a_hydra_sweep_uses_the_engine_and_gives_the_per_point_numbers(
 
 
 @pytest.mark.slow
-def test_a_sweep_mixing_methods_uses_the_engine_where_it_can(
+def test_a_sweep_mixing_methods_scores_each_on_its_prefixes(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     proc = _sweep(tiny_model_dir, tmp_path, "intervention=sadi,austeer", "intervention.k=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "sweep engine: not used: austeer edits positions='all'" in proc.stdout
-    used = {
-        r["config"]["intervention"]["name"]: r["sweep_engine"]["used"]
+    assert "austeer edits positions='all'" in proc.stdout
+    assert "each point runs its own steered prefix" in proc.stdout
+    engines = {
+        r["config"]["intervention"]["name"]: r["sweep_engine"]
         for r in (json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json"))
     }
-    assert used == {"sadi": True, "austeer": False}
+    assert engines["sadi"]["used"] and engines["sadi"]["own_prefix_points"] == 0
+    assert engines["austeer"]["used"] and engines["austeer"]["own_prefix_points"] == 1

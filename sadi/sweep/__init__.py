@@ -2,7 +2,9 @@
 
 - `prefix`: the scorer. Each log-likelihood row's unsteered prefix (every position before
   its last prompt token) is computed once, its KV cache reused for every choice, for the
-  baseline and for every sweep point; each condition then runs only the suffix.
+  baseline and for every sweep point; each condition then runs only the suffix. A method
+  that edits the prefix too (AUSteer, positions="all") runs its own steered prefix once per
+  condition, still shared by the choices of an item.
 - `store`: those scores for a sweep's conditions, computed together and written to disk
   chunk by chunk (a kill loses at most the chunk in progress), and the lm-eval model that
   serves each point's evaluation from them (lm-eval still builds the requests and computes

@@ -159,8 +159,9 @@ def build_engine(
     fit_key: dict[str, Any] | None,
     cache_root: Path,
 ) -> tuple[SweepScores | None, dict[str, Any]]:
-    """The shared-prefix scores this run is served from, or None (the per-point path), and
-    a record of the choice for results.json. Prints why when a sweep point cannot use it."""
+    """The engine's scores this run is served from, or None (the per-point path), and a
+    record of the choice for results.json. Prints when a point runs its own steered prefix
+    and when a grid point cannot be built (e.g. a k too large for the model)."""
     note = refit_note(steerer)
     if note:
         print(note)
@@ -173,23 +174,26 @@ def build_engine(
         return None, {"used": False, "reason": "a single run (sweep.engine=true to use it)"}
     why = None if steerer is None else steerer.prefix_unshared()
     if why is not None:
-        print(f"sweep engine: not used: {why}; this point is scored by the per-point path")
-        return None, {"used": False, "reason": why}
+        print(
+            f"sweep engine: {why}; each point runs its own steered prefix (shared by the "
+            "choices of an item, not across points)"
+        )
     conditions: dict[str, Steerer | None] = {BASELINE: None}
-    skipped = []
     if steerer is not None:
         conditions[condition_name(steerer)] = steerer
         for changes in sibling_changes(steerer.apply_params):
-            sibling = steerer.with_params(**changes)
-            if sibling.prefix_unshared() is None:
-                conditions.setdefault(condition_name(sibling), sibling)
-            else:
-                skipped.append(changes)
-    if skipped:
-        print(
-            f"sweep engine: {len(skipped)} points of this sweep edit before the last prompt "
-            f"token (e.g. {skipped[0]}) and are scored by the per-point path"
-        )
+            try:
+                sibling = steerer.with_params(**changes)
+            except ValueError as err:  # that point fails on its own, with this message
+                print(f"sweep engine: the grid point {changes} is left to its own job: {err}")
+                continue
+            conditions.setdefault(condition_name(sibling), sibling)
+        own_names = [n for n, st in conditions.items() if st is not None and st.prefix_unshared()]
+        if own_names and why is None:
+            print(
+                f"sweep engine: {len(own_names)} points of this fit edit before the last "
+                "prompt token; each runs its own steered prefix"
+            )
     group = fit_key or {"model": model_id(model), "weights": weights_fingerprint(model)}
     scores = SweepScores(
         model,
@@ -201,5 +205,10 @@ def build_engine(
         logits_mb=cfg.sweep.logits_mb,
     )
     n = len(conditions) - 1
-    print(f"sweep engine: {n} point(s) of one fit and the baseline scored on shared prefixes")
-    return scores, {"used": True, "points": n, "directory": str(scores.directory)}
+    n_own = sum(1 for st in conditions.values() if st is not None and st.prefix_unshared())
+    print(
+        f"sweep engine: {n} point(s) of one fit and the baseline: {n - n_own} scored together "
+        f"on shared unsteered prefixes, {n_own} each on its own steered prefix"
+    )
+    info = {"used": True, "points": n, "own_prefix_points": n_own}
+    return scores, {**info, "directory": str(scores.directory)}

@@ -14,6 +14,12 @@ computes it, so a row splits into
   run once per condition on top of that cache, with the condition's edits placed by the
   steerer's own position policy on a layout whose prompt is the suffix's first token.
 
+A method that edits earlier positions too (AUSteer; ITI, CAA or SAS with positions="all")
+cannot share a prefix with another condition: each such condition runs the heads once
+under its own steering (the whole head edited as a prompt, by its own policy), and that
+KV cache serves the choices of each item and its own suffixes, which it edits at every
+position.
+
 A chunk's heads (its KV cache bounded by `cache_mb`) run left-padded in micro-batches of
 similar length, their caches laid side by side; suffixes are right-padded, each row given
 its own cache rows and positions.
@@ -105,7 +111,8 @@ def _micro_batches(lengths: Sequence[int], tokens: int) -> list[int]:
 
 
 class PrefixScorer:
-    """Scores rows under several conditions, computing each unsteered head once.
+    """Scores rows under several conditions, computing each unsteered head once (and, for
+    a condition that edits the head itself, its own steered head once).
 
     Args:
         model: a causal LM (eval mode); steerers are applied to it as `Steerer.apply` does.
@@ -196,38 +203,65 @@ class PrefixScorer:
     def score_chunk(
         self, rows: Sequence[Row], conditions: dict[str, Condition]
     ) -> dict[str, list[Score]]:
-        """Scores of `rows` (one chunk) under every condition; the heads run once."""
+        """Scores of `rows` (one chunk) under every condition. The unsteered heads run once
+        for every condition that leaves them unsteered; a condition that edits them
+        (`Steerer.prefix_unshared`: AUSteer, positions="all") runs its own steered heads
+        once, shared by the choices of each item."""
         heads = sorted({r.head for r in rows}, key=lambda h: (-len(h), h))
         head_index = {h: i for i, h in enumerate(heads)}
-        kv, head_mask, clean = self._prefix(heads, conditions)
         # unique (head, suffix) rows, longest suffix first
         units = sorted(
             {(head_index[r.head], r.suffix) for r in rows}, key=lambda u: (-len(u[1]), u)
         )
-        unit_index = {u: i for i, u in enumerate(units)}
+        shared = {n: st for n, st in conditions.items() if st is None or not st.prefix_unshared()}
         out: dict[str, list[Score]] = {}
-        for name, steerer in conditions.items():
-            logps: list[Tensor] = [torch.empty(0)] * len(units)
-            for batch in self._suffix_batches(units, int(head_mask.shape[1])):
-                for i, lp in zip(
-                    batch, self._suffix(units, batch, kv, head_mask, clean, steerer), strict=True
-                ):
-                    logps[i] = lp
-            scores = []
-            for r in rows:
-                lp = logps[unit_index[(head_index[r.head], r.suffix)]]  # [n, vocab]
-                cont = torch.tensor(r.continuation, device=lp.device)
-                picked = lp.gather(1, cont.unsqueeze(1)).squeeze(1)
-                scores.append((float(picked.sum()), bool((lp.argmax(dim=-1) == cont).all())))
-            out[name] = scores
-        return out
+        passes: list[tuple[dict[str, Condition], Condition]] = []
+        if shared:
+            passes.append((shared, None))
+        passes += [({n: st}, st) for n, st in conditions.items() if n not in shared]
+        for group, prefix_steerer in passes:  # one KV cache held at a time (cache_mb)
+            kv, head_mask, clean = self._prefix(heads, group, prefix_steerer)
+            for name, steerer in group.items():
+                out[name] = self._condition(rows, head_index, units, kv, head_mask, clean, steerer)
+            del kv, head_mask, clean
+        return {name: out[name] for name in conditions}
+
+    def _condition(
+        self,
+        rows: Sequence[Row],
+        head_index: dict[tuple[int, ...], int],
+        units: list[tuple[int, tuple[int, ...]]],
+        kv: list[tuple[Tensor, Tensor]],
+        head_mask: Tensor,
+        clean: dict[tuple[str, int], Tensor],
+        steerer: Condition,
+    ) -> list[Score]:
+        """One condition's scores of `rows`: its suffixes on the heads' KV cache `kv`."""
+        unit_index = {u: i for i, u in enumerate(units)}
+        logps: list[Tensor] = [torch.empty(0)] * len(units)
+        for batch in self._suffix_batches(units, int(head_mask.shape[1])):
+            for i, lp in zip(
+                batch, self._suffix(units, batch, kv, head_mask, clean, steerer), strict=True
+            ):
+                logps[i] = lp
+        scores = []
+        for r in rows:
+            lp = logps[unit_index[(head_index[r.head], r.suffix)]]  # [n, vocab]
+            cont = torch.tensor(r.continuation, device=lp.device)
+            picked = lp.gather(1, cont.unsqueeze(1)).squeeze(1)
+            scores.append((float(picked.sum()), bool((lp.argmax(dim=-1) == cont).all())))
+        return scores
 
     def _prefix(
-        self, heads: list[tuple[int, ...]], conditions: dict[str, Condition]
+        self,
+        heads: list[tuple[int, ...]],
+        conditions: dict[str, Condition],
+        steerer: Condition = None,
     ) -> tuple[list[tuple[Tensor, Tensor]], Tensor, dict[tuple[str, int], Tensor]]:
-        """Unsteered forwards of the heads (longest first): the chunk's KV cache of every
-        position but each head's last, left-padded to the longest head, the heads' attention
-        mask, and the clean activations at the last positions.
+        """Forwards of the heads (longest first), unsteered or under `steerer` (one whose
+        edits reach the prefix): the chunk's KV cache of every position but each head's last,
+        left-padded to the longest head, the heads' attention mask, and the clean
+        activations at the last positions that `conditions` read.
 
         The heads run in micro-batches of at most `prefix_tokens` padded tokens, each padded
         only to its own longest head (a chunk spans many lengths: one padded batch of it
@@ -245,7 +279,7 @@ class PrefixScorer:
         kv: list[tuple[Tensor, Tensor]] = []
         start = 0
         for stop in _micro_batches([len(h) for h in heads], self.prefix_tokens):
-            part = self._prefix_forward(heads[start:stop], wanted)
+            part = self._prefix_forward(heads[start:stop], wanted, steerer)
             for key, act in part[1].items():
                 grabbed.setdefault(key, []).append(act)
             for layer, (k, v) in enumerate(part[0]):
@@ -264,11 +298,15 @@ class PrefixScorer:
         return kv, mask[:, :-1], clean
 
     def _prefix_forward(
-        self, heads: list[tuple[int, ...]], wanted: dict[str, set[int]]
+        self,
+        heads: list[tuple[int, ...]],
+        wanted: dict[str, set[int]],
+        steerer: Condition = None,
     ) -> tuple[list[tuple[Tensor, Tensor]], dict[tuple[str, int], Tensor]]:
-        """One unsteered forward of left-padded heads: per layer the KV cache of every
-        position but the last (pad positions zeroed), and the `wanted` clean activations at
-        the last position."""
+        """One forward of left-padded heads (unsteered, or under `steerer`, which places
+        its edits on the heads as prompts by its own policy): per layer the KV cache of
+        every position but the last (pad positions zeroed), and the `wanted` clean
+        activations at the last position."""
         n, length = len(heads), len(heads[0])
         ids = torch.full((n, length), PAD, dtype=torch.long)
         mask = torch.zeros(n, length, dtype=torch.long)
@@ -289,6 +327,8 @@ class PrefixScorer:
         if _takes(self.base.forward, "position_ids"):
             call["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
         with ExitStack() as stack:
+            if steerer is not None:
+                stack.enter_context(steerer.apply(self.model))
             for component, layers in wanted.items():
                 site = model_site(self.model, component)
                 hooks = [LayerHook(layer, grabber(component)) for layer in sorted(layers)]

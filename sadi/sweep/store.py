@@ -1,11 +1,14 @@
 """A sweep's scores: every condition scored together, kept on disk by chunk, served to lm-eval.
 
 `SweepScores.get(name, requests)` answers one condition's log-likelihood requests. On the
-first call for a set of requests it scores *every* condition not yet on disk, chunk by
-chunk, on shared prefixes (`PrefixScorer`), writing each chunk's scores as soon as they
-exist: a killed sweep resumes from the chunks written, and a later job (another process, a
-launcher's worker) finds its point's scores there. A lock file keeps parallel jobs of one
-sweep from computing the same chunks twice.
+first call for a set of requests it scores *every* condition that shares the unsteered
+prefixes and is not yet on disk, chunk by chunk (`PrefixScorer`), writing each chunk's
+scores as soon as they exist: a killed sweep resumes from the chunks written, and a later
+job (another process, a launcher's worker) finds its point's scores there. A lock file
+keeps parallel jobs of one sweep from computing the same chunks twice. A condition that
+edits the prefix itself (AUSteer, positions="all") shares nothing with the others, so it is
+scored only when asked for, under a lock of its own: parallel jobs of such a sweep run in
+parallel.
 
 `SweepLM` is the lm-eval model that serves a condition from those scores; lm-eval still
 builds the requests (context, continuation, truncation) and computes the metrics.
@@ -71,10 +74,7 @@ class SweepScores:
         progress: bool = False,
         **scorer: Any,
     ) -> None:
-        for name, st in conditions.items():
-            why = None if st is None else st.prefix_unshared()
-            if why is not None:
-                raise ValueError(f"condition {name!r} cannot share prefixes: {why}")
+        for name in conditions:
             if not name or "/" in name or name.startswith("."):
                 raise ValueError(f"condition name {name!r} must be a plain directory name")
         self.scorer = PrefixScorer(model, **scorer)
@@ -91,19 +91,29 @@ class SweepScores:
             {"max_length": max_length, "requests": [[list(c), list(k)] for c, k in requests]}
         )
         if (name, key) not in self._memo:
-            self._score_all(key, requests, max_length)
+            self._score_all(key, requests, max_length, name)
         return self._memo[(name, key)]
 
-    def _score_all(self, key: str, requests: Sequence[Tokens], max_length: int) -> None:
+    def _own_prefix(self, name: str) -> bool:
+        st = self.conditions[name]
+        return st is not None and st.prefix_unshared() is not None
+
+    def _score_all(
+        self, key: str, requests: Sequence[Tokens], max_length: int, wanted: str
+    ) -> None:
+        """Score `wanted` and, unless it runs its own prefix, every condition sharing the
+        unsteered prefixes with it."""
         rows = [split_request(c, k, max_length) for c, k in requests]
+        own = self._own_prefix(wanted)
+        names = [wanted] if own else [n for n in self.conditions if not self._own_prefix(n)]
         folder = None if self.directory is None else self.directory / key
         if folder is None:
-            self._fill(key, rows, None)
+            self._fill(key, rows, None, names)
             return
-        with _locked(folder / ".lock"):
-            self._fill(key, rows, folder)
+        with _locked(folder / (f".lock-{wanted}" if own else ".lock")):
+            self._fill(key, rows, folder, names)
 
-    def _fill(self, key: str, rows: list[Any], folder: Path | None) -> None:
+    def _fill(self, key: str, rows: list[Any], folder: Path | None, names: list[str]) -> None:
         plan_file = None if folder is None else folder / "plan.json"
         if plan_file is not None and plan_file.exists():
             chunks = json.loads(plan_file.read_text())["chunks"]
@@ -111,18 +121,13 @@ class SweepScores:
             chunks = self.scorer.chunks(rows)
             if plan_file is not None:
                 _write_atomic(plan_file, {"n_requests": len(rows), "chunks": chunks})
-        results: dict[str, list[Score | None]] = {n: [None] * len(rows) for n in self.conditions}
-        bar = tqdm(
-            chunks, desc=f"sweep: {len(self.conditions)} conditions", disable=not self.progress
-        )
+        results: dict[str, list[Score | None]] = {n: [None] * len(rows) for n in names}
+        bar = tqdm(chunks, desc=f"sweep: {len(names)} conditions", disable=not self.progress)
         for ci, chunk in enumerate(bar):
-            files = {
-                n: None if folder is None else folder / n / f"chunk_{ci}.json"
-                for n in self.conditions
-            }
+            files = {n: None if folder is None else folder / n / f"chunk_{ci}.json" for n in names}
             missing = [n for n, f in files.items() if f is None or not f.exists()]
             got: dict[str, list[Score]] = {}
-            for n in self.conditions:
+            for n in names:
                 f = files[n]
                 if n not in missing and f is not None:
                     got[n] = [(float(ll), bool(g)) for ll, g in json.loads(f.read_text())]
@@ -145,9 +150,9 @@ class SweepScores:
 
 
 class SweepLM(SteeredLM):
-    """SteeredLM whose log-likelihoods are condition `condition` of `scores` (all of a
-    sweep's conditions are scored at the first request); generation runs as SteeredLM's,
-    under `steerer`.
+    """SteeredLM whose log-likelihoods are condition `condition` of `scores` (a sweep's
+    shared-prefix conditions are all scored at the first request); generation runs as
+    SteeredLM's, under `steerer`.
 
     Example:
         >>> scores = SweepScores(model, {"base": None, "s5": sadi5, "s10": sadi10})
