@@ -35,7 +35,9 @@ class TaskSchema:
     n_pairs: int = 150
     limit: Optional[int] = None  # items per scored split (select, report), never fit
     path: Optional[str] = None  # the generic `jsonl` task's file or folder
-    primary_metric: str = "acc"  # acc | mc2; what optimized_metric reads on the select split
+    # acc | p_label | mc2: what optimized_metric reads on the select split (p_label: the
+    # labelled choice's normalised probability, the CAA behaviours' metric)
+    primary_metric: str = "acc"
     chat_template: bool = False  # render prompts in the model's chat template (CAA)
     open_ended: bool = False  # also generate on the CAA open-ended test set
     max_gen_toks: int = 64

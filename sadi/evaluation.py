@@ -174,7 +174,31 @@ def evaluate_split(
                 **{k: s[k] for k in ("acc", "acc_norm", "mc2") if k in s},
             }
         )
+        if metric == "acc":
+            samples[-1]["p_label"] = label_probability(lls, doc["label"])
+    if samples and metric == "acc":
+        values = [s["p_label"] for s in samples]
+        metrics["p_label"] = sum(values) / len(values)
+        metrics["p_label_stderr"] = _stderr(values)
     return metrics, samples
+
+
+def label_probability(loglikelihoods: Sequence[float], label: int) -> float:
+    """The labelled choice's probability normalised over the item's choices,
+    exp(ll_label) / sum_i exp(ll_i): on the CAA behaviours (label = the answer matching the
+    behaviour) the CAA paper's behaviour-matching probability. Computed stably (max-shift)."""
+    top = max(loglikelihoods)
+    weights = [math.exp(ll - top) for ll in loglikelihoods]
+    return weights[label] / sum(weights)
+
+
+def _stderr(values: Sequence[float]) -> float:
+    """Standard error of the mean (sample standard deviation / sqrt(n)), as lm-eval's."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def open_ended_prompts(task_name: str, data_dir: str | Path | None) -> list[tuple[str, str]]:

@@ -16,7 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 from sadi.models import resolve_dtype
 from sadi.tasks import check_split_names
 
-METRICS = {"acc": ("acc", "acc_norm"), "acc_norm": ("acc", "acc_norm"), "mc2": ("mc2",)}
+# what a task of each primary metric reports (p_label: the labelled choice's normalised
+# probability, the CAA behaviours' behaviour-matching probability)
+_ACC = ("acc", "acc_norm", "p_label")
+METRICS = {
+    "acc": _ACC,
+    "acc_norm": _ACC,
+    "p_label": ("p_label", "acc", "acc_norm"),
+    "mc2": ("mc2",),
+}
 # intervention config keys that are not constructor arguments of the steerer
 _NOT_PARAMS = {"_target_", "name"}
 

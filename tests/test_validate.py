@@ -22,7 +22,10 @@ NO_MODEL = Path("/nonexistent/model/dir")
         ("intervention.strength=nan", r"intervention=sadi: strength must be a finite number"),
         ("intervention.mode=fast", r"intervention=sadi: mode must be .*'fast'"),
         ("optimized_metric=report/acc", r"must read the select split.*select/acc"),
-        ("optimized_metric=select/f1", r"this task reports \['acc', 'acc_norm'\], not 'f1'"),
+        (
+            "optimized_metric=select/f1",
+            r"this task reports \['acc', 'acc_norm', 'p_label'\], not 'f1'",
+        ),
         ("task.splits=[test]", r"'test' is not a split.*task.splits=\[select,report\]"),
         ("model.batch_size=0", r"model.batch_size=0 is not a batch size.*'auto'"),
         ("model.batch_size=lots", r"model.batch_size='lots'"),

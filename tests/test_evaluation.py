@@ -1,0 +1,49 @@
+"""Scoring a split through lm-eval: the labelled choice's normalised probability (p_label)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sadi.evaluation import evaluate_split, label_probability
+from sadi.lm_eval_model import SteeredLM
+from sadi.tasks import load_task
+from tests.conftest import byte_tokenizer, make_tiny
+
+
+def test_label_probability_is_the_softmax_over_choices() -> None:
+    lls = [-3.0, -1.0, -2.0]
+    z = sum(math.exp(x) for x in lls)
+    assert label_probability(lls, 1) == pytest.approx(math.exp(-1.0) / z, abs=1e-12)
+    # stable far from zero, where exp underflows
+    assert label_probability([-2000.0, -2001.0], 0) == pytest.approx(1 / (1 + math.exp(-1)))
+    assert sum(label_probability(lls, i) for i in range(3)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("task", ["copa", "mmlu", "caa_refusal"])
+def test_p_label_per_item_and_its_mean_come_from_lm_evals_log_likelihoods(task: str) -> None:
+    items = load_task(task, limit=6, seed=0).splits["select"][:6]
+    lm = SteeredLM(make_tiny("llama"), tokenizer=byte_tokenizer(), batch_size=4, device="cpu")
+    metrics, samples = evaluate_split(lm, items, task_name=f"p_{task}", metric="acc")
+    values = []
+    for s in samples:
+        lls = s["loglikelihoods"]
+        want = math.exp(lls[s["label"]]) / sum(math.exp(x) for x in lls)
+        assert s["p_label"] == pytest.approx(want, rel=1e-9)
+        # the argmax rate and p_label agree on which side of 1/n an item falls
+        assert (s["acc"] == 1.0) == (
+            s["p_label"] == max(label_probability(lls, i) for i in range(len(lls)))
+        )
+        values.append(s["p_label"])
+    assert metrics["p_label"] == pytest.approx(sum(values) / len(values))
+    sd = math.sqrt(sum((v - metrics["p_label"]) ** 2 for v in values) / (len(values) - 1))
+    assert metrics["p_label_stderr"] == pytest.approx(sd / math.sqrt(len(values)))
+
+
+def test_mc2_tasks_report_mc2_not_p_label() -> None:
+    items = load_task("truthfulqa_mc2", limit=3, seed=0).splits["select"][:3]
+    lm = SteeredLM(make_tiny("llama"), tokenizer=byte_tokenizer(), batch_size=4, device="cpu")
+    metrics, samples = evaluate_split(lm, items, task_name="p_mc2", metric="mc2")
+    assert "mc2" in metrics and "p_label" not in metrics
+    assert all("p_label" not in s for s in samples)
