@@ -1,6 +1,7 @@
 """Honest selection: choose hyperparameters on the select split, report the report split once.
 
     python -m sadi.select outputs/sweeps/<sweep_name> [--logger none] [--side-effects mmlu]
+                          [--across-components] [--set sweep.engine=true]
 
 For each group of sweep points (same task, model, component and method, and the same inputs:
 points that read other data or weights, or another prompt format, form groups of their own,
@@ -10,7 +11,8 @@ named with a tag of their inputs) the point with the best select-split value of 
 the smallest k, then the override string in alphabetical order. Only the chosen point is
 then scored on the report split (its fit comes from the fit cache), in
 `<sweep>/selected/<group>/report/`, and `<sweep>/selected/<group>/selection.json` records the
-choice, every candidate's select value, and the report metrics.
+choice, every candidate's select value, and the report metrics. `--across-components` makes
+the component one more hyperparameter (AUSteer's site: one choice over every site swept).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
 from sadi.cache import digest
@@ -27,6 +30,28 @@ from sadi.run import run
 from sadi.tracking import read_json, write_json
 
 SELECTED = "selected"
+_ABSENT = object()
+# what `overrides` may change in the report run: how it scores, never what it scores
+REPORT_OVERRIDES = (
+    "sweep.",
+    "task.open_ended",
+    "task.max_gen_toks",
+    "model.batch_size",
+    "model.device",
+    "progress",
+    "verbose",
+    "logger.",
+)
+
+
+def check_report_override(key: str) -> None:
+    """Refuse an override of the report run that would change what was chosen or scored."""
+    if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in REPORT_OVERRIDES):
+        allowed = ", ".join(k + ("*" if k.endswith(".") else "") for k in REPORT_OVERRIDES)
+        raise ValueError(
+            f"override {key!r}: the report run scores the chosen point as chosen; only how "
+            f"it scores may change: {allowed}"
+        )
 
 
 def points(sweep_dir: Path) -> list[Path]:
@@ -44,13 +69,16 @@ def points(sweep_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def group_of(config: dict[str, Any]) -> str:
+def group_of(config: dict[str, Any], across_components: bool = False) -> str:
+    """The group a point is chosen in: task, model, component (or `sites` when the
+    component is chosen like any other hyperparameter) and method."""
+    component = "sites" if across_components else config["component"]["name"]
     return "_".join(
         str(x)
         for x in (
             config["task"]["name"],
             config["model"]["name"],
-            config["component"]["name"],
+            component,
             config["intervention"]["name"],
         )
     )
@@ -83,17 +111,25 @@ def select(
     logger: str | None = None,
     side_effects: list[str] | None = None,
     side_limit: int | None = 500,
+    across_components: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Choose per group on the select split, then evaluate the report split once per group;
     `side_effects` tasks (e.g. ["mmlu"]) are scored there too, on their report split's first
-    `side_limit` items, with and without the chosen steerer (the capability cost)."""
+    `side_limit` items, with and without the chosen steerer (the capability cost).
+
+    `across_components`: the component is one more hyperparameter (AUSteer's site): one
+    choice per task, model and method over every component swept. `overrides` (dotted
+    config keys, e.g. {"sweep.engine": True}) change how the report run scores, never what
+    was chosen."""
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     by_name: dict[str, set[str]] = {}
     found = [(p, read_json(p / "results.json")) for p in points(sweep_dir)]
     for _, results in found:
-        by_name.setdefault(group_of(results["config"]), set()).add(inputs_of(results))
+        name = group_of(results["config"], across_components)
+        by_name.setdefault(name, set()).add(inputs_of(results))
     for point, results in found:
-        name = group_of(results["config"])
+        name = group_of(results["config"], across_components)
         if len(by_name[name]) > 1:  # same names, other data or weights: never one group
             name = f"{name}_{inputs_of(results)}"
         groups.setdefault(name, []).append((point, results))
@@ -124,6 +160,14 @@ def select(
             }
         if logger is not None:
             config.logger.name = logger
+        for key, value in (overrides or {}).items():
+            check_report_override(key)
+            if OmegaConf.select(config, key, default=_ABSENT) is _ABSENT:
+                raise ValueError(
+                    f"override {key}={value!r}: the chosen point's config has no {key!r}; "
+                    "name an existing key, e.g. sweep.engine or task.open_ended"
+                )
+            OmegaConf.update(config, key, value)
         run(config, job_type="select")
         report = read_json(out / "report" / "results.json")
         selection = {
@@ -169,12 +213,38 @@ def main(argv: list[str] | None = None) -> None:
         help="tasks also scored for the chosen point, with and without steering (e.g. mmlu)",
     )
     parser.add_argument("--side-limit", type=int, default=500, help="items per side task")
+    parser.add_argument(
+        "--across-components",
+        action="store_true",
+        help="choose the component like any other hyperparameter (e.g. AUSteer's site)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config value of the report run that changes how it scores, not what was "
+        "chosen, e.g. sweep.engine=true (the same numbers, faster) or task.open_ended=true "
+        "(also generate on the open-ended prompts); repeatable",
+    )
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: give KEY=VALUE, e.g. --set sweep.engine=true")
+        try:
+            check_report_override(key)
+        except ValueError as err:
+            parser.error(f"--set {item}: {err}")
+        overrides[key] = yaml.safe_load(value)
     select(
         args.sweep_dir,
         logger=args.logger,
         side_effects=args.side_effects,
         side_limit=args.side_limit,
+        across_components=args.across_components,
+        overrides=overrides,
     )
 
 

@@ -149,7 +149,15 @@ def test_same_command_twice_and_any_batch_size_give_identical_metrics(
         r = json.loads((out / "results.json").read_text())
         assert r["timings"]["fit_cache_hit"] == 0.0
         metrics.append((r["metrics"], r["baseline_metrics"]))
-    assert all(m == metrics[0] for m in metrics)
+    assert metrics[1] == metrics[0]  # the same command: bit for bit
+    for steered, base in metrics[2:]:  # other batch sizes: the same predictions
+        for got, want in ((steered, metrics[0][0]), (base, metrics[0][1])):
+            for split, values in want.items():
+                assert got[split].keys() == values.keys()
+                for name, value in values.items():
+                    # p_label sums probabilities: float rounding of other batch shapes shows
+                    tol = 1e-6 if name.startswith("p_label") else 0.0
+                    assert abs(got[split][name] - value) <= tol, (split, name)
 
 
 def test_intervention_none_scores_the_baseline_only(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -247,6 +255,12 @@ def test_caa_task_in_chat_form_with_open_ended_generations(tmp_path: Path) -> No
         rows = [json.loads(s) for s in (out / name).read_text().splitlines()]
         assert len(rows) == 3 and all(r["prompt"].startswith("<user>") for r in rows)
         assert all(isinstance(r["generation"], str) for r in rows)
+    # the unsteered generations are cached for every other point of the model and prompts
+    (entry,) = (tmp_path / "cache" / "generations").glob("*/generations.jsonl")
+    assert entry.read_text() == (out / "generations_caa_refusal_baseline.jsonl").read_text()
+    # the CAA behaviours choose by the behaviour-matching probability
+    assert results["config"]["optimized_metric"] == "select/p_label"
+    assert 0 < results["metrics"]["select"]["p_label"] < 1
 
 
 def test_austeer_grid_is_the_authors_search_space_per_site() -> None:

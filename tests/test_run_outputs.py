@@ -163,6 +163,32 @@ def test_resume_recomputes_a_point_whose_data_changed(
     assert len(kept) == 1 and json.loads(kept[0].read_text())["inputs"] == first["inputs"]
 
 
+def test_the_unsteered_scores_follow_the_weights_not_the_path(tmp_path: Path) -> None:
+    """The baseline cache (shared by every point) is keyed on the weights fingerprint: new
+    weights under the same path are scored anew, never served the old unsteered scores."""
+    from tests.conftest import byte_tokenizer, make_tiny
+
+    model_dir = tmp_path / "model"
+    make_tiny("llama").save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "point"
+    overrides = tiny_overrides(model_dir, out, "task.splits=[select]")
+    run_module.run(compose_run(overrides))
+    first = json.loads((out / "results.json").read_text())
+    make_tiny("llama", seed=3).save_pretrained(model_dir)  # other weights, same path
+    run_module.run(compose_run(overrides))
+    second = json.loads((out / "results.json").read_text())
+    assert second["inputs"]["model"] != first["inputs"]["model"]
+    lls = [
+        [json.loads(r)["loglikelihoods"] for r in p.read_text().splitlines()]
+        for p in sorted(out.glob("samples_*_select_baseline.jsonl"))
+    ]
+    kept = sorted(out.glob("results.superseded-*.json"))
+    assert len(kept) == 1
+    assert len(list((tmp_path / "cache" / "baselines").glob("*/key.json"))) == 2
+    assert lls and lls[0]  # the second run's unsteered samples were written anew
+
+
 def test_a_killed_fit_leaves_no_temporary_behind(tmp_path: Path) -> None:
     def crash(tmp: Path) -> None:
         (tmp / "half").write_text("x")

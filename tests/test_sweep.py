@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import sadi.run as run_module
+import sadi.scoring as scoring
 from sadi.cache import get_or_create
 from sadi.select import select
 from sadi.steerers import SADI
@@ -58,8 +59,50 @@ def test_second_point_with_the_same_fit_key_does_not_refit(
     b = load_file(str(second / "steerer" / "steerer.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((second / "steerer" / "steerer.json").read_text())["strength"] == 6.0
-    point(tiny_model_dir, sweep, 2, 2.0)  # k changes the selected elements: a new fit
+    # k re-selects elements of the same fitted delta: the cached fit serves it
+    third = point(tiny_model_dir, sweep, 2, 2.0)
+    assert len(calls) == 1
+    c = load_file(str(third / "steerer" / "steerer.safetensors"))
+    assert torch.equal(c["delta"], a["delta"]) and int(c["mask"].sum()) == 2
+    top2 = torch.sort(a["delta"].flatten(), descending=True, stable=True).indices[:2]
+    assert sorted(c["mask"].flatten().nonzero().flatten().tolist()) == sorted(top2.tolist())
+    point(tiny_model_dir, sweep, 2, 2.0, "task.n_pairs=4")  # other pairs: a new fit
     assert len(calls) == 2
+
+
+def test_select_across_components_chooses_the_site_like_a_hyperparameter(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    for component in ("head", "neuron"):
+        for strength in (2.0, 8.0):
+            out = sweep / f"component={component},intervention.strength={strength}"
+            overrides = tiny_overrides(tiny_model_dir, out, "intervention.k=2")
+            overrides += [
+                f"component={component}",
+                f"intervention.strength={strength}",
+                "task.splits=[select]",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+            ]
+            run_module.run(compose_run(overrides))
+    per_site = select(sweep, logger="none")
+    assert sorted(s["group"].split("_")[-2] for s in per_site) == ["head", "neuron"]
+    (pooled,) = select(
+        sweep, logger="none", across_components=True, overrides={"sweep.engine": True}
+    )
+    assert pooled["group"].endswith("_sites_sadi") and pooled["n_points"] == 4
+    best = max(c["select"] for c in pooled["candidates"])
+    assert pooled["chosen"]["select"]["acc"] == best
+    report = json.loads((Path(pooled["report_run_dir"]) / "results.json").read_text())
+    assert report["sweep_engine"]["used"] and report["scored_splits"] == ["report"]
+    # the same report numbers as the per-point path (the engine only changes the speed)
+    plain = next(s for s in per_site if s["chosen"]["run_dir"] == pooled["chosen"]["run_dir"])
+    assert plain["report"]["metrics"]["acc"] == pooled["report"]["metrics"]["acc"]
+    with pytest.raises(ValueError, match="has no 'sweep.engin'"):
+        select(sweep, logger="none", overrides={"sweep.engin": True})
+    for chosen_key in ("component.name", "task.limit", "intervention.k", "seed"):
+        with pytest.raises(ValueError, match="scores the chosen point as chosen"):
+            select(sweep, logger="none", overrides={chosen_key: 1})
 
 
 def _create_once(root: str, log: str) -> None:
@@ -91,13 +134,13 @@ def test_select_chooses_on_select_and_reports_once(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     evaluated: list[str] = []
-    real = run_module.evaluate_split
+    real = scoring.evaluate_split
 
     def counting(lm, items, *, task_name: str, **kw):  # type: ignore[no-untyped-def]
         evaluated.append(task_name.rsplit("_", 1)[-1])
         return real(lm, items, task_name=task_name, **kw)
 
-    monkeypatch.setattr(run_module, "evaluate_split", counting)
+    monkeypatch.setattr(scoring, "evaluate_split", counting)
     sweep = tmp_path / "sweep"
     grid = [(k, s) for k in (2, 3) for s in (2.0, 8.0)]
     dirs = [point(tiny_model_dir, sweep, k, s) for k, s in grid]

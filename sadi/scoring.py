@@ -1,0 +1,175 @@
+"""Scoring a run's splits: steered through lm-eval (or the sweep engine's scores), unsteered
+from a cache shared by every point, open-ended generations (the unsteered ones cached too),
+and side-effect tasks scored with and without the run's steerer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from omegaconf import DictConfig
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sadi.architectures import weights_fingerprint
+from sadi.cache import get_or_create
+from sadi.chat import chat_prompt
+from sadi.evaluation import evaluate_split, generate_split, open_ended_prompts
+from sadi.lm_eval_model import SteeredLM
+from sadi.models import default_cache_dir
+from sadi.steerers.base import Steerer
+from sadi.sweep import SweepLM, SweepScores
+from sadi.sweep.plan import condition_name
+from sadi.tasks import SplitName, Task, load_task
+from sadi.tracking import read_json, read_jsonl, write_json, write_jsonl
+
+Metrics = dict[str, float]
+
+
+def cache_root(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else default_cache_dir()
+
+
+def evaluate(
+    cfg: DictConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    split: SplitName,
+    steerer: Steerer | None,
+    run_dir: Path,
+    engine: SweepScores | None = None,
+) -> tuple[Metrics, list[dict[str, Any]]]:
+    """Score one split; unsteered scores are cached (they are the same for every point).
+    With `engine`, lm-eval's log-likelihoods come from its shared-prefix scores."""
+    lm_kwargs: dict[str, Any] = {"tokenizer": tokenizer, "batch_size": cfg.model.batch_size}
+    if cfg.model.max_length:
+        lm_kwargs["max_length"] = cfg.model.max_length
+
+    def score(out: Path | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
+        lm = (
+            SteeredLM(model, steerer=steerer, **lm_kwargs)
+            if engine is None
+            else SweepLM(
+                model,
+                scores=engine,
+                condition=condition_name(steerer),
+                steerer=steerer,
+                **lm_kwargs,
+            )
+        )
+        values, samples = evaluate_split(
+            lm,
+            task.splits[split],
+            task_name=f"sadi_{task.name}_{split}",
+            metric=task.metric,
+            seed=cfg.seed,
+        )
+        if out is not None:
+            write_json(out / "metrics.json", values)
+            write_jsonl(out / "samples.jsonl", samples)
+        return values, samples
+
+    if steerer is not None:
+        return score()
+    key = {
+        "model": cfg.model.source,
+        "weights": weights_fingerprint(model),  # the weights, not only their path
+        "scores": 2,  # what an entry holds; 2: samples carry p_label
+        "dtype": cfg.model.dtype,
+        "max_length": cfg.model.max_length,
+        "task": task.name,
+        "metric": task.metric,
+        "items": [[i.id, i.question, list(i.choices), i.label] for i in task.splits[split]],
+    }
+    entry, _ = get_or_create(cache_root(cfg) / "baselines", key, lambda tmp: score(tmp) and None)
+    return read_json(entry / "metrics.json"), read_jsonl(entry / "samples.jsonl")
+
+
+def generate_open_ended(
+    cfg: DictConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    conditions: dict[str, Steerer | None],
+    run_dir: Path,
+    timings: dict[str, float],
+) -> None:
+    prompts = open_ended_prompts(task.name, cfg.paths.data_dir)[: cfg.task.limit or None]
+    if cfg.task.chat_template:
+        prompts = [(i, chat_prompt(text, tokenizer)) for i, text in prompts]
+    for condition, st in conditions.items():
+        t = time.perf_counter()
+
+        def generate(st: Steerer | None = st) -> list[dict[str, Any]]:
+            lm = SteeredLM(model, steerer=st, tokenizer=tokenizer, batch_size=cfg.model.batch_size)
+            return generate_split(
+                lm,
+                prompts,
+                task_name=f"sadi_{task.name}_open_ended",
+                max_gen_toks=cfg.task.max_gen_toks,
+                seed=cfg.seed,
+            )
+
+        if st is None:  # the unsteered generations are the same for every point: cached
+            key = {
+                "model": cfg.model.source,
+                "weights": weights_fingerprint(model),
+                "dtype": cfg.model.dtype,
+                "prompts": prompts,
+                "max_gen_toks": cfg.task.max_gen_toks,
+                "seed": cfg.seed,
+            }
+
+            def create(tmp: Path) -> None:
+                write_jsonl(tmp / "generations.jsonl", generate())
+
+            entry, _ = get_or_create(cache_root(cfg) / "generations", key, create)
+            rows = read_jsonl(entry / "generations.jsonl")
+        else:
+            rows = generate()
+        timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
+        suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
+        write_jsonl(run_dir / f"generations_{task.name}{suffix}.jsonl", rows)
+
+
+def load_side_tasks(cfg: DictConfig) -> list[Task]:
+    """The tasks of `side_effects.tasks`, their `side_effects.split` cut to `limit` items."""
+    split = cfg.side_effects.split
+    if split not in ("select", "report"):
+        raise ValueError(
+            f"side_effects.split={split!r}: choose report (the side-effect figure) or select"
+        )
+    return [
+        load_task(
+            name,
+            data_dir=cfg.paths.data_dir,
+            limit=cfg.side_effects.limit,
+            seed=cfg.seed,
+        )
+        for name in cfg.side_effects.tasks
+    ]
+
+
+def score_side_effect(
+    cfg: DictConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    side: Task,
+    conditions: dict[str, Steerer | None],
+    run_dir: Path,
+    timings: dict[str, float],
+    engine: SweepScores | None = None,
+) -> dict[str, Any]:
+    """Score a side task's split under every condition (the steerer fitted on the run's
+    task); samples go to samples_side_<task>_<split>[_baseline].jsonl."""
+    split = cast(SplitName, cfg.side_effects.split)
+    out: dict[str, Any] = {"split": split, "n_items": len(side.splits[split])}
+    for condition, st in conditions.items():
+        t = time.perf_counter()
+        out[condition], rows = evaluate(cfg, model, tokenizer, side, split, st, run_dir, engine)
+        timings[f"side_{side.name}_{condition}_s"] = time.perf_counter() - t
+        suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
+        write_jsonl(run_dir / f"samples_side_{side.name}_{split}{suffix}.jsonl", rows)
+    return out
