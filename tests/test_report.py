@@ -279,11 +279,55 @@ def test_cli(dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main([*map(str, dirs), "--out", str(out), "--resamples", "300"]) == 0
     assert "| sadi-head |" in capsys.readouterr().out
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert len(pngs) == 4 and all(
+    assert len(pngs) == 5 and all(
         (out / p).stat().st_size > 0 for p in pngs
-    )  # strength, 2 heads, bars
+    )  # strength, 2 heads, bars, the delta heatmap
+    assert "deltas_tiny.png" in pngs
     assert "data:image/png;base64," in (out / "report.html").read_text()
-    assert "![" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "![" in md and "## Report deltas, method x task" in md
+    summary = tmp_path / "summary"
+    assert main([*map(str, dirs), "--out", str(summary), "--plots", "summary"]) == 0
+    assert sorted(p.name for p in summary.glob("*.png")) == [
+        "deltas_tiny.png",
+        "methods_copa_tiny.png",
+    ]
+
+
+def test_pivot_shows_each_methods_delta_per_task_with_its_test(dirs: list[Path]) -> None:
+    from sadi.report import pivot_markdown
+
+    rows = table(collect(dirs), n_resamples=300)
+    md = pivot_markdown(rows)
+    lines = md.splitlines()
+    assert lines[0] == "| method | copa [acc] |"
+    assert lines[2] == "| unsteered | 60.0 |"
+    # SADI gains 15 points on 200 items, all discordant pairs its way: p < 0.05
+    assert "| sadi-head | +15.0* |" in lines and "| caa-residual | - |" in lines
+
+
+def test_ab_format_is_named_in_the_table_and_generations_are_shown(tmp_path: Path) -> None:
+    from sadi.report import generation_section
+
+    run = write_run(tmp_path / "ab", {"report": scores_pair(40, 0.5, 0.1, 0)})
+    res = json.loads((run / "results.json").read_text())
+    res["config"]["task"]["format"] = "ab"
+    (run / "results.json").write_text(json.dumps(res))
+    for suffix, text in (("", "Sure | yes"), ("_baseline", "No.")):
+        rows = [
+            {"id": f"q{i}", "prompt": f"Q{i}\n?", "generation": f"{text} {i}"} for i in range(5)
+        ]
+        (run / f"generations_copa{suffix}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+    (rec,) = collect([run])
+    assert rec.task_label == "copa (ab)"
+    (row,) = table([rec], n_resamples=100)
+    assert row["task"] == "copa (ab)"
+    ((title, md),) = generation_section([rec], n=2)
+    assert title == "Generations"
+    assert "| copa (ab) | sadi-head | Q0 ? | No. 0 | Sure / yes 0 |" in md
+    assert "Q2" not in md
 
 
 def test_strength_axes_per_method(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sadi.report.plots import (
     plot_all,
+    plot_deltas,
     plot_head_heatmap,
     plot_methods,
     plot_strength,
@@ -31,6 +32,8 @@ from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
 from sadi.report.tables import (
     Row,
     feature_sections,
+    generation_section,
+    pivot_markdown,
     side_effect_section,
     table,
     to_html,
@@ -49,6 +52,7 @@ __all__ = [
     "main",
     "paired_test",
     "plot_all",
+    "plot_deltas",
     "plot_head_heatmap",
     "plot_methods",
     "plot_strength",
@@ -57,6 +61,8 @@ __all__ = [
     "to_html",
     "to_markdown",
     "feature_sections",
+    "generation_section",
+    "pivot_markdown",
     "side_effect_section",
 ]
 
@@ -68,12 +74,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="report", help="output directory (default: ./report)")
     ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ap.add_argument(
+        "--plots",
+        choices=["all", "summary"],
+        default="all",
+        help="summary: only the per-task methods and the delta heatmap (for many tasks)",
+    )
     args = ap.parse_args(argv)
     records = collect(args.paths)
     rows = table(records, args.resamples, args.seed)
     out = Path(args.out)
-    images = plot_all(records, rows, out)
-    sections = side_effect_section(records) + feature_sections(records)
+    images = plot_all(records, rows, out, summary=args.plots == "summary")
+    sections = [("Report deltas, method x task", pivot_markdown(rows))]
+    sections += side_effect_section(records) + generation_section(records)
+    sections += feature_sections(records)
     md = to_markdown(rows, args.resamples, args.seed)
     md_sections = "".join(f"\n## {title}\n\n{body}\n" for title, body in sections)
     (out / "report.md").write_text(

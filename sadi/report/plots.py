@@ -68,7 +68,7 @@ def plot_strength(
         y = 100 * chosen.metrics.get("select", {}).get(rec.metric, math.nan)
         ax.plot([chosen.params[x]], [y], "k*", ms=14, label="chosen", zorder=5)
     ax.set(xlabel=f"intervention.{x}", ylabel=f"select {rec.metric} (%)")
-    ax.set_title(f"{rec.method} on {rec.task} ({rec.model}): select split vs {x}")
+    ax.set_title(f"{rec.method} on {rec.task_label} ({rec.model}): select split vs {x}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     return _save(fig, path)
@@ -82,7 +82,7 @@ def plot_methods_side_by_side(
 
     Returns the PNG path, or None when fewer than two methods were swept on `task`.
     """
-    swept = [r for r in records if r.task == task and len(r.points) > 1]
+    swept = [r for r in records if r.task_label == task and len(r.points) > 1]
     if len(swept) < 2:
         return None
     fig = Figure(figsize=(5 * len(swept), 4.2))
@@ -225,6 +225,37 @@ def plot_methods(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def plot_deltas(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
+    """Per model: a method x task heatmap of report deltas (steered - unsteered, x100, each
+    in its task's metric), a dot where the paired test gives p < 0.05."""
+    out, paths = Path(out_dir), []
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model and r["diff"] is not None]
+        if not mine:
+            continue
+        tasks = sorted({r["task"] for r in mine})
+        methods = sorted({r["method"] for r in mine})
+        grid = np.full((len(methods), len(tasks)), np.nan)
+        for r in mine:
+            grid[methods.index(r["method"]), tasks.index(r["task"])] = 100 * r["diff"].value
+        fig = Figure(figsize=(1.1 * len(tasks) + 3, 0.5 * len(methods) + 2))
+        ax = fig.add_subplot()
+        lim = max(1.0, float(np.nanmax(np.abs(grid))))
+        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        for r in mine:
+            i, j = methods.index(r["method"]), tasks.index(r["task"])
+            sig = r["p_value"] is not None and r["p_value"] < 0.05
+            ax.text(
+                j, i, f"{grid[i, j]:+.1f}{'*' if sig else ''}", ha="center", va="center", fontsize=8
+            )
+        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        ax.set_title(f"{model}: report delta vs unsteered (x100; * paired p < 0.05)", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        paths.append(_save(fig, out / f"deltas_{_slug(model)}.png"))
+    return paths
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -235,21 +266,26 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
 
-def plot_all(records: Sequence[RunRecord], rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
+def plot_all(
+    records: Sequence[RunRecord], rows: Sequence[Row], out_dir: str | Path, summary: bool = False
+) -> list[Path]:
     """Every plot for these records into `out_dir`: strength sweeps, head heatmaps, AUSteer
-    units, methods."""
+    units, methods side by side, methods with CIs, the delta heatmap. `summary`: only the
+    last two (a study of many tasks would otherwise write hundreds of PNGs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if summary:
+        return plot_deltas(rows, out) + plot_methods(rows, out)
     paths: list[Path] = []
     for i, rec in enumerate(records):
-        stem = f"{_slug(rec.task)}_{_slug(rec.method)}_{i}"
+        stem = f"{_slug(rec.task_label)}_{_slug(rec.method)}_{i}"
         if rec.points and (p := plot_strength(rec.points, out / f"strength_{stem}.png", rec)):
             paths.append(p)
         if rec.steerer_dir and (p := plot_head_heatmap(rec.steerer_dir, out / f"heads_{stem}.png")):
             paths.append(p)
         if rec.steerer_dir and (p := plot_units(rec.steerer_dir, out / f"units_{stem}.png")):
             paths.append(p)
-    for task in sorted({r.task for r in records}):
+    for task in sorted({r.task_label for r in records}):
         if p := plot_methods_side_by_side(records, out / f"methods_{_slug(task)}.png", task):
             paths.append(p)
-    return paths + plot_methods(rows, out)
+    return paths + plot_methods(rows, out) + plot_deltas(rows, out)

@@ -43,6 +43,15 @@ class RunRecord:
     # other tasks scored with and without this steerer: {task: {split, n_items, steered,
     # baseline}} (results.json "side_effects")
     side_effects: dict[str, Any] = field(default_factory=dict)
+    format: str = "lm_eval"  # the prompt format (task.format)
+
+    @property
+    def task_label(self) -> str:
+        """The task as tables show it: `copa (ab)` for a non-default prompt format (the CAA
+        behaviours are A/B items by definition and keep their name)."""
+        if self.format == "lm_eval" or self.task.startswith("caa_"):
+            return self.task
+        return f"{self.task} ({self.format})"
 
     @property
     def method(self) -> str:
@@ -74,6 +83,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         steered=bool(res.get("steered", iv.get("name", "none") != "none")),
         sample_dirs={"select": d, "report": d},
         side_effects=res.get("side_effects") or {},
+        format=cfg["task"].get("format") or "lm_eval",
     )
 
 
@@ -143,9 +153,9 @@ def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
             if d in taken or any(r in d.parents or r == d for r in roots):
                 continue
             rec = load_run(d)
-            key = (rec.task, rec.method, rec.model)
+            key = (rec.task_label, rec.method, rec.model)
             # a sibling of a chosen point in its group: a point its selection did not list
-            owner = [r for r in chosen if (r.task, r.method, r.model) == key]
+            owner = [r for r in chosen if (r.task_label, r.method, r.model) == key]
             owner = [r for r in owner if r.run_dir.parent == d.parent]
             if owner:
                 owner[0].points.append(rec)

@@ -43,8 +43,9 @@ def _params(rec: RunRecord) -> str:
 def table(records: Sequence[RunRecord], n_resamples: int = 2000, seed: int = 0) -> list[Row]:
     """One row per record: select and report (steered), baseline report, paired delta."""
     rows = []
-    for rec in sorted(records, key=lambda r: (r.task, r.model, r.method != "none", r.method)):
-        row: dict[str, Any] = {"task": rec.task, "method": rec.method, "params": _params(rec)}
+    for rec in sorted(records, key=lambda r: (r.task_label, r.model, r.method != "none", r.method)):
+        row: dict[str, Any] = {"task": rec.task_label, "method": rec.method}
+        row["params"] = _params(rec)
         row |= {"model": rec.model, "metric": rec.metric, "chosen_by": rec.chosen_by}
         row |= {"run_dir": str(rec.run_dir), "diff": None, "p_value": None, "test": None}
         row["select"] = _estimate(rec, "select", False, n_resamples, seed)
@@ -114,10 +115,73 @@ def side_effect_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
                 continue
             n += 1
             lines.append(
-                f"| {rec.task} | {rec.method} | {side} | {got['split']} ({got['n_items']}) | "
+                f"| {rec.task_label} | {rec.method} | {side} | {got['split']} ({got['n_items']}) | "
                 f"{metric} | {100 * st:.1f} | {100 * base:.1f} | {100 * (st - base):+.1f} |"
             )
     return [("Side effects", "\n".join(lines))] if n else []
+
+
+def generation_section(records: Sequence[RunRecord], n: int = 3) -> list[tuple[str, str]]:
+    """("Generations", table) when a chosen point generated on open-ended prompts: the first
+    `n` prompts with the unsteered and the steered answer (no judge: saved for reading)."""
+    lines = [
+        f"Greedy answers to the first {n} open-ended prompts, unsteered and steered (all of "
+        "them are in each report run's generations_<task>*.jsonl).",
+        "",
+        "| task | method | prompt | unsteered | steered |",
+        "|---|---|---|---|---|",
+    ]
+    shown = 0
+    for rec in records:
+        d = rec.sample_dirs.get("report", rec.run_dir)
+        steered, base = (
+            d / f"generations_{rec.task}.jsonl",
+            d / f"generations_{rec.task}_baseline.jsonl",
+        )
+        if not (steered.exists() and base.exists()):
+            continue
+        a = [json.loads(x) for x in steered.read_text().splitlines() if x.strip()]
+        b = {r["id"]: r for r in (json.loads(x) for x in base.read_text().splitlines() if x)}
+        for row in a[:n]:
+            other = b.get(row["id"], {}).get("generation", "")
+            cells = [_cell(row["prompt"], 160), _cell(other), _cell(row["generation"])]
+            lines.append(f"| {rec.task_label} | {rec.method} | " + " | ".join(cells) + " |")
+            shown += 1
+    return [("Generations", "\n".join(lines))] if shown else []
+
+
+def _cell(text: str, limit: int = 240) -> str:
+    """One line of a Markdown table cell: the chat template's markup and newlines folded."""
+    flat = " ".join(str(text).replace("|", "/").split())
+    return flat if len(flat) <= limit else "..." + flat[-limit:]
+
+
+def pivot_markdown(rows: Sequence[Row]) -> str:
+    """A compact method x task table of report deltas (steered - unsteered, x100, with the
+    paired test's marker: * p < 0.05), the unsteered report value heading each column."""
+    tasks = sorted({(r["task"], r["model"]) for r in rows})
+    methods = sorted({r["method"] for r in rows if r["method"] != "none"})
+    cell: dict[tuple[str, str, str], Row] = {(r["task"], r["model"], r["method"]): r for r in rows}
+    metric = {(r["task"], r["model"]): r["metric"] for r in rows}
+    several = len({m for _, m in tasks}) > 1
+    head = ["method", *(f"{t}{f' ({m})' if several else ''} [{metric[t, m]}]" for t, m in tasks)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = ["unsteered"]
+    for t, m in tasks:
+        got = next((r for r in rows if (r["task"], r["model"]) == (t, m) and r["baseline"]), None)
+        base.append(f"{100 * got['baseline'].value:.1f}" if got else "-")
+    lines.append("| " + " | ".join(base) + " |")
+    for method in methods:
+        cells = [method]
+        for t, m in tasks:
+            r = cell.get((t, m, method))
+            if r is None or r["diff"] is None:
+                cells.append("-")
+                continue
+            star = "*" if r["p_value"] is not None and r["p_value"] < 0.05 else ""
+            cells.append(f"{100 * r['diff'].value:+.1f}{star}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def feature_sections(records: Sequence[RunRecord], top: int = 10) -> list[tuple[str, str]]:
@@ -147,7 +211,8 @@ def feature_sections(records: Sequence[RunRecord], top: int = 10) -> list[tuple[
                 f"| {f['latent']} | {f['s']:+.2f} | {f['side']} | {f['freq_pos']:.2f} | "
                 f"{f['freq_neg']:.2f} | {ex} |"
             )
-        out.append((f"SAS features: {rec.method} on {rec.task} ({rec.model})", "\n".join(lines)))
+        title = f"SAS features: {rec.method} on {rec.task_label} ({rec.model})"
+        out.append((title, "\n".join(lines)))
     return out
 
 

@@ -1,0 +1,114 @@
+"""Behaviour curves on synthetic curve sweeps: values, CIs, monotonicity, range, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sadi.report.curves import build_curve, collect_curves, curve_table, main
+from sadi.report.records import load_run
+
+N = 40
+
+
+def curve_sweep(
+    root: Path,
+    method: str,
+    param: str,
+    strengths: list[float],
+    value: Any,
+    fixed: dict[str, Any] | None = None,
+    task: str = "caa_refusal",
+) -> Path:
+    """Run directories of one curve: per strength, p_label per item = value(strength, item);
+    the baseline samples hold value(identity, item)."""
+    identity = 1.0 if method == "sadi" else 0.0
+    for s in strengths:
+        d = root / f"{param}={s}"
+        d.mkdir(parents=True)
+        cfg = {
+            "task": {"name": task, "primary_metric": "p_label", "format": "ab"},
+            "model": {"name": "tiny"},
+            "component": {"name": "residual"},
+            "intervention": {"name": method, "_target_": "x", param: s, **(fixed or {})},
+        }
+        (d / "results.json").write_text(json.dumps({"config": cfg, "steered": True}))
+        for suffix, at in (("", s), ("_baseline", identity)):
+            rows = [{"id": f"i{i}", "p_label": value(at, i), "acc": 1.0} for i in range(N)]
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            (d / f"samples_{task}_report{suffix}.jsonl").write_text(text)
+    return root
+
+
+def noise(i: int) -> float:
+    return float(np.random.default_rng(i).uniform(-0.05, 0.05))
+
+
+def test_an_increasing_curve(tmp_path: Path) -> None:
+    strengths = [-2.0, -1.0, 1.0, 2.0, 4.0]
+    sweep = curve_sweep(
+        tmp_path / "caa",
+        "caa",
+        "multiplier",
+        strengths,
+        lambda m, i: 0.5 + 0.08 * m + noise(i),
+        fixed={"layer": 12},
+    )
+    (curve,) = collect_curves([sweep])
+    assert curve.param == "multiplier" and curve.fixed == {"layer": 12}
+    assert curve.strengths == [-2.0, -1.0, 0.0, 1.0, 2.0, 4.0]  # the unsteered point added
+    mean_noise = np.mean([noise(i) for i in range(N)])
+    for s, v in zip(curve.strengths, curve.values, strict=True):
+        assert v.value == pytest.approx(0.5 + 0.08 * s + mean_noise)
+        assert v.lo is not None and v.hi is not None and v.lo <= v.value <= v.hi
+    assert curve.baseline.value == pytest.approx(0.5 + mean_noise)
+    assert curve.monotonic == "increasing" and curve.monotonic_share == 1.0
+    assert curve.spearman == pytest.approx(1.0)
+    assert curve.range.value == pytest.approx(0.08 * 6)
+    # the shift is the same on every item: the resampled range has no spread
+    assert curve.range.lo == pytest.approx(0.48) and curve.range.hi == pytest.approx(0.48)
+    assert curve.toward.value == pytest.approx(0.32) and curve.away.value == pytest.approx(-0.16)
+    assert "| caa_refusal | tiny | caa-residual | layer=12 | multiplier -2..4 (6) |" in (
+        curve_table([curve])
+    )
+
+
+def test_a_noisy_flat_curve_is_not_monotonic(tmp_path: Path) -> None:
+    def value(s: float, i: int) -> float:
+        return 0.5 + (0.02 if (s in (1.0, 3.0)) else 0.0) + noise(i + int(s))
+
+    sweep = curve_sweep(tmp_path / "sadi", "sadi", "strength", [0.0, 2.0, 3.0, 5.0], value)
+    (curve,) = collect_curves([sweep])
+    assert 1.0 in curve.strengths  # SADI's identity is strength 1
+    assert curve.monotonic == "no" and curve.monotonic_share == 0.0
+    lo, hi = curve.range.lo, curve.range.hi
+    assert lo is not None and hi is not None and 0 <= lo < hi  # items vary per strength
+
+
+def test_points_differing_in_more_than_the_strength_are_refused(tmp_path: Path) -> None:
+    a = curve_sweep(tmp_path / "a", "caa", "multiplier", [1.0], lambda m, i: 0.5, {"layer": 3})
+    b = curve_sweep(tmp_path / "b", "caa", "multiplier", [2.0], lambda m, i: 0.5, {"layer": 4})
+    points = [load_run(next(a.iterdir())), load_run(next(b.iterdir()))]
+    with pytest.raises(ValueError, match="more than multiplier"):
+        build_curve(points)
+    assert len(collect_curves([a, b])) == 2  # two curves, one per layer
+    with pytest.raises(KeyError, match="no 'mc2'"):
+        collect_curves([a], metric="mc2")
+
+
+def test_cli_writes_the_table_json_and_one_plot_per_behaviour(tmp_path: Path) -> None:
+    curve_sweep(tmp_path / "s" / "caa", "caa", "multiplier", [-1.0, 1.0], lambda m, i: 0.5 + m / 10)
+    curve_sweep(tmp_path / "s" / "sas", "sas", "lam", [-4.0, 4.0], lambda m, i: 0.5 + m / 50)
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert [p.name for p in out.glob("*.png")] == ["curve_caa_refusal_tiny.png"]
+    data = json.loads((out / "curves.json").read_text())
+    assert {d["method"] for d in data} == {"caa-residual", "sas-residual"}
+    sas = next(d for d in data if d["method"] == "sas-residual")
+    assert [p["strength"] for p in sas["points"]] == [-4.0, 0.0, 4.0]
+    assert sas["monotonic"] == "increasing" and sas["identity"] == 0.0
+    assert "Behaviour curves" in (out / "curves.md").read_text()
