@@ -4,7 +4,7 @@ PIP ?= .venv/bin/pip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-latest lock lint bench
+.PHONY: help setup run test test-fast test-latest lock lint bench study
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,3 +35,8 @@ lint: ## ruff and mypy
 
 bench: ## benchmarks; figures as JSON under benchmarks/results/
 	$(PY) -m benchmarks.run $(ARGS)
+
+study: ## the CPU comparison study: Table 1 (SmolLM2, Gemma 3), behaviour curves (hours; see README)
+	$(PY) experiments/table1_cpu.py --model smollm2_135m $(ARGS)
+	$(PY) experiments/table1_cpu.py --model gemma3_270m $(ARGS)
+	$(PY) experiments/behaviours.py --model smollm2_135m $(ARGS)

@@ -1,17 +1,63 @@
-"""Shared by the experiment scripts: run a command, echoing it first."""
+"""Shared by the experiment scripts: run a command (echoing it first), read what a select
+stage chose, and time each stage into a log that the README's run times come from."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# the embedded models' sizes the grids are written against (conf/model/*.yaml)
+N_LAYERS = {"smollm2_135m": 30, "gemma3_270m": 18}
 
 
-def run(args: list[str], dry_run: bool) -> None:
+def run(args: list[str], dry_run: bool, log: Path | None = None) -> None:
+    """Echo `args` as `$ <command>`, then run it (unless `dry_run`); with `log`, append the
+    command and its wall time as one JSON line."""
     print("$ " + shlex.join(args), flush=True)
-    if not dry_run:
-        subprocess.run(args, check=True)
+    if dry_run:
+        return
+    start = time.time()
+    subprocess.run(args, check=True)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as f:
+            f.write(json.dumps({"command": shlex.join(args), "seconds": time.time() - start}))
+            f.write("\n")
 
 
 def sadi_run(*overrides: str) -> list[str]:
     return [sys.executable, "-m", "sadi.run", "-m", *overrides]
+
+
+def select_cmd(sweep: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "sadi.select", sweep, "--logger", "none", *flags]
+
+
+def finished(root: Path, depth: int = 2) -> list[str]:
+    """Sweep directories `depth` levels below `root` whose select stage has finished."""
+    pattern = "/".join(["*"] * depth) + "/selected/*/selection.json"
+    return sorted({str(p.parents[2]) for p in root.glob(pattern)})
+
+
+def chosen(sweep: str | Path) -> list[dict[str, Any]]:
+    """What `sadi.select` chose in a sweep: per group, the chosen point's intervention
+    parameters and its component (read from the point's results.json)."""
+    out = []
+    for path in sorted(Path(sweep).glob("selected/*/selection.json")):
+        sel = json.loads(path.read_text())
+        config = json.loads((Path(sel["chosen"]["run_dir"]) / "results.json").read_text())
+        out.append(
+            {
+                "group": sel["group"],
+                "params": sel["chosen"]["params"],
+                "component": config["config"]["component"]["name"],
+            }
+        )
+    if not out:
+        raise FileNotFoundError(f"no selected/*/selection.json in {sweep}: run sadi.select first")
+    return out

@@ -1,32 +1,44 @@
-"""SADI paper, Table 1, on the paper's 7B backbones (needs a GPU and the Hugging Face hub),
-with AUSteer rows: the authors' reported points next to the points chosen on select.
+"""SADI paper, Table 1, on the paper's 7B backbones, every method, on a Slurm cluster: one
+command launches the sweeps (submitit, one job per point) and the select stages and
+AUSteer's authors' points (each a Slurm job), then writes the report where it runs (it only
+reads files), with AUSteer's authors' reported points as extra rows.
 
-    python experiments/table1_7b.py --dry-run            # print the commands
+    python experiments/table1_7b.py --dry-run            # the commands and the GPU-hour plan
     python experiments/table1_7b.py --model llama2_7b_chat
-    python experiments/table1_7b.py --model gemma2_9b_it --methods austeer
+    python experiments/table1_7b.py --model gemma2_9b_it --methods austeer --local
 
-Every method is swept on the select split with the authors' grid (conf/experiment/*.yaml),
-then `sadi.select` scores the report split once for the chosen point. The paper's numbers
-(LLaMA2-7B-chat, its own test-set selection) are in ../shared/METHODS.md for comparison; ours
-are selected on a validation split, so expect them to be lower or equal.
+Needs a GPU and the Hugging Face hub (the weights; nothing else is downloaded). Every method
+is swept on the select split with the authors' grid (conf/experiment/*.yaml), then
+`sadi.select` scores the report split once for the chosen point. The paper's numbers
+(LLaMA2-7B-chat, its own test-set selection) are in ../shared/METHODS.md for comparison;
+ours are selected on a validation split, so expect them to be lower or equal.
 
 AUSteer runs in the A/B prompt format (`task.format=ab`, the project's equivalent of the
-authors' greedy A/B answer), both its sweep (the authors' k x alpha grid per site) and its
-"authors' point" rows: one run per configuration the authors report for this model, scored
-on select and report as it is, labelled `austeer_authors` in the table. The gap between
-that row and the selected `austeer` row is the cost of choosing on a validation split
-instead of on the test set.
+authors' greedy A/B answer), its site chosen on select with k and alpha
+(`--across-components`), and its "authors' point" rows: one run per configuration the
+authors report for this model, scored on select and report as it is, labelled
+`austeer_authors`. The gap between that row and the selected `austeer` row is the cost of
+choosing on a validation split instead of on the test set. SAS trains the default TopK SAE
+of the middle layer first (`intervention.sae=trained`; on a GPU a few minutes).
+
+GPU hours (printed with --dry-run, per method): an estimate, not a measurement (no GPU was
+available where this was written): forward tokens from the tasks' measured token counts
+(SmolLM2's tokenizer; Llama's gives about as many), the sweep engine's costs (each context
+once per fit, then a few suffix tokens per point; AUSteer a prefix per point), an assumed
+throughput of THROUGHPUT tokens/s for a 7B model scoring in float16 on one A100-class GPU,
+and LOAD_S seconds of model loading per Slurm job (one job per sweep point).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from _common import run, sadi_run
 
 TASKS = "copa,xnli_en,mmlu,sst2,boolq,winogrande"
-METHODS = ["sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer"]
+METHODS = ["sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer", "sas"]
 AUSTEER_FORMAT = "ab"
 SITE = {"attention": "head", "ffn": "hidden", "layer": "residual"}
 # (model, task, site, k, alpha, accuracy %) from the authors' log (../shared/METHODS.md)
@@ -37,6 +49,46 @@ AUTHORS_POINTS = [
     ("gemma2_9b_it", "copa", "ffn", 80, 50, 97.60),
     ("qwen3_8b", "copa", "attention", 8, 20, 95.40),
 ]
+# GPU-hour model: assumed figures, stated in the docstring and the printed plan
+THROUGHPUT = 5000.0  # forward tokens per second, 7B, float16, one A100-class GPU
+LOAD_S = 90.0  # loading a 7B checkpoint per job
+N_PAIRS = {"austeer": 1000}  # fit pairs (others: 150)
+# per task: (select items, report items, context tokens, continuation tokens per item)
+TOKENS = {
+    "copa": (300, 500, 7.8, 13.1),
+    "xnli_en": (500, 1490, 26.8, 40.9),
+    "mmlu": (1000, 13042, 123.5, 4.0),
+    "sst2": (300, 572, 36.9, 2.0),
+    "boolq": (500, 2270, 147.1, 2.0),
+    "winogrande": (500, 1267, 15.9, 13.3),
+}
+# points per grid (conf/experiment/<method>.yaml)
+POINTS = {
+    "sadi_head": 96,
+    "sadi_neuron": 60,
+    "sadi_hidden": 176,
+    "iti": 30,
+    "caa": 36,
+    "austeer": 240,
+    "sas": 24,
+}
+FITS = {"austeer": 3}  # fits per task: one per AUSteer site; k and strengths share a fit
+
+
+def gpu_hours(method: str) -> float:
+    """Estimated GPU hours of one method over the table's tasks (see the docstring)."""
+    tokens = 0.0
+    for select, report, ctx, cont in TOKENS.values():
+        fit = N_PAIRS.get(method, 150) * 2 * (ctx + cont)
+        fits = FITS.get(method, 1)
+        points = POINTS[method]
+        if method == "austeer":  # its own prefix per point: about one engine baseline each
+            sweep = points * select * (ctx + cont)
+        else:
+            sweep = fits * select * ctx + points * select * cont
+        tokens += fits * fit + sweep + report * (ctx + cont)
+    jobs = len(TOKENS) * (POINTS[method] + 1)
+    return (tokens / THROUGHPUT + jobs * LOAD_S) / 3600
 
 
 def authors_point_runs(model: str, out: str = "outputs/authors_points") -> list[list[str]]:
@@ -65,27 +117,62 @@ def authors_point_runs(model: str, out: str = "outputs/authors_points") -> list[
     return runs
 
 
+def on_slurm(args: list[str], dry_run: bool, local: bool, folder: str) -> None:
+    """Run `args` as one Slurm job (submitit; resources of conf/hydra/launcher/slurm.yaml)
+    and wait for it, or here with `local`."""
+    if local:
+        run(args, dry_run)
+        return
+    print("# one Slurm job (submitit), waited for:", flush=True)
+    if dry_run:
+        run(args, dry_run=True)
+        return
+    import submitit
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/hydra/launcher/slurm.yaml")
+    executor = submitit.AutoExecutor(folder=folder)
+    executor.update_parameters(
+        timeout_min=conf.timeout_min,
+        gpus_per_node=conf.gpus_per_node,
+        cpus_per_task=conf.cpus_per_task,
+        mem_gb=conf.mem_gb,
+        slurm_partition=conf.partition,
+        slurm_account=conf.account,
+    )
+    print("$ " + " ".join(args), flush=True)
+    executor.submit(submitit.helpers.CommandFunction(args)).result()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama2_7b_chat")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--local", action="store_true", help="run here (a GPU node), no Slurm")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {METHODS}")
-    common = [f"model={args.model}", f"task={TASKS}", "hydra/launcher=slurm"]
+    print(f"# estimated GPU hours ({THROUGHPUT:.0f} tokens/s, {LOAD_S:.0f} s load per job):")
+    for method in methods:
+        print(f"#   {method}: {gpu_hours(method):.1f}")
+    print(f"#   total: {sum(gpu_hours(m) for m in methods):.1f}")
+    launcher = [] if args.local else ["hydra/launcher=slurm"]
+    common = [f"model={args.model}", f"task={TASKS}", *launcher]
+    jobs = f"outputs/slurm/{args.model}"
     for method in methods:
         extra = [f"task.format={AUSTEER_FORMAT}"] if method == "austeer" else []
         run(sadi_run(f"experiment={method}", *common, *extra), args.dry_run)
-        run(
-            [sys.executable, "-m", "sadi.select", f"outputs/sweeps/{method}_{args.model}"],
-            args.dry_run,
-        )
+        select = [sys.executable, "-m", "sadi.select", f"outputs/sweeps/{method}_{args.model}"]
+        select += ["--set", "sweep.engine=true"]
+        if method == "austeer":
+            select.append("--across-components")
+        on_slurm(select, args.dry_run, args.local, jobs)
     points = authors_point_runs(args.model) if "austeer" in methods else []
     for cmd in points:
-        run(cmd, args.dry_run)
+        on_slurm(cmd, args.dry_run, args.local, jobs)
     sweeps = [f"outputs/sweeps/{m}_{args.model}/selected" for m in methods]
     point_dirs = [cmd[-1].split("=", 1)[1] for cmd in points]
     run(

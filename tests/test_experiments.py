@@ -76,10 +76,38 @@ def test_table1_7b_has_the_authors_austeer_points_and_the_selected_rows(
 def test_table1_7b_runs_every_method_by_default() -> None:
     cmds = dry_run("table1_7b.py")
     sweeps = [c for c in cmds if c[3:4] == ["-m"]]
+    methods = ("sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer", "sas")
     assert [next(a for a in c if a.startswith("experiment=")) for c in sweeps] == [
-        f"experiment={m}"
-        for m in ("sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer")
+        f"experiment={m}" for m in methods
     ]
+    assert all("hydra/launcher=slurm" in c for c in sweeps)  # one command launches on Slurm
+    for cmd in sweeps:  # every experiment composes for the 7B model
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides(cmd)[:2], "paths.output_dir=x"])
+        assert cfg.model.name == "llama2_7b_chat" and list(cfg.task.splits) == ["select"]
+    selects = [c for c in cmds if c[2:3] == ["sadi.select"]]
+    assert len(selects) == len(methods)
+    assert [("--across-components" in c) for c in selects] == [m == "austeer" for m in methods]
+
+
+def test_table1_7b_states_the_gpu_hours_of_every_method() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "table1_7b.py"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    hours = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("#   "):
+            name, value = line[4:].split(": ")
+            hours[name] = float(value)
+    methods = {"sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer", "sas"}
+    assert set(hours) == methods | {"total"}
+    assert all(v > 0 for v in hours.values())
+    assert abs(hours["total"] - sum(hours[m] for m in methods)) < 0.1 * len(methods)
+    assert max(hours, key=lambda m: hours[m] if m != "total" else 0) == "austeer"
 
 
 def test_sas_caa_sweeps_both_methods_at_one_layer_with_the_mmlu_side_effect() -> None:
@@ -107,3 +135,81 @@ def test_sas_caa_sweeps_both_methods_at_one_layer_with_the_mmlu_side_effect() ->
     }
     assert len(selects) == 6 and all(c[c.index("--side-effects") + 1] == "mmlu" for c in selects)
     assert cmds[-1][2] == "sadi.report"
+
+
+def _composes(cmd: list[str]) -> dict[str, str]:
+    """The command's overrides as a dict; the first point of its grid must compose."""
+    kv = dict(a.split("=", 1) for a in overrides(cmd))
+    first = [f"{k}={v.split(',')[0] if not v.startswith('range(') else '5'}" for k, v in kv.items()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        compose("config", overrides=[*first, "paths.output_dir=x"])
+    return kv
+
+
+def test_table1_cpu_covers_every_task_and_method_with_honest_selection() -> None:
+    cmds = dry_run("table1_cpu.py")
+    sweeps = [c for c in cmds if c[3:4] == ["-m"]]
+    seen = set()
+    for cmd in sweeps:
+        kv = _composes(cmd)
+        assert kv["task.splits"] == "[select]" and kv["task.limit"] == "500"
+        seen.add((kv["task"], kv["task.format"], cmd[-1].rsplit("/", 1)[-1]))
+    tasks = {(t, f) for t, f, _ in seen}
+    assert tasks == {
+        *((t, "lm_eval") for t in ("copa", "sst2", "boolq", "winogrande", "mmlu", "xnli_en")),
+        ("truthfulqa_mc1", "lm_eval"),
+        ("truthfulqa_mc2", "lm_eval"),
+        ("copa", "ab"),
+        ("boolq", "ab"),
+    }
+    methods = {m for _, _, m in seen}
+    assert methods == {
+        "sadi_head",
+        "sadi_neuron",
+        "sadi_hidden",
+        "iti",
+        "caa",
+        "austeer",
+        "sas",
+        "sadi_fixed",
+        "sadi_random",
+    }
+    assert {t for t, f, m in seen if m in ("sadi_fixed", "sadi_random")} == {"copa"}
+    selects = [c for c in cmds if c[2:3] == ["sadi.select"]]
+    assert len(selects) == len(sweeps)
+    for cmd in selects:
+        assert "sweep.engine=true" in cmd and ("--across-components" in cmd) == cmd[3].endswith(
+            "/austeer"
+        )
+    assert cmds[-1][2] == "sadi.report" and "summary" in cmds[-1]
+
+
+def test_table1_cpu_gemma_runs_copa_boolq_sst2() -> None:
+    cmds = dry_run("table1_cpu.py", "--model", "gemma3_270m", "--no-ablations")
+    sweeps = [c for c in cmds if c[3:4] == ["-m"]]
+    tasks = {dict(a.split("=", 1) for a in overrides(c))["task"] for c in sweeps}
+    assert tasks == {"copa", "boolq", "sst2"} and len(sweeps) == 3 * 7
+    for cmd in sweeps:
+        kv = _composes(cmd)
+        assert kv["model"] == "gemma3_270m"
+        if kv.get("intervention") == "caa":  # layers within Gemma 3 270M's 18
+            assert max(int(x) for x in kv["intervention.layer"].split(",")) < 18
+
+
+def test_behaviours_select_then_draw_curves_on_report() -> None:
+    cmds = dry_run("behaviours.py", "--behaviours", "caa_refusal")
+    runs = [c for c in cmds if c[3:4] == ["-m"]]
+    assert len(runs) == 8  # a select sweep and a curve per method
+    for select_sweep, curve in zip(runs[::2], runs[1::2]):
+        a, b = _composes(select_sweep), _composes(curve)
+        assert a["task.splits"] == "[select]" and b["task.splits"] == "[report]"
+        assert a["intervention"] == b["intervention"]
+        axis = {"caa": "multiplier", "sas": "lam", "sadi": "strength", "austeer": "alpha"}
+        values = [float(v) for v in b[f"intervention.{axis[b['intervention']]}"].split(",")]
+        assert min(values) < 0 < max(values)  # both directions on the curve
+    selects = [c for c in cmds if c[2:3] == ["sadi.select"]]
+    assert len(selects) == 4
+    for cmd in selects:
+        assert cmd[cmd.index("--side-effects") + 1] == "mmlu"
+        assert "task.open_ended=true" in cmd and "sweep.engine=true" in cmd
+    assert cmds[-2][2] == "sadi.report.curves" and cmds[-1][2] == "sadi.report"
