@@ -124,14 +124,21 @@ def kv_share(scores: SweepScores) -> dict[str, float]:
 
 
 def run_case(
-    name: str, model: Any, tok: Any, repeats: int, items: int | None, chat: bool, max_wait_s: float
+    name: str,
+    model: Any,
+    tok: Any,
+    repeats: int,
+    items: int | None,
+    chat: bool,
+    max_wait_s: float,
+    n_pairs: int = 150,
 ) -> dict[str, Any]:
     task = load_task(name, limit=None)
     if chat:
         task = apply_chat_template(task, tok)
     if items is not None:
         task.splits["select"] = task.splits["select"][:items]
-    pairs = make_pairs(task.splits["fit"], n_pairs=150, seed=0)
+    pairs = make_pairs(task.splits["fit"], n_pairs=n_pairs, seed=0)
     fitted = SADI("head", k=K, strength=STRENGTHS[0], progress=False).fit(model, tok, pairs)
     points: dict[str, Steerer | None] = {
         f"s{s:g}": fitted.with_params(strength=s) for s in STRENGTHS
@@ -242,9 +249,11 @@ def run(
     max_wait_s: float = 5.0,
     tasks: tuple[str, ...] = tuple(CASES),
     items: int | None = None,
+    n_pairs: int = 150,
 ) -> dict[str, Any]:
     """Measure every case; write `<out_dir>/sweep.json`, return it. `items` caps every
-    task's select items (default: the issue's sizes)."""
+    task's select items (default: the issue's sizes); `n_pairs` fit pairs (a smoke test's
+    quick fit; the figures use 150)."""
     if model is None or tok is None:
         model, tok = load_default_model()
     repeats = repeats or DEFAULT_REPEATS
@@ -253,7 +262,7 @@ def run(
     for name in tasks:
         n, chat = CASES[name]
         n = n if items is None else min(items, n or items)
-        case = run_case(name, model, tok, repeats, n, chat, max_wait_s)
+        case = run_case(name, model, tok, repeats, n, chat, max_wait_s, n_pairs)
         cases.append({**case, "measured": {**environment(), "rounds": repeats}})
         print(f"[sweep] {name}: {cases[-1]['ratios']}", flush=True)
         write_result("sweep", summary(kept + cases, repeats), out_dir)  # each case kept as it ends

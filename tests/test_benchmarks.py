@@ -28,6 +28,39 @@ def test_lm_eval_benchmark_runs_and_peers_agree(tmp_path: Path) -> None:
     assert len(set(agreement["acc"].values())) == 1
 
 
+@pytest.mark.slow
+def test_sweep_benchmark_runs_and_the_engine_agrees_with_the_per_point_path(
+    tmp_path: Path,
+) -> None:
+    """Both sides on 3 BoolQ and 3 CAA items (a quick 8-pair fit): every side timed once,
+    the ratios and the memory record there, the engine's log-likelihoods equal today's."""
+    from benchmarks import bench_sweep
+
+    result = bench_sweep.run(
+        repeats=1,
+        out_dir=tmp_path,
+        max_wait_s=0.0,
+        tasks=("boolq", "caa_sycophancy"),
+        items=3,
+        n_pairs=8,
+    )
+    assert json.loads((tmp_path / "sweep.json").read_text())["cases"] == result["cases"]
+    boolq, caa = result["cases"]
+    assert boolq["items"] == caa["items"] == 3
+    assert set(boolq["times_s"]) == {
+        "per_point",
+        "unsteered",
+        "engine_sweep",
+        "engine_baseline",
+        "engine_one",
+    }
+    assert set(boolq["ratios"]) == {"whole", "baseline", "extra_point"}
+    assert boolq["memory"]["kv_cache"]["largest_chunk_cache_mb"] > 0
+    for case in (boolq, caa):
+        agreement = case["agreement_with_per_point"]
+        assert max(agreement.values()) < 1e-4
+
+
 def test_a_sweep_benchmark_over_some_tasks_keeps_the_others_measured_cases(
     tmp_path: Path,
 ) -> None:
