@@ -160,14 +160,14 @@ def select(
             }
         if logger is not None:
             config.logger.name = logger
-        for key, value in (overrides or {}).items():
+        for key, new in (overrides or {}).items():
             check_report_override(key)
             if OmegaConf.select(config, key, default=_ABSENT) is _ABSENT:
                 raise ValueError(
-                    f"override {key}={value!r}: the chosen point's config has no {key!r}; "
+                    f"override {key}={new!r}: the chosen point's config has no {key!r}; "
                     "name an existing key, e.g. sweep.engine or task.open_ended"
                 )
-            OmegaConf.update(config, key, value)
+            OmegaConf.update(config, key, new)
         run(config, job_type="select")
         report = read_json(out / "report" / "results.json")
         selection = {

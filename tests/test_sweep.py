@@ -71,7 +71,7 @@ def test_second_point_with_the_same_fit_key_does_not_refit(
 
 
 def test_select_across_components_chooses_the_site_like_a_hyperparameter(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep = tmp_path / "sweep"
     for component in ("head", "neuron"):
@@ -90,6 +90,9 @@ def test_select_across_components_chooses_the_site_like_a_hyperparameter(
     (pooled,) = select(
         sweep, logger="none", across_components=True, overrides={"sweep.engine": True}
     )
+    printed = capsys.readouterr().out
+    best_pct = 100 * max(c["select"] for c in pooled["candidates"])
+    assert f"(select acc {best_pct:.2f} of 4 points)" in printed  # the chosen value
     assert pooled["group"].endswith("_sites_sadi") and pooled["n_points"] == 4
     best = max(c["select"] for c in pooled["candidates"])
     assert pooled["chosen"]["select"]["acc"] == best
