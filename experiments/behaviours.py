@@ -17,8 +17,8 @@ and method, offline:
    (saved for reading, no judge) and the MMLU side effect (the first 500 MMLU report
    items, in the same chat form, with and without the vector);
 2. a curve on the report split: the strength swept in both directions (CAA multiplier
-   -4..4, SAS lambda -8..8, SADI strength -5..80, AUSteer alpha -50..50), everything else
-   as chosen on select;
+   -4..4 as the CAA paper, and on to +-16; SAS lambda -8..8, SADI strength -5..80, AUSteer
+   alpha -50..50), everything else as chosen on select;
 3. `sadi.report.curves`: one plot per behaviour with a line per method and the unsteered
    level, whether each curve is monotonic, its range, with item-bootstrap CIs; and
    `sadi.report`: the chosen points, their side effects and a handful of generations.
@@ -45,7 +45,8 @@ BEHAVIOURS = (
 METHODS = ("caa", "sas", "sadi", "austeer")
 # each method's strength axis on the curve, its values, and the parameters chosen on select
 CURVES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "caa": ("multiplier", "-4,-2,-1,-0.5,0.5,1,2,4", ("layer",)),
+    # the CAA paper's -4..4, and on to 16: a 135M model may need more than a 7B one
+    "caa": ("multiplier", "-16,-8,-4,-2,-1,-0.5,0.5,1,2,4,8,16", ("layer",)),
     "sas": ("lam", "-8,-4,-2,-1,1,2,4,8", ("layer", "tau")),
     "sadi": ("strength", "-5,-2,0,0.5,2,5,10,20,40,80", ("k",)),
     "austeer": ("alpha", "-50,-20,-10,-5,5,10,20,50", ("k",)),
