@@ -162,6 +162,9 @@ class SweepSchema:
     batch_size: Any = "auto"  # heads per prefix forward, rows per suffix forward, or "auto"
     cache_mb: float = 256.0  # bound on a chunk's KV cache (and a suffix forward's copy)
     logits_mb: float = 128.0  # bound on a suffix forward's logits
+    # a chunk's contexts that all begin with this many tokens or more (an instruction, a
+    # few-shot prompt, a chat template) run that beginning once; 0: never
+    shared_min: int = 8
 
 
 @dataclass

@@ -174,6 +174,44 @@ def test_each_prefix_is_computed_once_for_all_conditions() -> None:
     assert suffix < sum(len(r.head) + len(r.suffix) - 1 for r in rows) / 4
 
 
+def test_a_beginning_every_context_shares_runs_once_with_the_same_scores() -> None:
+    """Contexts that begin alike (an instruction, a few-shot prompt, a system prompt): the
+    shared tokens run once per chunk, every condition's scores stay the per-point path's."""
+    model, conds = model_and_conditions()
+    lead = "The following are questions about the world.\n\n"  # 47 bytes in common
+    items = ["Is the sky blue?", "Why?", "Name a colour of the sea at night, please.", "A"]
+    requests = [
+        Instance("loglikelihood", {}, (lead + q, f" {a}"), idx=i)
+        for i, q in enumerate(items)
+        for a in ("yes", "no", "maybe so")
+    ]
+    tokens = [lm(model, None, 4)._encode_pair(*r.args) for r in requests]
+    heads = {split_request(c, k, MAX_LENGTH * 2).head for c, k in tokens}
+    common = min(len(h) for h in heads) - 1
+    common = next((i for i in range(common) if len({h[i] for h in heads}) > 1), common)
+    assert common >= 40
+    shared = SweepScores(model, conds, shared_min=8)
+    alone = SweepScores(model, conds, shared_min=0)
+    for name, cond in conds.items():
+        got = shared.get(name, tokens, MAX_LENGTH * 2)
+        assert close(got, alone.get(name, tokens, MAX_LENGTH * 2), tol=1e-4), name
+        per_point = SteeredLM(
+            model,
+            steerer=cond,
+            tokenizer=byte_tokenizer(),
+            batch_size=4,
+            device="cpu",
+            max_length=MAX_LENGTH * 2,
+        )
+        assert close(got, per_point.loglikelihood(requests), tol=1e-4), name
+    counts, plain = shared.scorer.counts, alone.scorer.counts
+    assert counts["shared_tokens"] == common * (len(heads) - 1)
+    assert counts["prefix_tokens"] == plain["prefix_tokens"] - counts["shared_tokens"]
+    assert counts["prefix_forwards"] == plain["prefix_forwards"] + 1  # the beginning, once
+    with pytest.raises(ValueError, match="shared_min=-1"):
+        SweepScores(model, conds, shared_min=-1)
+
+
 def test_a_sweep_too_large_for_memory_is_chunked_with_the_same_scores() -> None:
     model, conds = model_and_conditions()
     requests, _ = task_requests("boolq", "lm_eval", n=6)

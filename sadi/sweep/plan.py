@@ -203,6 +203,7 @@ def build_engine(
         batch_size=cfg.sweep.batch_size,
         cache_mb=cfg.sweep.cache_mb,
         logits_mb=cfg.sweep.logits_mb,
+        shared_min=cfg.sweep.shared_min,
     )
     n = len(conditions) - 1
     n_own = sum(1 for st in conditions.values() if st is not None and st.prefix_unshared())

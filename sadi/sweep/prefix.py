@@ -47,6 +47,8 @@ from sadi.positions import BatchLayout
 from sadi.steerers.base import Steerer
 
 Score = tuple[float, bool]  # (log-likelihood, greedy), as lm-eval's _loglikelihood_tokens
+# the KV cache (per layer [1, kv heads, L, head_dim]) of the L tokens a chunk's heads share
+Shared = tuple[list[tuple[Tensor, Tensor]], int]
 Condition = Steerer | None  # None: the unsteered model
 PAD = 0  # lm-eval pads rows with token 0
 
@@ -122,6 +124,9 @@ class PrefixScorer:
         logits_mb: the most a suffix forward's logits may hold.
         prefix_tokens: padded tokens per prefix forward (a chunk's heads run in
             micro-batches, each padded to its own longest head; ~16 BoolQ heads by default).
+        shared_min: a chunk's heads that all begin with the same tokens (MMLU's instruction,
+            TruthfulQA's six-shot prompt, a chat template's system prompt) run those once
+            when there are at least this many; 0 never does.
 
     Attributes:
         counts: forwards and real tokens run so far ("prefix_forwards", "prefix_tokens",
@@ -137,6 +142,7 @@ class PrefixScorer:
         cache_mb: float = 256.0,
         logits_mb: float = 128.0,
         prefix_tokens: int = 2048,
+        shared_min: int = 8,
     ) -> None:
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size={batch_size!r}: give a positive integer or 'auto'")
@@ -146,6 +152,9 @@ class PrefixScorer:
         if not (isinstance(prefix_tokens, int) and prefix_tokens >= 1):
             raise ValueError(f"prefix_tokens={prefix_tokens!r}: give a positive integer")
         self.prefix_tokens = prefix_tokens
+        if not (isinstance(shared_min, int) and shared_min >= 0):
+            raise ValueError(f"shared_min={shared_min!r}: give a number of tokens >= 0")
+        self.shared_min = shared_min
         self.model = model
         self.base = getattr(model, "base_model", model)
         self.batch_size = batch_size
@@ -277,9 +286,10 @@ class PrefixScorer:
                 wanted.setdefault(st.component, set()).update(st.clean_layers())
         grabbed: dict[tuple[str, int], list[Tensor]] = {}
         kv: list[tuple[Tensor, Tensor]] = []
+        shared = None if steerer is not None else self._shared_forward(heads)
         start = 0
         for stop in _micro_batches([len(h) for h in heads], self.prefix_tokens):
-            part = self._prefix_forward(heads[start:stop], wanted, steerer)
+            part = self._prefix_forward(heads[start:stop], wanted, steerer, shared)
             for key, act in part[1].items():
                 grabbed.setdefault(key, []).append(act)
             for layer, (k, v) in enumerate(part[0]):
@@ -297,16 +307,52 @@ class PrefixScorer:
         clean = {key: torch.cat(parts) for key, parts in grabbed.items()}
         return kv, mask[:, :-1], clean
 
+    def _shared_forward(self, heads: list[tuple[int, ...]]) -> Shared | None:
+        """The unsteered KV cache [1, kv heads, L, d] per layer of the tokens every head of
+        the chunk begins with, and L, when L >= shared_min (L < each head's length: every
+        head keeps its last token, whose activations the suffix and faithful SADI need)."""
+        if self.shared_min == 0 or len(heads) < 2:
+            return None
+        first, common = heads[0], min(len(h) for h in heads) - 1
+        for h in heads[1:]:
+            common = next((i for i in range(common) if h[i] != first[i]), common)
+        if common < self.shared_min:
+            return None
+        cache = DynamicCache()
+        ids = torch.tensor([first[:common]], device=self.device)
+        with torch.no_grad():
+            self.base(input_ids=ids, use_cache=True, **{self._base_cache_kw: cache})
+        self.counts["prefix_forwards"] += 1
+        self.counts["prefix_tokens"] += common
+        self.counts["shared_tokens"] += common * (len(heads) - 1)  # not computed again
+        layers = [(k, v) for k, v, _ in cache]
+        for k, _ in layers:
+            self._check_cache(k, common)
+        return layers, common
+
+    def _check_cache(self, k: Tensor | None, length: int) -> None:
+        if k is None or k.dim() != 4 or int(k.shape[-2]) != length:
+            got = None if k is None else tuple(k.shape)
+            raise RuntimeError(
+                f"the KV cache of a {length}-token prefix holds {got} per layer, not "
+                "[batch, heads, positions, dim]; this model's cache is not "
+                "one the sweep engine understands: run with sweep.engine=false"
+            )
+
     def _prefix_forward(
         self,
         heads: list[tuple[int, ...]],
         wanted: dict[str, set[int]],
         steerer: Condition = None,
+        shared: Shared | None = None,
     ) -> tuple[list[tuple[Tensor, Tensor]], dict[tuple[str, int], Tensor]]:
         """One forward of left-padded heads (unsteered, or under `steerer`, which places
         its edits on the heads as prompts by its own policy): per layer the KV cache of
         every position but the last (pad positions zeroed), and the `wanted` clean
-        activations at the last position."""
+        activations at the last position. With `shared` (the cache of the first L tokens
+        every head begins with), only each head's remaining tokens run, on that cache."""
+        if shared is not None:
+            return self._prefix_forward_on(heads, wanted, shared)
         n, length = len(heads), len(heads[0])
         ids = torch.full((n, length), PAD, dtype=torch.long)
         mask = torch.zeros(n, length, dtype=torch.long)
@@ -314,6 +360,71 @@ class PrefixScorer:
             ids[i, length - len(h) :] = torch.tensor(h)
             mask[i, length - len(h) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        call: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
+        if _takes(self.base.forward, "position_ids"):
+            call["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
+        clean = self._run(call, cache, wanted, steerer)
+        self.counts["prefix_tokens"] += int(mask.sum())
+        keep = mask[:, : length - 1].bool()[:, None, :, None]
+        kv = []
+        for k, v, _ in cache:
+            self._check_cache(k, length)
+            # pad positions are masked later; zero them so no NaN of theirs can leak in
+            kv.append((k[:, :, :-1].where(keep, 0.0), v[:, :, :-1].where(keep, 0.0)))
+        return kv, clean
+
+    def _prefix_forward_on(
+        self, heads: list[tuple[int, ...]], wanted: dict[str, set[int]], shared: Shared
+    ) -> tuple[list[tuple[Tensor, Tensor]], dict[tuple[str, int], Tensor]]:
+        """`_prefix_forward` of heads that all begin with the `shared` tokens: their
+        remainders run left-padded on the shared cache; each row's cache is then its shared
+        part and its remainder's, right-aligned as `_prefix_forward` lays it out."""
+        past, common = shared
+        n = len(heads)
+        rest = [len(h) - common for h in heads]  # >= 1 each
+        width = max(rest)
+        ids = torch.full((n, width), PAD, dtype=torch.long)
+        mask = torch.zeros(n, common + width, dtype=torch.long)
+        mask[:, :common] = 1
+        for i, h in enumerate(heads):
+            ids[i, width - rest[i] :] = torch.tensor(h[common:])
+            mask[i, common + width - rest[i] :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache(
+            ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in past]
+        )
+        call: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
+        if _takes(self.base.forward, "position_ids"):
+            call["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)[:, common:]
+        clean = self._run(call, cache, wanted, None)
+        self.counts["prefix_tokens"] += sum(rest)
+        # row i's cache, right-aligned in `out` positions: the shared part, then its
+        # remainder but its last token
+        out = common + width - 1
+        index = torch.zeros(n, out, dtype=torch.long)
+        keep = torch.zeros(n, out, dtype=torch.bool)
+        for i, r in enumerate(rest):
+            real = list(range(common)) + list(range(common + width - r, common + width - 1))
+            index[i, out - len(real) :] = torch.tensor(real, dtype=torch.long)
+            keep[i, out - len(real) :] = True
+        index, keep = index.to(self.device), keep.to(self.device)[:, None, :, None]
+        kv = []
+        for k, v, _ in cache:
+            self._check_cache(k, common + width)
+            at = index[:, None, :, None].expand(n, k.shape[1], out, k.shape[3])
+            kv.append((k.gather(2, at).where(keep, 0.0), v.gather(2, at).where(keep, 0.0)))
+        return kv, clean
+
+    def _run(
+        self,
+        call: dict[str, Any],
+        cache: DynamicCache,
+        wanted: dict[str, set[int]],
+        steerer: Condition,
+    ) -> dict[tuple[str, int], Tensor]:
+        """Run the base model on `call` with `cache`; the `wanted` activations at the last
+        position (the rows' last tokens: they are right-aligned)."""
         clean: dict[tuple[str, int], Tensor] = {}
 
         def grabber(component: str) -> Callable[[int, Tensor], None]:
@@ -322,10 +433,6 @@ class PrefixScorer:
 
             return grab
 
-        cache = DynamicCache()
-        call: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
-        if _takes(self.base.forward, "position_ids"):
-            call["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
         with ExitStack() as stack:
             if steerer is not None:
                 stack.enter_context(steerer.apply(self.model))
@@ -335,20 +442,7 @@ class PrefixScorer:
                 stack.enter_context(hooked(self.model, site, hooks))
             self.base(**call, **{self._base_cache_kw: cache})
         self.counts["prefix_forwards"] += 1
-        self.counts["prefix_tokens"] += int(mask.sum())
-        keep = mask[:, : length - 1].bool()[:, None, :, None]
-        kv = []
-        for k, v, _ in cache:
-            if k is None or k.dim() != 4 or int(k.shape[-2]) != length:
-                got = None if k is None else tuple(k.shape)
-                raise RuntimeError(
-                    f"the KV cache of a {length}-token prefix holds {got} per layer, not "
-                    "[batch, heads, positions, dim]; this model's cache is not "
-                    "one the sweep engine understands: run with sweep.engine=false"
-                )
-            # pad positions are masked later; zero them so no NaN of theirs can leak in
-            kv.append((k[:, :, :-1].where(keep, 0.0), v[:, :, :-1].where(keep, 0.0)))
-        return kv, clean
+        return clean
 
     def _suffix_batches(
         self, units: list[tuple[int, tuple[int, ...]]], cached: int
