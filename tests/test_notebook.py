@@ -10,8 +10,10 @@ import pytest
 from nbclient import NotebookClient
 
 try:
+    from tests.test_curves import curve_sweep
     from tests.test_report import build_dirs
 except ImportError:  # plain `pytest` (not `python -m pytest`) leaves the repo root off sys.path
+    from test_curves import curve_sweep  # type: ignore[no-redef]
     from test_report import build_dirs  # type: ignore[no-redef]
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare.ipynb"
@@ -26,8 +28,12 @@ def test_notebook_has_no_stored_outputs() -> None:
 def test_compare_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dirs = build_dirs(tmp_path / "runs")
     out = tmp_path / "figures"
+    curve = curve_sweep(
+        tmp_path / "curve", "caa", "multiplier", [-1.0, 1.0], lambda m, i: 0.5 + m / 10
+    )
     # the kernel inherits this process's environment
     monkeypatch.setenv("SADI_REPORT_DIRS", os.pathsep.join(map(str, dirs)))
+    monkeypatch.setenv("SADI_CURVE_DIRS", str(curve))
     monkeypatch.setenv("SADI_REPORT_OUT", str(out))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -38,9 +44,13 @@ def test_compare_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # strength sweep, SADI and ITI heads, method bars
+    # strength sweep, SADI and ITI heads, method bars, the delta heatmap, the curve
+    assert len(images) == 6
     assert any("sadi-head" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert any("multiplier -1..1" in o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert sorted(p.name.split("_")[0] for p in out.glob("*.png")) == [
+        "curve",
+        "deltas",
         "heads",
         "heads",
         "methods",
