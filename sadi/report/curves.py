@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
+from sadi.report.plots import slug
 from sadi.report.records import AXES, RunRecord, load_run
 from sadi.report.stats import Estimate
 
@@ -252,7 +252,7 @@ def plot_curves(curves: Sequence[Curve], out_dir: str | Path) -> list[Path]:
     for c in curves:
         by_task.setdefault((c.task, c.model), []).append(c)
     for (task, model), group in sorted(by_task.items()):
-        fig = Figure(figsize=(8, 5))
+        fig = Figure(figsize=(8, 5.5 + 0.22 * len(group)))
         ax = fig.add_subplot()
         for i, c in enumerate(sorted(group, key=lambda c: c.method)):
             scale = max(abs(s - c.identity) for s in c.strengths) or 1.0
@@ -272,9 +272,10 @@ def plot_curves(curves: Sequence[Curve], out_dir: str | Path) -> list[Path]:
         )
         ax.set_title(f"{task} ({model}): {group[0].metric} vs steering strength, 95% CI")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        # below the axes: the fixed parameters make long labels that would hide the curves
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
         fig.tight_layout()
-        path = out / f"curve_{_slug(task)}_{_slug(model)}.png"
+        path = out / f"curve_{slug(task)}_{slug(model)}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths
@@ -311,10 +312,6 @@ def curves_json(curves: Sequence[Curve]) -> list[dict[str, Any]]:
         }
         for c in curves
     ]
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

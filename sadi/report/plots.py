@@ -221,7 +221,7 @@ def plot_methods(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
             ax.set_xlabel("hatched: no per-item samples; error bar = 1.96 x stderr", fontsize=8)
         ax.set_title(f"{task} ({model}): report split, 95% bootstrap CI")
         ax.legend(fontsize=9, loc="upper right")
-        paths.append(_save(fig, out / f"methods_{_slug(task)}_{_slug(model)}.png"))
+        paths.append(_save(fig, out / f"methods_{slug(task)}_{slug(model)}.png"))
     return paths
 
 
@@ -252,7 +252,7 @@ def plot_deltas(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
         ax.set_yticks(range(len(methods)), methods, fontsize=8)
         ax.set_title(f"{model}: report delta vs unsteered (x100; * paired p < 0.05)", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-        paths.append(_save(fig, out / f"deltas_{_slug(model)}.png"))
+        paths.append(_save(fig, out / f"deltas_{slug(model)}.png"))
     return paths
 
 
@@ -262,7 +262,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def _slug(s: str) -> str:
+def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
 
@@ -278,7 +278,7 @@ def plot_all(
         return plot_deltas(rows, out) + plot_methods(rows, out)
     paths: list[Path] = []
     for i, rec in enumerate(records):
-        stem = f"{_slug(rec.task_label)}_{_slug(rec.method)}_{i}"
+        stem = f"{slug(rec.task_label)}_{slug(rec.method)}_{i}"
         if rec.points and (p := plot_strength(rec.points, out / f"strength_{stem}.png", rec)):
             paths.append(p)
         if rec.steerer_dir and (p := plot_head_heatmap(rec.steerer_dir, out / f"heads_{stem}.png")):
@@ -286,6 +286,6 @@ def plot_all(
         if rec.steerer_dir and (p := plot_units(rec.steerer_dir, out / f"units_{stem}.png")):
             paths.append(p)
     for task in sorted({r.task_label for r in records}):
-        if p := plot_methods_side_by_side(records, out / f"methods_{_slug(task)}.png", task):
+        if p := plot_methods_side_by_side(records, out / f"methods_{slug(task)}.png", task):
             paths.append(p)
     return paths + plot_methods(rows, out) + plot_deltas(rows, out)
