@@ -446,3 +446,38 @@ def test_side_effects_are_tabled_next_to_the_effect(tmp_path: Path) -> None:
         )
         == []
     )
+
+
+def test_answers_flag_a_steered_model_that_gives_one_answer(tmp_path: Path) -> None:
+    """BoolQ-like: 10 items, 6 labelled yes. The unsteered model says no to 9 (acc 5/10:
+    one yes right, four no right); the steered model says yes to all (acc 6/10, the constant
+    rate): its gain is the answer prior, flagged; a steered model that answers like the
+    labels is not flagged, and a task without predictions has no section."""
+    from sadi.report import answer_section
+
+    labels = [1] * 6 + [0] * 4
+    unsteered = [1] + [0] * 9
+    runs = {"prior": [1] * 10, "reads": labels[:8] + [1, 0]}
+    conts = [" no", " yes"]
+    records = []
+    for name, pred in runs.items():
+        run = write_run(tmp_path / name, {"report": ([0.0] * 10, [0.0] * 10)}, task="boolq")
+        for suffix, preds in (("", pred), ("_baseline", unsteered)):
+            rows = [
+                {"id": f"b{i}", "label": y, "prediction": p, "acc": float(p == y)}
+                | {"continuations": conts}
+                for i, (y, p) in enumerate(zip(labels, preds, strict=True))
+            ]
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            (run / f"samples_boolq_report{suffix}.jsonl").write_text(text)
+        records += collect([run])
+    ((title, md),) = answer_section(records)
+    assert title == "Answers"
+    lines = md.splitlines()
+    # the "prior" run: constant 60% yes; unsteered 'no' 90%; steered 'yes' 100%, acc 60, flagged
+    head = "| boolq | tiny | sadi-head | 60.0 ('yes') | 'no' 90% |"
+    assert f"{head} 'yes' 100% | 60.0 | yes |" in lines
+    # the "reads" run: 7 yes of 10 answers, acc 9/10, not flagged
+    assert f"{head} 'yes' 70% | 90.0 |  |" in lines
+    # COPA-like rows of build_dirs have no predictions: no section
+    assert answer_section(collect(build_dirs(tmp_path / "runs"))) == []

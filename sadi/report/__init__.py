@@ -27,10 +27,11 @@ from sadi.report.plots import (
     plot_strength,
     plot_units,
 )
-from sadi.report.records import RunRecord, collect, load_run, load_scores
+from sadi.report.records import RunRecord, collect, load_run, load_samples, load_scores
 from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
 from sadi.report.tables import (
     Row,
+    answer_section,
     feature_sections,
     generation_section,
     pivot_markdown,
@@ -44,10 +45,12 @@ __all__ = [
     "Estimate",
     "PairedTest",
     "Row",
+    "answer_section",
     "RunRecord",
     "bootstrap_ci",
     "collect",
     "load_run",
+    "load_samples",
     "load_scores",
     "main",
     "paired_test",
@@ -86,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     images = plot_all(records, rows, out, summary=args.plots == "summary")
     sections = [("Report deltas, method x task", pivot_markdown(rows))]
+    sections += answer_section(records)
     sections += side_effect_section(records) + generation_section(records)
     sections += feature_sections(records)
     md = to_markdown(rows, args.resamples, args.seed)

@@ -176,11 +176,17 @@ def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
     return records
 
 
-def load_scores(rec: RunRecord, split: str, baseline: bool = False) -> dict[str, float] | None:
-    """Per-item scores {id: score} of a split from the samples files; None if absent."""
+def load_samples(rec: RunRecord, split: str, baseline: bool = False) -> list[dict[str, Any]] | None:
+    """The per-item rows of a split's samples file (id, label, prediction, scores); None if
+    absent."""
     name = f"samples_{rec.task}_{split}{'_baseline' if baseline and rec.steered else ''}.jsonl"
     f = rec.sample_dirs.get(split, rec.run_dir) / name
     if not f.exists():
         return None
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return {str(r["id"]): float(r[rec.metric]) for r in rows}
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def load_scores(rec: RunRecord, split: str, baseline: bool = False) -> dict[str, float] | None:
+    """Per-item scores {id: score} of a split from the samples files; None if absent."""
+    rows = load_samples(rec, split, baseline)
+    return None if rows is None else {str(r["id"]): float(r[rec.metric]) for r in rows}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sadi.report.records import AXES, RunRecord, load_scores
+from sadi.report.records import AXES, RunRecord, load_samples, load_scores
 from sadi.report.stats import Estimate, bootstrap_ci, paired_test
 
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
@@ -119,6 +120,55 @@ def side_effect_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
                 f"{metric} | {100 * st:.1f} | {100 * base:.1f} | {100 * (st - base):+.1f} |"
             )
     return [("Side effects", "\n".join(lines))] if n else []
+
+
+def _top_answer(rows: Sequence[dict[str, Any]], key: str) -> tuple[str, float]:
+    """The most frequent value of `key` over the items and its share: the answer's text when
+    every item offers the same answers (yes / no), else its position ("choice 1")."""
+    value, count = Counter(r[key] for r in rows).most_common(1)[0]
+    conts: list[str] = rows[0].get("continuations") or []
+    same = bool(conts) and all(r.get("continuations") == conts for r in rows)
+    if same and isinstance(value, int) and 0 <= value < len(conts):
+        return conts[value].strip(), count / len(rows)
+    return f"choice {value}", count / len(rows)
+
+
+ONE_ANSWER = 0.9  # a model giving one answer to more than this share of items is flagged
+
+
+def answer_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
+    """("Answers", table) for multiple-choice reports: the accuracy of always giving the most
+    frequent label, and how often the unsteered and the steered model give their own most
+    frequent answer. A steered gain that only moves the answer prior (every item answered
+    alike) is no better than that constant answer, whatever its paired test says."""
+    lines = [
+        "Report split. 'constant' = the accuracy of always answering the most frequent label; "
+        "'top answer' = the answer a model gives most often and its share of items; "
+        f"'one answer' marks a steered model giving one answer to more than {ONE_ANSWER:.0%} of "
+        "the items: its accuracy measures the label balance, not steering towards the task.",
+        "",
+        "| task | model | method | constant | unsteered top answer | steered top answer | "
+        "steered acc | one answer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    n = 0
+    for rec in sorted(records, key=lambda r: (r.task_label, r.model, r.method)):
+        steered, base = load_samples(rec, "report"), load_samples(rec, "report", True)
+        if not rec.steered or not steered or not base:
+            continue
+        if not all("prediction" in r and "label" in r and "acc" in r for r in steered + base):
+            continue  # not a single-answer multiple-choice task (e.g. TruthfulQA MC2)
+        label, label_share = _top_answer(steered, "label")
+        b_ans, b_share = _top_answer(base, "prediction")
+        s_ans, s_share = _top_answer(steered, "prediction")
+        acc = sum(float(r["acc"]) for r in steered) / len(steered)
+        n += 1
+        lines.append(
+            f"| {rec.task_label} | {rec.model} | {rec.method} | {100 * label_share:.1f} "
+            f"('{label}') | '{b_ans}' {100 * b_share:.0f}% | '{s_ans}' {100 * s_share:.0f}% | "
+            f"{100 * acc:.1f} | {'yes' if s_share > ONE_ANSWER else ''} |"
+        )
+    return [("Answers", "\n".join(lines))] if n else []
 
 
 def generation_section(records: Sequence[RunRecord], n: int = 3) -> list[tuple[str, str]]:
