@@ -476,8 +476,62 @@ def test_answers_flag_a_steered_model_that_gives_one_answer(tmp_path: Path) -> N
     lines = md.splitlines()
     # the "prior" run: constant 60% yes; unsteered 'no' 90%; steered 'yes' 100%, acc 60, flagged
     head = "| boolq | tiny | sadi-head | 60.0 ('yes') | 'no' 90% |"
-    assert f"{head} 'yes' 100% | 60.0 | yes |" in lines
+    assert f"{head} 'yes' 100% | 60.0 | yes | n/a | n/a |" in lines  # no select scores
     # the "reads" run: 7 yes of 10 answers, acc 9/10, not flagged
-    assert f"{head} 'yes' 70% | 90.0 |  |" in lines
+    assert f"{head} 'yes' 70% | 90.0 |  | n/a | n/a |" in lines
     # COPA-like rows of build_dirs have no predictions: no section
     assert answer_section(collect(build_dirs(tmp_path / "runs"))) == []
+
+
+def test_prior_offsets_find_the_best_answer_prior_shift() -> None:
+    """Two answers, log-likelihoods (0, m): the labels say 'yes' iff m > -2, the model iff
+    m > 0 (acc 4/6). The ties sit at -m; the midpoint 2.0 between 1.5 and 2.5 is the offset
+    nearest 0 among the breakpoint midpoints that get all six right."""
+    from sadi.report.stats import offset_accuracy, prior_offsets
+
+    m = [-3.0, -2.5, -1.5, -1.0, 0.5, 1.0]
+    ll, y = [[0.0, v] for v in m], [0, 0, 1, 1, 1, 1]
+    assert offset_accuracy(ll, y, [0.0, 0.0]) == pytest.approx(4 / 6)
+    off = prior_offsets(ll, y)
+    assert off.tolist() == [0.0, 2.0]
+    assert offset_accuracy(ll, y, off) == 1.0
+    # three answers: the model always prefers answer 0 by 1; the labels are all answer 2
+    assert (
+        offset_accuracy([[1.0, 0.0, 0.0]] * 3, [2, 2, 2], prior_offsets([[1.0, 0, 0]] * 3, [2] * 3))
+        == 1.0
+    )
+
+
+def test_answers_compare_steering_with_a_calibrated_unsteered_model(tmp_path: Path) -> None:
+    """The select split fits the offset 2.0 (as above); on report the unsteered margins
+    (-3, -1, 0.5, -2.6, -1.8, 2) shifted by 2 answer all six right (calibrated 100.0), the
+    steered model five (83.3): steered - calibrated = -16.7, one discordant item, McNemar
+    p = 1."""
+    from sadi.report import answer_section
+
+    conts = [" no", " yes"]
+    run = write_run(tmp_path / "r", {"report": ([0.0] * 6, [0.0] * 6)}, task="boolq")
+
+    def rows(margins: list[float], labels: list[int], preds: list[int]) -> str:
+        return "".join(
+            json.dumps(
+                {"id": f"b{i}", "label": y, "prediction": p, "acc": float(p == y)}
+                | {"continuations": conts, "loglikelihoods": [0.0, v]}
+            )
+            + "\n"
+            for i, (v, y, p) in enumerate(zip(margins, labels, preds, strict=True))
+        )
+
+    sel_m, sel_y = [-3.0, -2.5, -1.5, -1.0, 0.5, 1.0], [0, 0, 1, 1, 1, 1]
+    (run / "samples_boolq_select_baseline.jsonl").write_text(
+        rows(sel_m, sel_y, [int(v > 0) for v in sel_m])
+    )
+    rep_m, rep_y = [-3.0, -1.0, 0.5, -2.6, -1.8, 2.0], [0, 1, 1, 0, 1, 1]
+    base = [int(v > 0) for v in rep_m]
+    (run / "samples_boolq_report_baseline.jsonl").write_text(rows(rep_m, rep_y, base))
+    (run / "samples_boolq_report.jsonl").write_text(rows(rep_m, rep_y, [0, 1, 1, 1, 1, 1]))
+    ((_, md),) = answer_section(collect([run]))
+    row = next(line for line in md.splitlines() if line.startswith("| boolq |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6:9] == ["83.3", "", "100.0"]
+    assert cells[9].startswith("-16.7 [") and cells[9].endswith(", p=1")

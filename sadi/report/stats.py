@@ -65,3 +65,44 @@ def paired_test(
     boot = _boot_means(d - d.mean(), n_resamples, seed + 1)
     p = (np.sum(np.abs(boot) >= abs(d.mean()) - 1e-12) + 1) / (n_resamples + 1)
     return PairedTest(diff, float(p), "bootstrap")
+
+
+def prior_offsets(loglik: ArrayLike, labels: ArrayLike, passes: int = 5) -> np.ndarray:
+    """One constant per answer (the first held at 0) added to every item's log-likelihoods so
+    that the argmax is right as often as possible: the best an answer-prior shift alone can do.
+
+    Coordinate ascent over the exact breakpoints (exact for two answers); ties go to the
+    offset nearest 0. `loglik` is (items, answers), the same answers for every item.
+    """
+    ll, y = np.asarray(loglik, dtype=float), np.asarray(labels)
+    off = np.zeros(ll.shape[1])
+    for _ in range(passes):
+        moved = False
+        for j in range(1, ll.shape[1]):
+            others = np.delete(ll + off, j, axis=1).max(axis=1)
+            ties = np.unique(others - ll[:, j])  # offset j where item i's answer flips to j
+            cands = np.concatenate([[ties[0] - 1, ties[-1] + 1], (ties[:-1] + ties[1:]) / 2])
+            cands = cands[np.argsort(np.abs(cands), kind="stable")]
+            accs = [offset_accuracy(ll, y, _with(off, j, c)) for c in cands]
+            best = float(cands[int(np.argmax(accs))])
+            if max(accs) > offset_accuracy(ll, y, off) + 1e-12:
+                off[j], moved = best, True
+        if not moved:
+            break
+    return off
+
+
+def _with(off: np.ndarray, j: int, value: float) -> np.ndarray:
+    out = off.copy()
+    out[j] = value
+    return out
+
+
+def offset_correct(loglik: ArrayLike, labels: ArrayLike, offsets: ArrayLike) -> np.ndarray:
+    """Per item, 1.0 if the argmax of log-likelihood + offsets is the label, else 0.0."""
+    pred = (np.asarray(loglik, dtype=float) + np.asarray(offsets, dtype=float)).argmax(axis=1)
+    return (pred == np.asarray(labels)).astype(float)
+
+
+def offset_accuracy(loglik: ArrayLike, labels: ArrayLike, offsets: ArrayLike) -> float:
+    return float(offset_correct(loglik, labels, offsets).mean())

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sadi.report.records import AXES, RunRecord, load_samples, load_scores
-from sadi.report.stats import Estimate, bootstrap_ci, paired_test
+from sadi.report.stats import Estimate, bootstrap_ci, offset_correct, paired_test, prior_offsets
 
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 HEADER = (
@@ -136,20 +136,53 @@ def _top_answer(rows: Sequence[dict[str, Any]], key: str) -> tuple[str, float]:
 ONE_ANSWER = 0.9  # a model giving one answer to more than this share of items is flagged
 
 
+def _same_answers(rows: Sequence[dict[str, Any]]) -> bool:
+    conts: list[str] = (rows[0].get("continuations") or []) if rows else []
+    return bool(conts) and all(
+        r.get("continuations") == conts and len(r.get("loglikelihoods") or []) == len(conts)
+        for r in rows
+    )
+
+
+def _calibrated(
+    rec: RunRecord, steered: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]]
+) -> tuple[str, str]:
+    """(calibrated unsteered accuracy, steered - calibrated with CI and p) on report: the
+    unsteered log-likelihoods plus one offset per answer, fitted on the select split."""
+    sel = load_samples(rec, "select", True)
+    if not sel or not _same_answers([*sel, *base]):
+        return "n/a", "n/a"
+    off = prior_offsets([r["loglikelihoods"] for r in sel], [r["label"] for r in sel])
+    by_id = {str(r["id"]): r for r in base}
+    if any(str(r["id"]) not in by_id for r in steered):
+        return "n/a", "n/a"
+    pairs = [by_id[str(r["id"])] for r in steered]
+    cal = offset_correct([r["loglikelihoods"] for r in pairs], [r["label"] for r in pairs], off)
+    t = paired_test([float(r["acc"]) for r in steered], cal)
+    return f"{100 * cal.mean():.1f}", f"{_fmt(t.diff, '+')}, p={t.p_value:.3g}"
+
+
 def answer_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
     """("Answers", table) for multiple-choice reports: the accuracy of always giving the most
     frequent label, and how often the unsteered and the steered model give their own most
     frequent answer. A steered gain that only moves the answer prior (every item answered
-    alike) is no better than that constant answer, whatever its paired test says."""
+    alike) is no better than that constant answer, whatever its paired test says; nor is one
+    that does no better than the unsteered model with its answer prior re-fitted on select
+    (`_calibrated`)."""
     lines = [
         "Report split. 'constant' = the accuracy of always answering the most frequent label; "
         "'top answer' = the answer a model gives most often and its share of items; "
         f"'one answer' marks a steered model giving one answer to more than {ONE_ANSWER:.0%} of "
-        "the items: its accuracy measures the label balance, not steering towards the task.",
+        "the items: its accuracy measures the label balance, not steering towards the task. "
+        "'calibrated' = the unsteered model with one constant added to each answer's "
+        "log-likelihood, fitted on the select split's unsteered scores (a shift of the answer "
+        "prior, nothing else), scored on report; 'steered - calibrated' = the paired "
+        "difference with its CI and exact McNemar p ('n/a': the items do not share one "
+        "answer set, or no select scores).",
         "",
         "| task | model | method | constant | unsteered top answer | steered top answer | "
-        "steered acc | one answer |",
-        "|---|---|---|---|---|---|---|---|",
+        "steered acc | one answer | calibrated | steered - calibrated |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     n = 0
     for rec in sorted(records, key=lambda r: (r.task_label, r.model, r.method)):
@@ -166,7 +199,9 @@ def answer_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
         lines.append(
             f"| {rec.task_label} | {rec.model} | {rec.method} | {100 * label_share:.1f} "
             f"('{label}') | '{b_ans}' {100 * b_share:.0f}% | '{s_ans}' {100 * s_share:.0f}% | "
-            f"{100 * acc:.1f} | {'yes' if s_share > ONE_ANSWER else ''} |"
+            f"{100 * acc:.1f} | {'yes' if s_share > ONE_ANSWER else ''} | "
+            + " | ".join(_calibrated(rec, steered, base))
+            + " |"
         )
     return [("Answers", "\n".join(lines))] if n else []
 
