@@ -122,13 +122,18 @@ def side_effect_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
     return [("Side effects", "\n".join(lines))] if n else []
 
 
+def _answer_set(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The answers every item offers, when all offer the same ones (yes / no); else []."""
+    conts: list[str] = (rows[0].get("continuations") or []) if rows else []
+    return conts if all(r.get("continuations") == conts for r in rows) else []
+
+
 def _top_answer(rows: Sequence[dict[str, Any]], key: str) -> tuple[str, float]:
     """The most frequent value of `key` over the items and its share: the answer's text when
     every item offers the same answers (yes / no), else its position ("choice 1")."""
     value, count = Counter(r[key] for r in rows).most_common(1)[0]
-    conts: list[str] = rows[0].get("continuations") or []
-    same = bool(conts) and all(r.get("continuations") == conts for r in rows)
-    if same and isinstance(value, int) and 0 <= value < len(conts):
+    conts = _answer_set(rows)
+    if conts and isinstance(value, int) and 0 <= value < len(conts):
         return conts[value].strip(), count / len(rows)
     return f"choice {value}", count / len(rows)
 
@@ -136,21 +141,18 @@ def _top_answer(rows: Sequence[dict[str, Any]], key: str) -> tuple[str, float]:
 ONE_ANSWER = 0.9  # a model giving one answer to more than this share of items is flagged
 
 
-def _same_answers(rows: Sequence[dict[str, Any]]) -> bool:
-    conts: list[str] = (rows[0].get("continuations") or []) if rows else []
-    return bool(conts) and all(
-        r.get("continuations") == conts and len(r.get("loglikelihoods") or []) == len(conts)
-        for r in rows
-    )
-
-
 def _calibrated(
     rec: RunRecord, steered: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]]
 ) -> tuple[str, str]:
     """(calibrated unsteered accuracy, steered - calibrated with CI and p) on report: the
     unsteered log-likelihoods plus one offset per answer, fitted on the select split."""
-    sel = load_samples(rec, "select", True)
-    if not sel or not _same_answers([*sel, *base]):
+    sel = load_samples(rec, "select", True) or []
+    conts = _answer_set([*sel, *base])
+    if (
+        not sel
+        or not conts
+        or any(len(r.get("loglikelihoods") or []) != len(conts) for r in [*sel, *base])
+    ):
         return "n/a", "n/a"
     off = prior_offsets([r["loglikelihoods"] for r in sel], [r["label"] for r in sel])
     by_id = {str(r["id"]): r for r in base}
