@@ -176,11 +176,16 @@ def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
     return records
 
 
+def samples_path(rec: RunRecord, split: str, baseline: bool = False) -> Path:
+    """Where a split's per-item samples file of `rec` lies (it may not exist)."""
+    name = f"samples_{rec.task}_{split}{'_baseline' if baseline and rec.steered else ''}.jsonl"
+    return rec.sample_dirs.get(split, rec.run_dir) / name
+
+
 def load_samples(rec: RunRecord, split: str, baseline: bool = False) -> list[dict[str, Any]] | None:
     """The per-item rows of a split's samples file (id, label, prediction, scores); None if
     absent."""
-    name = f"samples_{rec.task}_{split}{'_baseline' if baseline and rec.steered else ''}.jsonl"
-    f = rec.sample_dirs.get(split, rec.run_dir) / name
+    f = samples_path(rec, split, baseline)
     if not f.exists():
         return None
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 from collections import Counter
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sadi.report.records import AXES, RunRecord, load_samples, load_scores
+from sadi.report.records import AXES, RunRecord, load_samples, load_scores, samples_path
 from sadi.report.stats import Estimate, bootstrap_ci, offset_correct, paired_test, prior_offsets
 
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
@@ -141,20 +142,44 @@ def _top_answer(rows: Sequence[dict[str, Any]], key: str) -> tuple[str, float]:
 ONE_ANSWER = 0.9  # a model giving one answer to more than this share of items is flagged
 
 
+def _select_offsets(
+    rec: RunRecord, memo: dict[tuple[str, str, str], tuple[list[dict[str, Any]], Any]]
+) -> tuple[list[dict[str, Any]], Any]:
+    """(unsteered select rows, their fitted answer offsets), fitted once per task, model and
+    select scores: every method of one task and model shares the same unsteered scores."""
+    f = samples_path(rec, "select", True)
+    if not f.exists():
+        return [], None
+    key = (rec.task_label, rec.model, hashlib.sha256(f.read_bytes()).hexdigest())
+    if key not in memo:
+        sel = load_samples(rec, "select", True) or []
+        conts = _answer_set(sel)
+        ok = conts and all(len(r.get("loglikelihoods") or []) == len(conts) for r in sel)
+        off = (
+            prior_offsets([r["loglikelihoods"] for r in sel], [r["label"] for r in sel])
+            if ok
+            else None
+        )
+        memo[key] = (sel, off)
+    return memo[key]
+
+
 def _calibrated(
-    rec: RunRecord, steered: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]]
+    steered: Sequence[dict[str, Any]],
+    base: Sequence[dict[str, Any]],
+    sel: Sequence[dict[str, Any]],
+    off: Any,
 ) -> tuple[str, str]:
     """(calibrated unsteered accuracy, steered - calibrated with CI and p) on report: the
-    unsteered log-likelihoods plus one offset per answer, fitted on the select split."""
-    sel = load_samples(rec, "select", True) or []
+    unsteered log-likelihoods plus one offset per answer (`off`, fitted on the select
+    split's unsteered rows `sel`)."""
     conts = _answer_set([*sel, *base])
     if (
-        not sel
+        off is None
         or not conts
         or any(len(r.get("loglikelihoods") or []) != len(conts) for r in [*sel, *base])
     ):
         return "n/a", "n/a"
-    off = prior_offsets([r["loglikelihoods"] for r in sel], [r["label"] for r in sel])
     by_id = {str(r["id"]): r for r in base}
     if any(str(r["id"]) not in by_id for r in steered):
         return "n/a", "n/a"
@@ -187,6 +212,7 @@ def answer_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     n = 0
+    memo: dict[tuple[str, str, str], tuple[list[dict[str, Any]], Any]] = {}
     for rec in sorted(records, key=lambda r: (r.task_label, r.model, r.method)):
         steered, base = load_samples(rec, "report"), load_samples(rec, "report", True)
         if not rec.steered or not steered or not base:
@@ -202,7 +228,7 @@ def answer_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
             f"| {rec.task_label} | {rec.model} | {rec.method} | {100 * label_share:.1f} "
             f"('{label}') | '{b_ans}' {100 * b_share:.0f}% | '{s_ans}' {100 * s_share:.0f}% | "
             f"{100 * acc:.1f} | {'yes' if s_share > ONE_ANSWER else ''} | "
-            + " | ".join(_calibrated(rec, steered, base))
+            + " | ".join(_calibrated(steered, base, *_select_offsets(rec, memo)))
             + " |"
         )
     return [("Answers", "\n".join(lines))] if n else []
