@@ -112,3 +112,16 @@ def test_cli_writes_the_table_json_and_one_plot_per_behaviour(tmp_path: Path) ->
     assert [p["strength"] for p in sas["points"]] == [-4.0, 0.0, 4.0]
     assert sas["monotonic"] == "increasing" and sas["identity"] == 0.0
     assert "Behaviour curves" in (out / "curves.md").read_text()
+
+
+def test_curves_are_not_overwritten_by_fewer(tmp_path: Path) -> None:
+    curve_sweep(tmp_path / "s" / "caa", "caa", "multiplier", [-1.0, 1.0], lambda m, i: 0.5 + m / 10)
+    curve_sweep(tmp_path / "s" / "sas", "sas", "lam", [-4.0, 4.0], lambda m, i: 0.5 + m / 50)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "s"), "--out", str(out)]) == 0
+    before = (out / "curves.json").read_text()
+    with pytest.raises(SystemExit, match="caa_refusal/tiny/sas-residual"):
+        main([str(tmp_path / "s" / "caa"), "--out", str(out)])
+    assert (out / "curves.json").read_text() == before
+    assert main([str(tmp_path / "s" / "caa"), "--out", str(out), "--replace"]) == 0
+    assert [d["method"] for d in json.loads((out / "curves.json").read_text())] == ["caa-residual"]

@@ -294,6 +294,24 @@ def test_cli(dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str
     ]
 
 
+def test_a_report_is_not_overwritten_by_one_that_drops_its_rows(
+    dirs: list[Path], tmp_path: Path
+) -> None:
+    from sadi.report.guard import report_keys
+
+    out = tmp_path / "report"
+    assert main([*map(str, dirs), "--out", str(out), "--resamples", "100"]) == 0
+    full = (out / "report.md").read_text()
+    keys = report_keys(full)
+    assert {k[2] for k in keys} == {"sadi-head", "iti-head", "caa-residual", "none"}
+    assert main([*map(str, dirs), "--out", str(out), "--resamples", "100"]) == 0  # same rows
+    with pytest.raises(SystemExit, match="iti-head.*--replace"):
+        main([str(dirs[0]), "--out", str(out), "--resamples", "100"])
+    assert (out / "report.md").read_text() == full  # nothing written
+    assert main([str(dirs[0]), "--out", str(out), "--resamples", "100", "--replace"]) == 0
+    assert report_keys((out / "report.md").read_text()) < keys
+
+
 def test_pivot_shows_each_methods_delta_per_task_with_its_test(dirs: list[Path]) -> None:
     from sadi.report import pivot_markdown
 

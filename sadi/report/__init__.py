@@ -10,7 +10,8 @@ select split is chosen. The report split never chooses. Writes `report.md`, `rep
 (self-contained), and PNGs into `--out`; the markdown is also printed.
 
 Modules: ``records`` (reading directories), ``stats`` (bootstrap CIs, paired tests),
-``tables`` (the table, Markdown, HTML), ``plots`` (PNGs); ``main`` is the CLI.
+``tables`` (the table, Markdown, HTML), ``plots`` (PNGs), ``guard`` (never overwriting a
+report with one that drops its rows: `--replace` to do so on purpose); ``main`` is the CLI.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from sadi.report.guard import check_not_lost, report_keys
 from sadi.report.plots import (
     plot_all,
     plot_deltas,
@@ -83,16 +85,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="all",
         help="summary: only the per-task methods and the delta heatmap (for many tasks)",
     )
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite an existing report.md even where the new one drops rows it holds",
+    )
     args = ap.parse_args(argv)
     records = collect(args.paths)
     rows = table(records, args.resamples, args.seed)
     out = Path(args.out)
+    md = to_markdown(rows, args.resamples, args.seed)
+    if (out / "report.md").exists():
+        old = report_keys((out / "report.md").read_text())
+        check_not_lost(out / "report.md", old, report_keys(md), args.replace)
     images = plot_all(records, rows, out, summary=args.plots == "summary")
     sections = [("Report deltas, method x task", pivot_markdown(rows))]
     sections += answer_section(records)
     sections += side_effect_section(records) + generation_section(records)
     sections += feature_sections(records)
-    md = to_markdown(rows, args.resamples, args.seed)
     md_sections = "".join(f"\n## {title}\n\n{body}\n" for title, body in sections)
     (out / "report.md").write_text(
         md + "".join(f"\n![{p.stem}]({p.name})\n" for p in images) + md_sections

@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
+from sadi.report.guard import check_not_lost, curve_keys
 from sadi.report.plots import slug
 from sadi.report.records import AXES, RunRecord, load_run
 from sadi.report.stats import Estimate
@@ -321,9 +322,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--split", default="report", help="the split the curves scored")
     ap.add_argument("--out", default="report/curves")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite an existing curves.json even where the new one drops curves it holds",
+    )
     args = ap.parse_args(argv)
     curves = collect_curves(args.paths, args.metric, args.split, args.seed)
     out = Path(args.out)
+    new = curves_json(curves)
+    if (out / "curves.json").exists():
+        old = curve_keys(json.loads((out / "curves.json").read_text()))
+        check_not_lost(out / "curves.json", old, curve_keys(new), args.replace)
     images = plot_curves(curves, out)
     md = curve_table(curves)
     (out / "curves.md").write_text(
@@ -333,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + md
         + "".join(f"\n![{p.stem}]({p.name})\n" for p in images)
     )
-    (out / "curves.json").write_text(json.dumps(curves_json(curves), indent=1) + "\n")
+    (out / "curves.json").write_text(json.dumps(new, indent=1) + "\n")
     print(md + f"\nwrote curves.md, curves.json and {len(images)} PNGs to {out}", flush=True)
     return 0
 
