@@ -3,6 +3,7 @@ stage chose, and time each stage into a log that the README's run times come fro
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
@@ -28,6 +29,19 @@ def run(args: list[str], dry_run: bool, log: Path | None = None) -> None:
         with log.open("a") as f:
             f.write(json.dumps({"command": shlex.join(args), "seconds": time.time() - start}))
             f.write("\n")
+
+
+def add_replace(parser: argparse.ArgumentParser) -> None:
+    """`--replace`: let the report step drop rows the existing report holds (sadi.report)."""
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="let the report overwrite rows of an existing report that this run does not cover",
+    )
+
+
+def replace_flag(args: argparse.Namespace) -> list[str]:
+    return ["--replace"] if args.replace else []
 
 
 def sadi_run(*overrides: str) -> list[str]:

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from _common import N_LAYERS, chosen, finished, run, sadi_run, select_cmd
+from _common import N_LAYERS, add_replace, chosen, finished, replace_flag, run, sadi_run, select_cmd
 
 BEHAVIOURS = (
     "caa_sycophancy",
@@ -87,7 +88,7 @@ def select_grid(method: str, model: str) -> list[str]:
     ]
 
 
-def curve_overrides(method: str, fixed: dict[str, object], component: str) -> list[str]:
+def curve_overrides(method: str, fixed: Mapping[str, object], component: str) -> list[str]:
     """The curve sweep's overrides: the strength grid, the chosen values fixed."""
     param, values, _ = CURVES[method]
     return [
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="experiments/results/behaviours")
     parser.add_argument("--sweeps", default="outputs/sweeps/behaviours")
     parser.add_argument("--report-only", action="store_true", help="only write the reports")
+    add_replace(parser)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     bad = sorted(set(methods) - set(METHODS)) + sorted(set(args.behaviours) - set(BEHAVIOURS))
@@ -169,11 +171,13 @@ def main(argv: list[str] | None = None) -> None:
         curves = sorted({str(p.parent.parent) for p in root.glob("*/*_curve/*/results.json")})
         selects = finished(root)
     run(
-        [sys.executable, "-m", "sadi.report.curves", *curves, "--out", f"{out}/curves"],
+        [sys.executable, "-m", "sadi.report.curves", *curves, "--out", f"{out}/curves"]
+        + replace_flag(args),
         args.dry_run,
     )
     run(
-        [sys.executable, "-m", "sadi.report", *selects, "--out", out, "--plots", "summary"],
+        [sys.executable, "-m", "sadi.report", *selects, "--out", out, "--plots", "summary"]
+        + replace_flag(args),
         args.dry_run,
     )
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import run, sadi_run
+from _common import add_replace, replace_flag, run, sadi_run
 
 MODEL = "smollm2_135m"
 BEHAVIOURS = (
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--side-limit", type=int, default=500, help="MMLU report items")
     parser.add_argument("--out", default="experiments/results/sas_caa")
     parser.add_argument("--sweeps", default="outputs/sweeps")
+    add_replace(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.tasks) - set(TASKS))
     if unknown:
@@ -116,7 +117,8 @@ def main() -> None:
                 args.dry_run,
             )
             dirs.append(sweep)
-    run([sys.executable, "-m", "sadi.report", *dirs, "--out", args.out], args.dry_run)
+    report = [sys.executable, "-m", "sadi.report", *dirs, "--out", args.out, *replace_flag(args)]
+    run(report, args.dry_run)
 
 
 if __name__ == "__main__":

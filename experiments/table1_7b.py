@@ -35,7 +35,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import run, sadi_run
+from _common import add_replace, replace_flag, run, sadi_run
 
 TASKS = "copa,xnli_en,mmlu,sst2,boolq,winogrande"
 METHODS = ["sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer", "sas"]
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--local", action="store_true", help="run here (a GPU node), no Slurm")
+    add_replace(parser)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             *point_dirs,
             "--out",
             f"report/table1_{args.model}",
+            *replace_flag(args),
         ],
         args.dry_run,
     )

@@ -33,7 +33,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import N_LAYERS, finished, run, sadi_run, select_cmd
+from _common import N_LAYERS, add_replace, finished, replace_flag, run, sadi_run, select_cmd
 
 # name: (task, format)
 TASKS = {
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="only write the report")
     parser.add_argument("--out", default="experiments/results/table1_cpu")
     parser.add_argument("--sweeps", default="outputs/sweeps/table1_cpu")
+    add_replace(parser)
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",") if args.tasks else DEFAULT_TASKS[args.model]
     methods = [m for m in args.methods.split(",") if m]
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing and not args.dry_run:
         print(f"# not run yet, so not in the report ({len(missing)}): {', '.join(missing)}")
     report = [sys.executable, "-m", "sadi.report", *done, "--out", str(out), "--plots", "summary"]
+    report += replace_flag(args)
     run(report, args.dry_run)
 
 

@@ -120,7 +120,7 @@ def test_curves_are_not_overwritten_by_fewer(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main([str(tmp_path / "s"), "--out", str(out)]) == 0
     before = (out / "curves.json").read_text()
-    with pytest.raises(SystemExit, match="caa_refusal/tiny/sas-residual"):
+    with pytest.raises(SystemExit, match="caa_refusal / tiny / sas-residual"):
         main([str(tmp_path / "s" / "caa"), "--out", str(out)])
     assert (out / "curves.json").read_text() == before
     assert main([str(tmp_path / "s" / "caa"), "--out", str(out), "--replace"]) == 0

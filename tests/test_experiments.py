@@ -213,3 +213,22 @@ def test_behaviours_select_then_draw_curves_on_report() -> None:
         assert cmd[cmd.index("--side-effects") + 1] == "mmlu"
         assert "task.open_ended=true" in cmd and "sweep.engine=true" in cmd
     assert cmds[-2][2] == "sadi.report.curves" and cmds[-1][2] == "sadi.report"
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("table1_cpu.py", ["--tasks", "sst2", "--methods", "caa"]),
+        ("behaviours.py", ["--behaviours", "caa_refusal", "--methods", "caa"]),
+        ("sas_caa.py", ["--tasks", "caa_refusal"]),
+        ("table1_7b.py", ["--methods", "caa", "--local"]),
+    ],
+)
+def test_replace_reaches_every_report_step_and_only_when_asked(
+    script: str, args: list[str]
+) -> None:
+    reports = ("sadi.report", "sadi.report.curves")
+    default = [c for c in dry_run(script, *args) if c[2:3] and c[2] in reports]
+    asked = [c for c in dry_run(script, *args, "--replace") if c[2:3] and c[2] in reports]
+    assert default and all("--replace" not in c for c in default)
+    assert len(asked) == len(default) and all(c[-1] == "--replace" for c in asked)
