@@ -15,8 +15,11 @@ middle layer), and on COPA the SADI ablations (fixed vector, random elements).
 Protocol: 150 fit pairs; every hyperparameter chosen on the select split; the chosen point
 scored once on the report split, by the sweep engine (the same numbers as lm-eval's per-point
 path); 95% bootstrap CIs and the paired test against the unsteered model on the same items
-(`sadi.report`). Scored splits are capped at 500 items (`task.limit=500`: BoolQ's report split
-has 2270, MMLU's 13042, XNLI's 1490, WinoGrande's 1267; select splits hold 200-500).
+(`sadi.report`). Reports: `<out>/<model>/<task>/report.md` for each task as soon as its sweeps
+finish, and `<out>/<model>/report.md` over every finished sweep of the model (it is not
+overwritten when it would drop rows whose sweeps are gone: `--replace`). Scored splits are
+capped at 500 items (`task.limit=500`: BoolQ's report split has 2270, MMLU's 13042, XNLI's
+1490, WinoGrande's 1267; select splits hold 200-500).
 
 Grids (`grids` below; the report's `chosen by` column gives each sweep's number of points):
 the authors' axes at coarser steps ("full", 6-30 points a method; AUSteer's 6 each run a
@@ -30,6 +33,7 @@ on 2 cores they would take days.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -163,9 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = []
     for task in tasks:
         extra = list(ABLATIONS) if task == "copa" and not args.no_ablations else []
+        task_sweeps = []
         for method in [*methods, *extra]:
             sweep = f"{args.sweeps}/{args.model}/{task}/{method}"
             sweeps.append(sweep)
+            task_sweeps.append(sweep)
             if args.report_only:
                 continue
             overrides = sweep_overrides(method, task, args.model)
@@ -179,6 +185,12 @@ def main(argv: list[str] | None = None) -> None:
             if method == "austeer":
                 flags.append("--across-components")
             run(select_cmd(sweep, *flags), args.dry_run, log)
+        # the task's own report, written as soon as its sweeps finish: it lands even when the
+        # sweeps behind the other tasks' columns are not on this machine any more
+        done = task_sweeps if args.dry_run else finished(Path(args.sweeps) / args.model / task, 1)
+        if done:
+            cmd = [sys.executable, "-m", "sadi.report", *done, "--out", str(out / task)]
+            run([*cmd, "--plots", "summary", *replace_flag(args)], args.dry_run)
     # the report covers every finished sweep of this model, from this and earlier runs
     done = sweeps if args.dry_run else finished(Path(args.sweeps) / args.model)
     planned = [
@@ -191,7 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# not run yet, so not in the report ({len(missing)}): {', '.join(missing)}")
     report = [sys.executable, "-m", "sadi.report", *done, "--out", str(out), "--plots", "summary"]
     report += replace_flag(args)
-    run(report, args.dry_run)
+    try:
+        run(report, args.dry_run)
+    except subprocess.CalledProcessError:
+        sys.exit(
+            f"the combined report {out / 'report.md'} was not written (the reason is above); "
+            f"each task's own report is in {out}/<task>/report.md"
+        )
 
 
 if __name__ == "__main__":

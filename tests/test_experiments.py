@@ -184,6 +184,23 @@ def test_table1_cpu_covers_every_task_and_method_with_honest_selection() -> None
     assert cmds[-1][2] == "sadi.report" and "summary" in cmds[-1]
 
 
+def test_table1_cpu_writes_each_tasks_report_after_its_sweeps() -> None:
+    cmds = dry_run("table1_cpu.py", "--tasks", "sst2,xnli_en", "--methods", "caa,sas")
+    reports = [i for i, c in enumerate(cmds) if c[2:3] == ["sadi.report"]]
+    assert len(reports) == 3  # one per task, then the combined one
+    for i, task in zip(reports, ("sst2", "xnli_en")):
+        cmd = cmds[i]
+        out = cmd[cmd.index("--out") + 1]
+        assert out.endswith(f"table1_cpu/smollm2_135m/{task}")
+        sweeps = cmd[3 : cmd.index("--out")]
+        root = f"outputs/sweeps/table1_cpu/smollm2_135m/{task}"
+        assert sweeps == [f"{root}/caa", f"{root}/sas"]
+        assert cmds[i - 1][2] == "sadi.select" and task in cmds[i - 1][3]  # after its sweeps
+    combined = cmds[-1]
+    assert combined[combined.index("--out") + 1].endswith("table1_cpu/smollm2_135m")
+    assert len(combined[3 : combined.index("--out")]) == 4
+
+
 def test_table1_cpu_gemma_runs_copa_boolq_sst2() -> None:
     cmds = dry_run("table1_cpu.py", "--model", "gemma3_270m", "--no-ablations")
     sweeps = [c for c in cmds if c[3:4] == ["-m"]]
