@@ -31,6 +31,20 @@ def run(args: list[str], dry_run: bool, log: Path | None = None) -> None:
             f.write("\n")
 
 
+def run_combined(args: list[str], dry_run: bool, per_task: str) -> None:
+    """Run a report step over every sweep on this machine; where it fails (e.g. the report's
+    guard refusing to drop rows whose sweeps are gone), end with a message naming the
+    per-task reports, which were written already, instead of a traceback."""
+    try:
+        run(args, dry_run)
+    except subprocess.CalledProcessError:
+        out = args[args.index("--out") + 1]
+        sys.exit(
+            f"the combined report in {out} was not written (the reason is above); each "
+            f"task's own report is in {per_task}"
+        )
+
+
 def add_replace(parser: argparse.ArgumentParser) -> None:
     """`--replace`: let the report step drop rows the existing report holds (sadi.report)."""
     parser.add_argument(

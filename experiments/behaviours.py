@@ -21,7 +21,10 @@ and method, offline:
    alpha -50..50), everything else as chosen on select;
 3. `sadi.report.curves`: one plot per behaviour with a line per method and the unsteered
    level, whether each curve is monotonic, its range, with item-bootstrap CIs; and
-   `sadi.report`: the chosen points, their side effects and a handful of generations.
+   `sadi.report`: the chosen points, their side effects and a handful of generations;
+   both per behaviour (`<out>/<model>/<behaviour>/`) as soon as its sweeps finish, then over
+   every behaviour whose sweeps are on this machine (`<out>/<model>/`; not overwritten when
+   it would drop rows whose sweeps are gone: `--replace`).
 
 Choosing on select and drawing the curve on report keeps the report split out of every
 choice; the curve itself is descriptive (every strength is shown, none is picked on it).
@@ -34,7 +37,17 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from _common import N_LAYERS, add_replace, chosen, finished, replace_flag, run, sadi_run, select_cmd
+from _common import (
+    N_LAYERS,
+    add_replace,
+    chosen,
+    finished,
+    replace_flag,
+    run,
+    run_combined,
+    sadi_run,
+    select_cmd,
+)
 
 BEHAVIOURS = (
     "caa_sycophancy",
@@ -119,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     log = Path(args.out) / f"timings_{args.model}.jsonl"
     common = [f"model={args.model}", "logger=none", "progress=false", "task.open_ended=false"]
     selects, curves = [], []
+    out = f"{args.out}/{args.model}"
+    root = Path(args.sweeps) / args.model
     for task in [] if args.report_only else args.behaviours:
+        task_selects, task_curves = [], []
         for method in methods:
             sweep = f"{args.sweeps}/{args.model}/{task}/{method}"
             name = f"behaviours_{args.model}_{task}_{method}"
@@ -141,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                 flags.append("--across-components")
             run(select_cmd(sweep, *flags), args.dry_run, log)
             selects.append(sweep)
+            task_selects.append(sweep)
             keep = CURVES[method][2]
             if args.dry_run:  # nothing chosen yet: show the command with the grid's first values
                 print("# the curve's fixed values are chosen on select; shown: the grid's first")
@@ -165,21 +182,37 @@ def main(argv: list[str] | None = None) -> None:
                 log,
             )
             curves.append(curve)
-    out = f"{args.out}/{args.model}"
+            task_curves.append(curve)
+        # the behaviour's own reports, as soon as its sweeps finish: they land even when the
+        # sweeps behind the other behaviours are not on this machine any more
+        if not args.dry_run:
+            task_curves = _curves(root / task, "")
+            task_selects = finished(root / task, 1)
+        for cmd in _reports(task_curves, task_selects, f"{out}/{task}"):
+            run(cmd + replace_flag(args), args.dry_run)
     if not args.dry_run:  # every finished curve and select stage of this model, earlier runs too
-        root = Path(args.sweeps) / args.model
-        curves = sorted({str(p.parent.parent) for p in root.glob("*/*_curve/*/results.json")})
-        selects = finished(root)
-    run(
-        [sys.executable, "-m", "sadi.report.curves", *curves, "--out", f"{out}/curves"]
-        + replace_flag(args),
-        args.dry_run,
-    )
-    run(
-        [sys.executable, "-m", "sadi.report", *selects, "--out", out, "--plots", "summary"]
-        + replace_flag(args),
-        args.dry_run,
-    )
+        curves, selects = _curves(root, "*/"), finished(root)
+        if not curves and not selects:
+            sys.exit(f"no finished behaviour sweeps under {root}: nothing to report")
+    for cmd in _reports(curves, selects, out):
+        run_combined(cmd + replace_flag(args), args.dry_run, f"{out}/<behaviour>/")
+
+
+def _curves(root: Path, above: str) -> list[str]:
+    """Curve sweep directories below `root` that hold a finished point."""
+    return sorted({str(p.parent.parent) for p in root.glob(f"{above}*_curve/*/results.json")})
+
+
+def _reports(curves: list[str], selects: list[str], out: str) -> list[list[str]]:
+    """The curves report and the chosen points' report of these sweeps, into `out`."""
+    cmds = []
+    if curves:
+        cmds.append([sys.executable, "-m", "sadi.report.curves", *curves, "--out", f"{out}/curves"])
+    if selects:
+        cmds.append(
+            [sys.executable, "-m", "sadi.report", *selects, "--out", out, "--plots", "summary"]
+        )
+    return cmds
 
 
 if __name__ == "__main__":

@@ -33,11 +33,19 @@ on 2 cores they would take days.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
-from _common import N_LAYERS, add_replace, finished, replace_flag, run, sadi_run, select_cmd
+from _common import (
+    N_LAYERS,
+    add_replace,
+    finished,
+    replace_flag,
+    run,
+    run_combined,
+    sadi_run,
+    select_cmd,
+)
 
 # name: (task, format)
 TASKS = {
@@ -203,13 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# not run yet, so not in the report ({len(missing)}): {', '.join(missing)}")
     report = [sys.executable, "-m", "sadi.report", *done, "--out", str(out), "--plots", "summary"]
     report += replace_flag(args)
-    try:
-        run(report, args.dry_run)
-    except subprocess.CalledProcessError:
-        sys.exit(
-            f"the combined report {out / 'report.md'} was not written (the reason is above); "
-            f"each task's own report is in {out}/<task>/report.md"
-        )
+    run_combined(report, args.dry_run, f"{out}/<task>/report.md")
 
 
 if __name__ == "__main__":

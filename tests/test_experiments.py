@@ -232,6 +232,25 @@ def test_behaviours_select_then_draw_curves_on_report() -> None:
     assert cmds[-2][2] == "sadi.report.curves" and cmds[-1][2] == "sadi.report"
 
 
+def test_behaviours_writes_each_behaviours_reports_after_its_sweeps() -> None:
+    behaviours = ["caa_refusal", "caa_sycophancy"]
+    cmds = dry_run("behaviours.py", "--behaviours", *behaviours, "--methods", "caa,sas")
+    steps = ("sadi.report.curves", "sadi.report")
+    reports = [i for i, c in enumerate(cmds) if c[2:3] and c[2] in steps]
+    assert len(reports) == 6  # curves and chosen points per behaviour, then over all
+    for (i, j), task in zip(zip(reports[0:4:2], reports[1:4:2]), behaviours):
+        curves, chosen = cmds[i], cmds[j]
+        root = f"outputs/sweeps/behaviours/smollm2_135m/{task}"
+        assert curves[3 : curves.index("--out")] == [f"{root}/caa_curve", f"{root}/sas_curve"]
+        assert chosen[3 : chosen.index("--out")] == [f"{root}/caa", f"{root}/sas"]
+        assert curves[curves.index("--out") + 1].endswith(f"smollm2_135m/{task}/curves")
+        assert chosen[chosen.index("--out") + 1].endswith(f"smollm2_135m/{task}")
+        assert cmds[i - 1][3:4] == ["-m"] and task in " ".join(cmds[i - 1])  # after its curve
+    combined = cmds[reports[5]]
+    assert combined[combined.index("--out") + 1].endswith("behaviours/smollm2_135m")
+    assert len(combined[3 : combined.index("--out")]) == 4
+
+
 @pytest.mark.parametrize(
     "script, args",
     [
