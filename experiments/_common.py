@@ -66,6 +66,11 @@ def select_cmd(sweep: str, *flags: str) -> list[str]:
     return [sys.executable, "-m", "sadi.select", sweep, "--logger", "none", *flags]
 
 
+def report_cmd(paths: list[str], out: str | Path, *flags: str) -> list[str]:
+    """`python -m sadi.report PATHS --out OUT FLAGS`."""
+    return [sys.executable, "-m", "sadi.report", *paths, "--out", str(out), *flags]
+
+
 def finished(root: Path, depth: int = 2) -> list[str]:
     """Sweep directories `depth` levels below `root` whose select stage has finished."""
     pattern = "/".join(["*"] * depth) + "/selected/*/selection.json"

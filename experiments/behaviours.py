@@ -43,6 +43,7 @@ from _common import (
     chosen,
     finished,
     replace_flag,
+    report_cmd,
     run,
     run_combined,
     sadi_run,
@@ -209,9 +210,7 @@ def _reports(curves: list[str], selects: list[str], out: str) -> list[list[str]]
     if curves:
         cmds.append([sys.executable, "-m", "sadi.report.curves", *curves, "--out", f"{out}/curves"])
     if selects:
-        cmds.append(
-            [sys.executable, "-m", "sadi.report", *selects, "--out", out, "--plots", "summary"]
-        )
+        cmds.append(report_cmd(selects, out, "--plots", "summary"))
     return cmds
 
 

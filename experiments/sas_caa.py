@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import add_replace, replace_flag, run, sadi_run
+from _common import add_replace, replace_flag, report_cmd, run, sadi_run
 
 MODEL = "smollm2_135m"
 BEHAVIOURS = (
@@ -117,8 +117,7 @@ def main() -> None:
                 args.dry_run,
             )
             dirs.append(sweep)
-    report = [sys.executable, "-m", "sadi.report", *dirs, "--out", args.out, *replace_flag(args)]
-    run(report, args.dry_run)
+    run(report_cmd(dirs, args.out, *replace_flag(args)), args.dry_run)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import add_replace, replace_flag, run, sadi_run
+from _common import add_replace, replace_flag, report_cmd, run, sadi_run
 
 TASKS = "copa,xnli_en,mmlu,sst2,boolq,winogrande"
 METHODS = ["sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer", "sas"]
@@ -177,16 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = [f"outputs/sweeps/{m}_{args.model}/selected" for m in methods]
     point_dirs = [cmd[-1].split("=", 1)[1] for cmd in points]
     run(
-        [
-            sys.executable,
-            "-m",
-            "sadi.report",
-            *sweeps,
-            *point_dirs,
-            "--out",
-            f"report/table1_{args.model}",
-            *replace_flag(args),
-        ],
+        report_cmd([*sweeps, *point_dirs], f"report/table1_{args.model}", *replace_flag(args)),
         args.dry_run,
     )
 

@@ -33,7 +33,6 @@ on 2 cores they would take days.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from _common import (
@@ -41,6 +40,7 @@ from _common import (
     add_replace,
     finished,
     replace_flag,
+    report_cmd,
     run,
     run_combined,
     sadi_run,
@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         # sweeps behind the other tasks' columns are not on this machine any more
         done = task_sweeps if args.dry_run else finished(Path(args.sweeps) / args.model / task, 1)
         if done:
-            cmd = [sys.executable, "-m", "sadi.report", *done, "--out", str(out / task)]
-            run([*cmd, "--plots", "summary", *replace_flag(args)], args.dry_run)
+            run(
+                report_cmd(done, out / task, "--plots", "summary", *replace_flag(args)),
+                args.dry_run,
+            )
     # the report covers every finished sweep of this model, from this and earlier runs
     done = sweeps if args.dry_run else finished(Path(args.sweeps) / args.model)
     planned = [
@@ -209,8 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = sorted(set(planned) - set(done))
     if missing and not args.dry_run:
         print(f"# not run yet, so not in the report ({len(missing)}): {', '.join(missing)}")
-    report = [sys.executable, "-m", "sadi.report", *done, "--out", str(out), "--plots", "summary"]
-    report += replace_flag(args)
+    report = report_cmd(done, out, "--plots", "summary", *replace_flag(args))
     run_combined(report, args.dry_run, f"{out}/<task>/report.md")
 
 
