@@ -501,6 +501,64 @@ def test_answers_flag_a_steered_model_that_gives_one_answer(tmp_path: Path) -> N
     assert answer_section(collect(build_dirs(tmp_path / "runs"))) == []
 
 
+def test_answer_form_measures_chosen_length_and_flatness(tmp_path: Path) -> None:
+    """TruthfulQA-like: three items with their own answers. Unsteered, the model ranks the
+    longest answer first with uniform scores (entropy 1); steered, it ranks the shortest
+    first with p = (1/4, 3/4) on two answers and (1/2, 1/4, 1/4) on three. Chosen lengths
+    (4, 2, 4) -> (1, 1, 1): mean 10/3 -> 1, difference -7/3. The labels are the shortest
+    answers, so 'longest' scores 0 and 'shortest' 100. A task whose items share one answer
+    set (yes / no) gets no row; a task without one label per item (mc2) gets 'n/a'."""
+    from sadi.report import answer_form_section
+
+    conts = [[" a", " bbbb"], [" cc", " d"], [" eeee", " f", " gg"]]
+    labels = [0, 1, 1]
+    base_ll = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0, 0.0]]
+    base_pred = [1, 0, 0]  # ties broken towards the longest here
+    st_ll = [[math.log(3), 0.0], [0.0, math.log(3)], [math.log(2), 0.0, 0.0]]
+    st_pred = [0, 1, 1]
+    records = []
+    for task, metric in (("truthfulqa_mc1", "acc"), ("truthfulqa_mc2", "mc2")):
+        run = write_run(tmp_path / task, {"report": ([0.0] * 3, [0.0] * 3)}, task=task)
+        for suffix, lls, preds in (("", st_ll, st_pred), ("_baseline", base_ll, base_pred)):
+            rows = [
+                {"id": f"q{i}", "continuations": c, "loglikelihoods": ll, "prediction": p}
+                | {"label": y}
+                | ({"acc": float(p == y)} if metric == "acc" else {"mc2": 0.5})
+                for i, (c, ll, p, y) in enumerate(zip(conts, lls, preds, labels, strict=True))
+            ]
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            (run / f"samples_{task}_report{suffix}.jsonl").write_text(text)
+        records += collect([run])
+    ((title, md),) = answer_form_section(records)
+    assert title == "Answer form"
+
+    def h(p: list[float]) -> float:
+        return -sum(q * math.log(q) for q in p) / math.log(len(p))
+
+    h_st = (h([3 / 4, 1 / 4]) * 2 + h([1 / 2, 1 / 4, 1 / 4])) / 3
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if "| truthfulqa" in line}
+    for task, longest, shortest in (
+        ("truthfulqa_mc1", "0.0", "100.0"),
+        ("truthfulqa_mc2", *["n/a"] * 2),
+    ):
+        cells = [c.strip() for c in rows[task].strip("|").split("|")]
+        assert cells[3:5] == [f"{10 / 3:.1f}", "1.0"]
+        assert cells[5].startswith(f"{-7 / 3:+.1f} [")
+        assert cells[6:10] == [longest, shortest, "1.000", f"{h_st:.3f}"]
+        assert cells[10].startswith(f"{h_st - 1:+.3f} [")
+    # items sharing one answer set: the prior controls of "Answers" apply, no row here
+    run = write_run(tmp_path / "boolq", {"report": ([0.0] * 3, [0.0] * 3)}, task="boolq")
+    for suffix in ("", "_baseline"):
+        rows_b = [
+            {"id": f"b{i}", "continuations": [" no", " yes"], "loglikelihoods": [0.0, -1.0]}
+            | {"prediction": 0, "label": 0, "acc": 1.0}
+            for i in range(3)
+        ]
+        text = "".join(json.dumps(r) + "\n" for r in rows_b)
+        (run / f"samples_boolq_report{suffix}.jsonl").write_text(text)
+    assert answer_form_section(collect([run])) == []
+
+
 def test_prior_offsets_find_the_best_answer_prior_shift() -> None:
     """Two answers, log-likelihoods (0, m): the labels say 'yes' iff m > -2, the model iff
     m > 0 (acc 4/6). The ties sit at -m; the midpoint 2.0 between 1.5 and 2.5 is the offset

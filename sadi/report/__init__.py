@@ -33,6 +33,7 @@ from sadi.report.records import RunRecord, collect, load_run, load_samples, load
 from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
 from sadi.report.tables import (
     Row,
+    answer_form_section,
     answer_section,
     feature_sections,
     generation_section,
@@ -47,6 +48,7 @@ __all__ = [
     "Estimate",
     "PairedTest",
     "Row",
+    "answer_form_section",
     "answer_section",
     "RunRecord",
     "bootstrap_ci",
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_not_lost(out / "report.md", old, report_keys(md), args.replace)
     images = plot_all(records, rows, out, summary=args.plots == "summary")
     sections = [("Report deltas, method x task", pivot_markdown(rows))]
-    sections += answer_section(records)
+    sections += answer_section(records) + answer_form_section(records)
     sections += side_effect_section(records) + generation_section(records)
     sections += feature_sections(records)
     md_sections = "".join(f"\n## {title}\n\n{body}\n" for title, body in sections)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sadi.report.records import AXES, RunRecord, load_samples, load_scores, samples_path
 from sadi.report.stats import Estimate, bootstrap_ci, offset_correct, paired_test, prior_offsets
 
@@ -232,6 +234,79 @@ def answer_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
             + " |"
         )
     return [("Answers", "\n".join(lines))] if n else []
+
+
+def _entropy(ll: Sequence[float]) -> float:
+    """Entropy of the softmax over an item's answer log-likelihoods, over log(n): 1 = uniform."""
+    x = np.asarray(ll, dtype=float)
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum() / np.log(len(x)))
+
+
+def _paired_cell(a: Sequence[float], b: Sequence[float], digits: int) -> str:
+    """'a - b [CI], p=..' (paired bootstrap) in the units of the values."""
+    t = paired_test(a, b)
+    d = t.diff
+    return f"{d.value:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}], p={t.p_value:.3g}"
+
+
+def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
+    """("Answer form", table) for multiple-choice tasks whose items offer different answers
+    (TruthfulQA), where no answer-prior control applies: did steering only change the form of
+    the answer? Length: the chosen answer's characters, steered vs unsteered, next to the
+    accuracy of always taking the longest or the shortest answer. Flatness: the normalised
+    entropy of the answer distribution (1 = uniform), which a metric summing probability mass
+    over several true answers (mc2) rewards when it goes up."""
+    lines = [
+        "Report split, tasks whose items offer different answers. 'chars' = mean length of "
+        "the answer the model ranks first; 'longest' / 'shortest' = the accuracy of always "
+        "taking the longest / shortest answer ('n/a' without a single label per item); "
+        "'entropy' = mean entropy of the softmax over each item's answer log-likelihoods "
+        "divided by log(number of answers), 1 = uniform. Differences: steered - unsteered on "
+        "the same items, paired bootstrap CI and p.",
+        "",
+        "| task | model | method | chars unsteered | chars steered | chars steered - unsteered "
+        "| longest | shortest | entropy unsteered | entropy steered "
+        "| entropy steered - unsteered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ("continuations", "loglikelihoods", "prediction")
+    n = 0
+    for rec in sorted(records, key=lambda r: (r.task_label, r.model, r.method)):
+        steered, base = load_samples(rec, "report"), load_samples(rec, "report", True)
+        if not rec.steered or not steered or not base or _answer_set(base):
+            continue
+        if not all(all(k in r for k in keys) for r in steered + base):
+            continue
+        by_id = {str(r["id"]): r for r in base}
+        if any(str(r["id"]) not in by_id for r in steered):
+            continue
+        pairs = [(r, by_id[str(r["id"])]) for r in steered if len(r["continuations"]) > 1]
+        if not pairs:
+            continue
+
+        def chars(r: dict[str, Any]) -> float:
+            return float(len(r["continuations"][r["prediction"]].strip()))
+
+        c_s, c_b = [chars(s) for s, _ in pairs], [chars(b) for _, b in pairs]
+        h_s = [_entropy(s["loglikelihoods"]) for s, _ in pairs]
+        h_b = [_entropy(b["loglikelihoods"]) for _, b in pairs]
+        longest = shortest = "n/a"
+        if all("acc" in s and "label" in s for s, _ in pairs):
+            sizes = [[len(c.strip()) for c in s["continuations"]] for s, _ in pairs]
+            labels = [s["label"] for s, _ in pairs]
+            longest, shortest = (
+                f"{100 * np.mean([x.index(pick(x)) == y for x, y in zip(sizes, labels)]):.1f}"
+                for pick in (max, min)
+            )
+        n += 1
+        lines.append(
+            f"| {rec.task_label} | {rec.model} | {rec.method} | {np.mean(c_b):.1f} | "
+            f"{np.mean(c_s):.1f} | {_paired_cell(c_s, c_b, 1)} | {longest} | {shortest} | "
+            f"{np.mean(h_b):.3f} | {np.mean(h_s):.3f} | {_paired_cell(h_s, h_b, 3)} |"
+        )
+    return [("Answer form", "\n".join(lines))] if n else []
 
 
 def generation_section(records: Sequence[RunRecord], n: int = 3) -> list[tuple[str, str]]:
