@@ -176,6 +176,8 @@ def evaluate_split(
         )
         if metric == "acc":
             samples[-1]["p_label"] = label_probability(lls, doc["label"])
+        else:  # mc2: every true answer, for the report's answer-form references
+            samples[-1]["correct"] = list(doc["correct"])
     if samples and metric == "acc":
         values = [s["p_label"] for s in samples]
         metrics["p_label"] = sum(values) / len(values)

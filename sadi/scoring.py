@@ -76,7 +76,7 @@ def evaluate(
     key = {
         "model": cfg.model.source,
         "weights": weights_fingerprint(model),  # the weights, not only their path
-        "scores": 2,  # what an entry holds; 2: samples carry p_label
+        "scores": 3,  # what an entry holds; 2: samples carry p_label; 3: mc2 ones `correct`
         "dtype": cfg.model.dtype,
         "max_length": cfg.model.max_length,
         "task": task.name,

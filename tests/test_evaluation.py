@@ -41,9 +41,14 @@ def test_p_label_per_item_and_its_mean_come_from_lm_evals_log_likelihoods(task: 
     assert metrics["p_label_stderr"] == pytest.approx(sd / math.sqrt(len(values)))
 
 
-def test_mc2_tasks_report_mc2_not_p_label() -> None:
+def test_mc2_tasks_report_mc2_and_the_true_answers_not_p_label() -> None:
     items = load_task("truthfulqa_mc2", limit=3, seed=0).splits["select"][:3]
     lm = SteeredLM(make_tiny("llama"), tokenizer=byte_tokenizer(), batch_size=4, device="cpu")
     metrics, samples = evaluate_split(lm, items, task_name="p_mc2", metric="mc2")
     assert "mc2" in metrics and "p_label" not in metrics
     assert all("p_label" not in s for s in samples)
+    # each sample says which answers are true, and its mc2 is the mass on exactly those
+    assert [s["correct"] for s in samples] == [list(i.correct) for i in items]
+    for s in samples:
+        p = [math.exp(v) for v in s["loglikelihoods"]]
+        assert s["mc2"] == pytest.approx(sum(p[i] for i in s["correct"]) / sum(p))

@@ -505,26 +505,41 @@ def test_answer_form_measures_chosen_length_and_flatness(tmp_path: Path) -> None
     """TruthfulQA-like: three items with their own answers. Unsteered, the model ranks the
     longest answer first with uniform scores (entropy 1); steered, it ranks the shortest
     first with p = (1/4, 3/4) on two answers and (1/2, 1/4, 1/4) on three. Chosen lengths
-    (4, 2, 4) -> (1, 1, 1): mean 10/3 -> 1, difference -7/3. The labels are the shortest
-    answers, so 'longest' scores 0 and 'shortest' 100. A task whose items share one answer
-    set (yes / no) gets no row; a task without one label per item (mc2) gets 'n/a'."""
+    (4, 2, 4) -> (1, 1, 1): mean 10/3 -> 1, difference -7/3. MC1: the labels are the
+    shortest answers, so 'longest' scores 0 and 'shortest' 100, and a flat distribution
+    (1/2 + 1/2 + 1/3) / 3. MC2 with `correct` ({0}, {1}, {1, 2}): the shortest answer is
+    always true, the longest never, flat (1/2 + 1/2 + 2/3) / 3. MC2 samples that do not
+    say which answers are true get 'n/a'. A task whose items share one answer set
+    (yes / no) gets no row."""
     from sadi.report import answer_form_section
 
     conts = [[" a", " bbbb"], [" cc", " d"], [" eeee", " f", " gg"]]
-    labels = [0, 1, 1]
+    labels, correct = [0, 1, 1], [[0], [1], [1, 2]]
     base_ll = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0, 0.0]]
     base_pred = [1, 0, 0]  # ties broken towards the longest here
     st_ll = [[math.log(3), 0.0], [0.0, math.log(3)], [math.log(2), 0.0, 0.0]]
     st_pred = [0, 1, 1]
     records = []
-    for task, metric in (("truthfulqa_mc1", "acc"), ("truthfulqa_mc2", "mc2")):
-        run = write_run(tmp_path / task, {"report": ([0.0] * 3, [0.0] * 3)}, task=task)
+    for task, method in (
+        ("truthfulqa_mc1", "sadi"),
+        ("truthfulqa_mc2", "sadi"),
+        ("truthfulqa_mc2", "iti"),
+    ):
+        run = write_run(
+            tmp_path / f"{task}_{method}",
+            {"report": ([0.0] * 3, [0.0] * 3)},
+            task=task,
+            intervention=method,
+        )
         for suffix, lls, preds in (("", st_ll, st_pred), ("_baseline", base_ll, base_pred)):
             rows = [
                 {"id": f"q{i}", "continuations": c, "loglikelihoods": ll, "prediction": p}
                 | {"label": y}
-                | ({"acc": float(p == y)} if metric == "acc" else {"mc2": 0.5})
-                for i, (c, ll, p, y) in enumerate(zip(conts, lls, preds, labels, strict=True))
+                | ({"acc": float(p == y)} if task.endswith("mc1") else {"mc2": 0.5})
+                | ({"correct": t} if task.endswith("mc2") and method == "sadi" else {})
+                for i, (c, ll, p, y, t) in enumerate(
+                    zip(conts, lls, preds, labels, correct, strict=True)
+                )
             ]
             text = "".join(json.dumps(r) + "\n" for r in rows)
             (run / f"samples_{task}_report{suffix}.jsonl").write_text(text)
@@ -536,16 +551,22 @@ def test_answer_form_measures_chosen_length_and_flatness(tmp_path: Path) -> None
         return -sum(q * math.log(q) for q in p) / math.log(len(p))
 
     h_st = (h([3 / 4, 1 / 4]) * 2 + h([1 / 2, 1 / 4, 1 / 4])) / 3
-    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if "| truthfulqa" in line}
-    for task, longest, shortest in (
-        ("truthfulqa_mc1", "0.0", "100.0"),
-        ("truthfulqa_mc2", *["n/a"] * 2),
+    rows = {
+        tuple(c.strip() for c in line.split("|")[1:4:2]): line
+        for line in md.splitlines()
+        if "| truthfulqa" in line
+    }
+    assert len(rows) == 3
+    for key, refs in (
+        (("truthfulqa_mc1", "sadi-head"), [f"{100 * 4 / 9:.1f}", "0.0", "100.0"]),
+        (("truthfulqa_mc2", "sadi-head"), [f"{100 * 5 / 9:.1f}", "0.0", "100.0"]),
+        (("truthfulqa_mc2", "iti-head"), ["n/a"] * 3),
     ):
-        cells = [c.strip() for c in rows[task].strip("|").split("|")]
+        cells = [c.strip() for c in rows[key].strip("|").split("|")]
         assert cells[3:5] == [f"{10 / 3:.1f}", "1.0"]
         assert cells[5].startswith(f"{-7 / 3:+.1f} [")
-        assert cells[6:10] == [longest, shortest, "1.000", f"{h_st:.3f}"]
-        assert cells[10].startswith(f"{h_st - 1:+.3f} [")
+        assert cells[6:11] == [*refs, "1.000", f"{h_st:.3f}"]
+        assert cells[11].startswith(f"{h_st - 1:+.3f} [")
     # items sharing one answer set: the prior controls of "Answers" apply, no row here
     run = write_run(tmp_path / "boolq", {"report": ([0.0] * 3, [0.0] * 3)}, task="boolq")
     for suffix in ("", "_baseline"):

@@ -244,6 +244,13 @@ def _entropy(ll: Sequence[float]) -> float:
     return float(-(p * np.log(np.where(p > 0, p, 1.0))).sum() / np.log(len(x)))
 
 
+def _true_answers(r: dict[str, Any]) -> list[int]:
+    """The indices of an item's true answers: `correct` (mc2), else the label of an acc row."""
+    if r.get("correct"):
+        return list(r["correct"])
+    return [r["label"]] if "acc" in r and "label" in r else []
+
+
 def _paired_cell(a: Sequence[float], b: Sequence[float], digits: int) -> str:
     """'a - b [CI], p=..' (paired bootstrap) in the units of the values."""
     t = paired_test(a, b)
@@ -255,21 +262,23 @@ def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
     """("Answer form", table) for multiple-choice tasks whose items offer different answers
     (TruthfulQA), where no answer-prior control applies: did steering only change the form of
     the answer? Length: the chosen answer's characters, steered vs unsteered, next to the
-    accuracy of always taking the longest or the shortest answer. Flatness: the normalised
-    entropy of the answer distribution (1 = uniform), which a metric summing probability mass
-    over several true answers (mc2) rewards when it goes up."""
+    metric of a flat distribution and of always taking the longest or the shortest answer.
+    Flatness: the normalised entropy of the answer distribution (1 = uniform), which a metric
+    summing probability mass over several true answers (mc2) rewards when it goes up."""
     lines = [
         "Report split, tasks whose items offer different answers. 'chars' = mean length of "
-        "the answer the model ranks first; 'longest' / 'shortest' = the accuracy of always "
-        "taking the longest / shortest answer ('n/a' without a single label per item); "
+        "the answer the model ranks first; 'flat' = the metric of a uniform distribution "
+        "over each item's answers (mean share of true answers); 'longest' / 'shortest' = the "
+        "share of items whose longest / shortest answer is true ('n/a': the samples do not "
+        "say which answers are true); "
         "'entropy' = mean entropy of the softmax over each item's answer log-likelihoods "
         "divided by log(number of answers), 1 = uniform. Differences: steered - unsteered on "
         "the same items, paired bootstrap CI and p.",
         "",
         "| task | model | method | chars unsteered | chars steered | chars steered - unsteered "
-        "| longest | shortest | entropy unsteered | entropy steered "
+        "| flat | longest | shortest | entropy unsteered | entropy steered "
         "| entropy steered - unsteered |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = ("continuations", "loglikelihoods", "prediction")
     n = 0
@@ -292,18 +301,19 @@ def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
         c_s, c_b = [chars(s) for s, _ in pairs], [chars(b) for _, b in pairs]
         h_s = [_entropy(s["loglikelihoods"]) for s, _ in pairs]
         h_b = [_entropy(b["loglikelihoods"]) for _, b in pairs]
-        longest = shortest = "n/a"
-        if all("acc" in s and "label" in s for s, _ in pairs):
+        flat = longest = shortest = "n/a"
+        truths = [_true_answers(s) or _true_answers(b) for s, b in pairs]
+        if all(truths):
             sizes = [[len(c.strip()) for c in s["continuations"]] for s, _ in pairs]
-            labels = [s["label"] for s, _ in pairs]
+            flat = f"{100 * np.mean([len(t) / len(x) for t, x in zip(truths, sizes)]):.1f}"
             longest, shortest = (
-                f"{100 * np.mean([x.index(pick(x)) == y for x, y in zip(sizes, labels)]):.1f}"
+                f"{100 * np.mean([x.index(pick(x)) in t for x, t in zip(sizes, truths)]):.1f}"
                 for pick in (max, min)
             )
         n += 1
         lines.append(
             f"| {rec.task_label} | {rec.model} | {rec.method} | {np.mean(c_b):.1f} | "
-            f"{np.mean(c_s):.1f} | {_paired_cell(c_s, c_b, 1)} | {longest} | {shortest} | "
+            f"{np.mean(c_s):.1f} | {_paired_cell(c_s, c_b, 1)} | {flat} | {longest} | {shortest} | "
             f"{np.mean(h_b):.3f} | {np.mean(h_s):.3f} | {_paired_cell(h_s, h_b, 3)} |"
         )
     return [("Answer form", "\n".join(lines))] if n else []
