@@ -508,9 +508,10 @@ def test_answer_form_measures_chosen_length_and_flatness(tmp_path: Path) -> None
     (4, 2, 4) -> (1, 1, 1): mean 10/3 -> 1, difference -7/3. MC1: the labels are the
     shortest answers, so 'longest' scores 0 and 'shortest' 100, and a flat distribution
     (1/2 + 1/2 + 1/3) / 3. MC2 with `correct` ({0}, {1}, {1, 2}): the shortest answer is
-    always true, the longest never, flat (1/2 + 1/2 + 2/3) / 3. MC2 samples that do not
-    say which answers are true get 'n/a'. A task whose items share one answer set
-    (yes / no) gets no row."""
+    always true, the longest never, flat (1/2 + 1/2 + 2/3) / 3. 'steered - flat' pairs each
+    item's metric with its flat value: MC1 acc 1 each, +5/9; MC2 mc2 0.5 each, -1/18. MC2
+    samples that do not say which answers are true get 'n/a'. A task whose items share one
+    answer set (yes / no) gets no row."""
     from sadi.report import answer_form_section
 
     conts = [[" a", " bbbb"], [" cc", " d"], [" eeee", " f", " gg"]]
@@ -558,15 +559,17 @@ def test_answer_form_measures_chosen_length_and_flatness(tmp_path: Path) -> None
     }
     assert len(rows) == 3
     for key, refs in (
-        (("truthfulqa_mc1", "sadi-head"), [f"{100 * 4 / 9:.1f}", "0.0", "100.0"]),
-        (("truthfulqa_mc2", "sadi-head"), [f"{100 * 5 / 9:.1f}", "0.0", "100.0"]),
-        (("truthfulqa_mc2", "iti-head"), ["n/a"] * 3),
+        (("truthfulqa_mc1", "sadi-head"), [f"{100 * 4 / 9:.1f}", f"{100 * 5 / 9:+.1f} ["]),
+        (("truthfulqa_mc2", "sadi-head"), [f"{100 * 5 / 9:.1f}", f"{-100 / 18:+.1f} ["]),
+        (("truthfulqa_mc2", "iti-head"), ["n/a"] * 2),
     ):
         cells = [c.strip() for c in rows[key].strip("|").split("|")]
         assert cells[3:5] == [f"{10 / 3:.1f}", "1.0"]
         assert cells[5].startswith(f"{-7 / 3:+.1f} [")
-        assert cells[6:11] == [*refs, "1.000", f"{h_st:.3f}"]
-        assert cells[11].startswith(f"{h_st - 1:+.3f} [")
+        assert cells[6] == refs[0] and cells[7].startswith(refs[1])
+        ends = ["0.0", "100.0"] if refs[0] != "n/a" else ["n/a", "n/a"]
+        assert cells[8:12] == [*ends, "1.000", f"{h_st:.3f}"]
+        assert cells[12].startswith(f"{h_st - 1:+.3f} [")
     # items sharing one answer set: the prior controls of "Answers" apply, no row here
     run = write_run(tmp_path / "boolq", {"report": ([0.0] * 3, [0.0] * 3)}, task="boolq")
     for suffix in ("", "_baseline"):

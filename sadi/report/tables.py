@@ -268,7 +268,8 @@ def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
     lines = [
         "Report split, tasks whose items offer different answers. 'chars' = mean length of "
         "the answer the model ranks first; 'flat' = the metric of a uniform distribution "
-        "over each item's answers (mean share of true answers); 'longest' / 'shortest' = the "
+        "over each item's answers (mean share of true answers), and 'steered - flat' the "
+        "steered model's per-item metric minus it, x100; 'longest' / 'shortest' = the "
         "share of items whose longest / shortest answer is true ('n/a': the samples do not "
         "say which answers are true); "
         "'entropy' = mean entropy of the softmax over each item's answer log-likelihoods "
@@ -276,9 +277,9 @@ def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
         "the same items, paired bootstrap CI and p.",
         "",
         "| task | model | method | chars unsteered | chars steered | chars steered - unsteered "
-        "| flat | longest | shortest | entropy unsteered | entropy steered "
+        "| flat | steered - flat | longest | shortest | entropy unsteered | entropy steered "
         "| entropy steered - unsteered |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = ("continuations", "loglikelihoods", "prediction")
     n = 0
@@ -301,11 +302,15 @@ def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
         c_s, c_b = [chars(s) for s, _ in pairs], [chars(b) for _, b in pairs]
         h_s = [_entropy(s["loglikelihoods"]) for s, _ in pairs]
         h_b = [_entropy(b["loglikelihoods"]) for _, b in pairs]
-        flat = longest = shortest = "n/a"
+        flat = longest = shortest = vs_flat = "n/a"
         truths = [_true_answers(s) or _true_answers(b) for s, b in pairs]
         if all(truths):
             sizes = [[len(c.strip()) for c in s["continuations"]] for s, _ in pairs]
-            flat = f"{100 * np.mean([len(t) / len(x) for t, x in zip(truths, sizes)]):.1f}"
+            uniform = [len(t) / len(x) for t, x in zip(truths, sizes)]
+            flat = f"{100 * np.mean(uniform):.1f}"
+            if all("mc2" in s or "acc" in s for s, _ in pairs):
+                score = [float(s["mc2"] if "mc2" in s else s["acc"]) for s, _ in pairs]
+                vs_flat = _paired_cell([100 * v for v in score], [100 * u for u in uniform], 1)
             longest, shortest = (
                 f"{100 * np.mean([x.index(pick(x)) in t for x, t in zip(sizes, truths)]):.1f}"
                 for pick in (max, min)
@@ -313,7 +318,8 @@ def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
         n += 1
         lines.append(
             f"| {rec.task_label} | {rec.model} | {rec.method} | {np.mean(c_b):.1f} | "
-            f"{np.mean(c_s):.1f} | {_paired_cell(c_s, c_b, 1)} | {flat} | {longest} | {shortest} | "
+            f"{np.mean(c_s):.1f} | {_paired_cell(c_s, c_b, 1)} | {flat} | {vs_flat} | {longest} | "
+            f"{shortest} | "
             f"{np.mean(h_b):.3f} | {np.mean(h_s):.3f} | {_paired_cell(h_s, h_b, 3)} |"
         )
     return [("Answer form", "\n".join(lines))] if n else []
