@@ -458,6 +458,25 @@ def test_side_effects_are_tabled_next_to_the_effect(tmp_path: Path) -> None:
     ((title, md),) = side_effect_section([rec])
     assert title == "Side effects"
     assert "| caa_refusal | caa-residual | mmlu | report (500) | acc | 31.0 | 33.5 | -2.5 |" in md
+    # with the per-item samples beside the run: the paired CI and exact McNemar p. Four
+    # items: steered right on 0 and 1, unsteered on 1, 2 and 3: one item gained, two lost,
+    # McNemar p = 2 * P(X <= 1 | n=3) = 1; delta (2 - 3) / 4 = -25.0
+    res["side_effects"]["mmlu"] |= {
+        "n_items": 4,
+        "steered": {"acc": 0.5},
+        "baseline": {"acc": 0.75},
+    }
+    (run / "results.json").write_text(json.dumps(res))
+    for suffix, accs in (("", [1, 1, 0, 0]), ("_baseline", [0, 1, 1, 1])):
+        rows = "".join(
+            json.dumps({"id": f"m{i}", "acc": float(a)}) + "\n" for i, a in enumerate(accs)
+        )
+        (run / f"samples_side_mmlu_report{suffix}.jsonl").write_text(rows)
+    ((_, md),) = side_effect_section(collect([run]))
+    row = next(line for line in md.splitlines() if line.startswith("| caa_refusal |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:7] == ["report (4)", "acc", "50.0", "75.0"]
+    assert cells[7].startswith("-25.0 [") and cells[7].endswith("], p=1")
     assert (
         side_effect_section(
             collect([write_run(tmp_path / "plain", {"select": scores_pair(40, 0.5, 0.1, 0)})])

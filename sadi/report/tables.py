@@ -100,12 +100,34 @@ def _example_text(ex: dict[str, Any]) -> str:
     return f"{ctx}[[{tok}]] ({ex['value']:.1f})"
 
 
+def _side_delta(rec: RunRecord, side: str, split: str, metric: str, st: float, base: float) -> str:
+    """steered - unsteered on a side task, x100: with its paired CI and p (exact McNemar for
+    0/1 scores) where the per-item samples lie beside the run, else the bare difference."""
+    d = rec.sample_dirs.get("report", rec.run_dir)
+    rows = []
+    for suffix in ("", "_baseline"):
+        f = d / f"samples_side_{side}_{split}{suffix}.jsonl"
+        if not f.exists():
+            return f"{100 * (st - base):+.1f}"
+        lines = [line for line in f.read_text().splitlines() if line.strip()]
+        rows.append({str(r["id"]): r for r in map(json.loads, lines)})
+    steered, unsteered = rows
+    if set(steered) != set(unsteered) or not all(metric in r for r in steered.values()):
+        return f"{100 * (st - base):+.1f}"
+    ids = sorted(steered)
+    t = paired_test(
+        [float(steered[i][metric]) for i in ids], [float(unsteered[i][metric]) for i in ids]
+    )
+    return f"{_fmt(t.diff, '+')}, p={t.p_value:.3g}"
+
+
 def side_effect_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
     """("Side effects", table) when any record scored other tasks with its steerer: the
     capability cost of steering next to its effect."""
     lines = [
         "Each chosen steerer also scored on other tasks (never fit or selected on), with and "
-        "without steering.",
+        "without steering; delta x100 with its 95% paired-bootstrap CI and exact McNemar p "
+        "where the per-item samples are kept.",
         "",
         "| task | method | side task | split (items) | metric | steered | unsteered | delta |",
         "|---|---|---|---|---|---|---|---|",
@@ -120,7 +142,8 @@ def side_effect_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
             n += 1
             lines.append(
                 f"| {rec.task_label} | {rec.method} | {side} | {got['split']} ({got['n_items']}) | "
-                f"{metric} | {100 * st:.1f} | {100 * base:.1f} | {100 * (st - base):+.1f} |"
+                f"{metric} | {100 * st:.1f} | {100 * base:.1f} | "
+                f"{_side_delta(rec, side, got['split'], metric, st, base)} |"
             )
     return [("Side effects", "\n".join(lines))] if n else []
 
