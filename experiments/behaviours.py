@@ -135,10 +135,17 @@ def main(argv: list[str] | None = None) -> None:
     selects, curves = [], []
     out = f"{args.out}/{args.model}"
     root = Path(args.sweeps) / args.model
-    for task in [] if args.report_only else args.behaviours:
+    for task in args.behaviours:
         task_selects, task_curves = [], []
         for method in methods:
             sweep = f"{args.sweeps}/{args.model}/{task}/{method}"
+            curve = f"{args.sweeps}/{args.model}/{task}/{method}_curve"
+            if args.report_only:  # the reports of what is there (dry run: of what is planned)
+                selects.append(sweep)
+                task_selects.append(sweep)
+                curves.append(curve)
+                task_curves.append(curve)
+                continue
             name = f"behaviours_{args.model}_{task}_{method}"
             run(
                 sadi_run(
@@ -169,7 +176,6 @@ def main(argv: list[str] | None = None) -> None:
                 (pick,) = chosen(sweep)
                 fixed = {k: pick["params"][k] for k in keep}
                 component = pick["component"]
-            curve = f"{args.sweeps}/{args.model}/{task}/{method}_curve"
             run(
                 sadi_run(
                     f"task={task}",

@@ -251,6 +251,20 @@ def test_behaviours_writes_each_behaviours_reports_after_its_sweeps() -> None:
     assert len(combined[3 : combined.index("--out")]) == 4
 
 
+def test_behaviours_report_only_rebuilds_each_behaviours_reports_then_the_combined() -> None:
+    cmds = dry_run(
+        "behaviours.py", "--behaviours", "caa_refusal", "--methods", "caa,sas", "--report-only"
+    )
+    assert [c[2] for c in cmds if c[2:3]] == ["sadi.report.curves", "sadi.report"] * 2
+    root = "outputs/sweeps/behaviours/smollm2_135m/caa_refusal"
+    for cmd, out in zip(cmds, ["caa_refusal/curves", "caa_refusal", "curves", ""]):
+        assert cmd[cmd.index("--out") + 1].rstrip("/").endswith(f"smollm2_135m/{out}".rstrip("/"))
+        assert cmd[3 : cmd.index("--out")] in (
+            [f"{root}/caa_curve", f"{root}/sas_curve"],
+            [f"{root}/caa", f"{root}/sas"],
+        )
+
+
 @pytest.mark.parametrize(
     "script, args",
     [
