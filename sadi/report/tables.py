@@ -115,10 +115,8 @@ def _side_delta(rec: RunRecord, side: str, split: str, metric: str, st: float, b
     if set(steered) != set(unsteered) or not all(metric in r for r in steered.values()):
         return f"{100 * (st - base):+.1f}"
     ids = sorted(steered)
-    t = paired_test(
-        [float(steered[i][metric]) for i in ids], [float(unsteered[i][metric]) for i in ids]
-    )
-    return f"{_fmt(t.diff, '+')}, p={t.p_value:.3g}"
+    a, b = ([float(r[i][metric]) for i in ids] for r in (steered, unsteered))
+    return _paired_cell(a, b, scale=100)
 
 
 def side_effect_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
@@ -210,8 +208,9 @@ def _calibrated(
         return "n/a", "n/a"
     pairs = [by_id[str(r["id"])] for r in steered]
     cal = offset_correct([r["loglikelihoods"] for r in pairs], [r["label"] for r in pairs], off)
-    t = paired_test([float(r["acc"]) for r in steered], cal)
-    return f"{100 * cal.mean():.1f}", f"{_fmt(t.diff, '+')}, p={t.p_value:.3g}"
+    return f"{100 * cal.mean():.1f}", _paired_cell(
+        [float(r["acc"]) for r in steered], cal, scale=100
+    )
 
 
 def answer_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
@@ -274,11 +273,14 @@ def _true_answers(r: dict[str, Any]) -> list[int]:
     return [r["label"]] if "acc" in r and "label" in r else []
 
 
-def _paired_cell(a: Sequence[float], b: Sequence[float], digits: int) -> str:
-    """'a - b [CI], p=..' (paired bootstrap) in the units of the values."""
+def _paired_cell(
+    a: Sequence[float], b: Sequence[float], digits: int = 1, scale: float = 1.0
+) -> str:
+    """'a - b [CI], p=..' from `paired_test` (exact McNemar for 0/1 scores, else paired
+    bootstrap), the difference and its CI multiplied by `scale` (100 for a metric x100)."""
     t = paired_test(a, b)
-    d = t.diff
-    return f"{d.value:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}], p={t.p_value:.3g}"
+    v, lo, hi = (scale * x for x in (t.diff.value, t.diff.lo, t.diff.hi))
+    return f"{v:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}], p={t.p_value:.3g}"
 
 
 def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
