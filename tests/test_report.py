@@ -251,6 +251,15 @@ def test_table_markdown_html(dirs: list[Path]) -> None:
     sadi_line = next(line for line in md.splitlines() if "| sadi-head |" in line)
     assert "| 75.0 [" in sadi_line and "| 60.0 [" in sadi_line and "| +15.0 [+" in sadi_line
     assert "k=4, strength=5.0" in sadi_line and "selection.json" in sadi_line
+    # each value under its own header; the unsteered model on select sits beside the chosen
+    # point's select value (scores_pair: 55% unsteered, +10 points at k=4, strength=5)
+    header = next(line for line in md.splitlines() if line.startswith("| task | model |"))
+    cells = dict(zip(header.strip("|").split("|"), sadi_line.strip("|").split("|"), strict=True))
+    got = {k.strip(): v.strip() for k, v in cells.items()}
+    assert got["select (steered)"].startswith("65.0 [")
+    assert got["select (baseline)"].startswith("55.0 [")
+    assert got["report (steered)"].startswith("75.0 [")
+    assert got["report (baseline)"].startswith("60.0 [")
     caa_line = next(line for line in md.splitlines() if "| caa-residual |" in line)
     assert "66.0 +- 3.4 (CI n/a)" in caa_line
     page = to_html(rows)

@@ -53,6 +53,8 @@ def table(records: Sequence[RunRecord], n_resamples: int = 2000, seed: int = 0) 
         row |= {"model": rec.model, "metric": rec.metric, "chosen_by": rec.chosen_by}
         row |= {"run_dir": str(rec.run_dir), "diff": None, "p_value": None, "test": None}
         row["select"] = _estimate(rec, "select", False, n_resamples, seed)
+        # the unsteered model on select: what the chosen point had to beat where it was chosen
+        row["select_baseline"] = _estimate(rec, "select", True, n_resamples, seed)
         row["report"] = _estimate(rec, "report", False, n_resamples, seed)
         row["baseline"] = _estimate(rec, "report", True, n_resamples, seed)
         steered, base_scores = load_scores(rec, "report"), load_scores(rec, "report", True)
@@ -74,15 +76,23 @@ def _fmt(e: Estimate | None, sign: str = "") -> str:
     return f"{v} +- {100 * e.stderr:.1f} (CI n/a)" if e.stderr is not None else f"{v} (CI n/a)"
 
 
-COLUMNS = ["task", "model", "method", "params", "metric", "select (steered)", "report (steered)"]
-COLUMNS += ["report (baseline)", "delta report", "p (test)", "n report", "chosen by"]
+COLUMNS = ["task", "model", "method", "params", "metric", "select (steered)", "select (baseline)"]
+COLUMNS += [
+    "report (steered)",
+    "report (baseline)",
+    "delta report",
+    "p (test)",
+    "n report",
+    "chosen by",
+]
 
 
 def _cells(row: Row) -> list[str]:
     p = f"{row['p_value']:.3g} ({row['test']})" if row["p_value"] is not None else "-"
     n = row["report"].n if row["report"] is not None and row["report"].n else "-"
     fixed = [row[k] for k in ("task", "model", "method", "params", "metric")]
-    values = [_fmt(row[k]) for k in ("select", "report", "baseline")] + [_fmt(row["diff"], "+")]
+    values = [_fmt(row[k]) for k in ("select", "select_baseline", "report", "baseline")]
+    values.append(_fmt(row["diff"], "+"))
     return [*fixed, *values, p, str(n), row["chosen_by"]]
 
 
