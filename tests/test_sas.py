@@ -281,6 +281,9 @@ def test_smollm2_small_trained_sae_and_sas_move_scores_and_generation_agrees(
     assert report_main([str(out), "--out", str(tmp_path / "report"), "--resamples", "50"]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## SAS features" in md and f"| {first['latent']} |" in md
+    # the report names the SAE steered through, with its quality figures
+    ve = figures["held_out_variance_explained"]
+    assert f"SAE `{entry.name}`: held-out variance explained {ve:.3f}" in md
 
 
 def test_an_empty_steering_vector_is_an_error_not_a_silent_no_op() -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from sadi.report.records import AXES, RunRecord, load_samples, load_scores, samples_path
 from sadi.report.stats import Estimate, bootstrap_ci, offset_correct, paired_test, prior_offsets
+from sadi.sae.train import QUALITY_FILE
 
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 HEADER = (
@@ -283,13 +285,13 @@ def _true_answers(r: dict[str, Any]) -> list[int]:
     return [r["label"]] if "acc" in r and "label" in r else []
 
 
-def _paired_cell(
-    a: Sequence[float], b: Sequence[float], digits: int = 1, scale: float = 1.0
-) -> str:
+def _paired_cell(a: ArrayLike, b: ArrayLike, digits: int = 1, scale: float = 1.0) -> str:
     """'a - b [CI], p=..' from `paired_test` (exact McNemar for 0/1 scores, else paired
     bootstrap), the difference and its CI multiplied by `scale` (100 for a metric x100)."""
     t = paired_test(a, b)
-    v, lo, hi = (scale * x for x in (t.diff.value, t.diff.lo, t.diff.hi))
+    d = t.diff
+    assert d.lo is not None and d.hi is not None  # a bootstrap CI has both ends
+    v, lo, hi = scale * d.value, scale * d.lo, scale * d.hi
     return f"{v:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}], p={t.p_value:.3g}"
 
 
@@ -423,6 +425,23 @@ def pivot_markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sae_quality(sae_dir: str | None) -> list[str]:
+    """One line naming the SAE that SAS steered through and its quality figures (from the
+    `quality.json` sadi writes beside an SAE it trains), where that directory is readable:
+    SAS's numbers depend on the SAE, and two machines train slightly different ones."""
+    if not sae_dir or not (Path(sae_dir) / QUALITY_FILE).is_file():
+        return []
+    q = json.loads((Path(sae_dir) / QUALITY_FILE).read_text())
+    keys = ("held_out_variance_explained", "held_out_l0", "held_out_dead_fraction")
+    if not all(k in q for k in keys):
+        return []
+    ve, l0, dead = (float(q[k]) for k in keys)
+    return [
+        f"SAE `{Path(sae_dir).name}`: held-out variance explained {ve:.3f}, "
+        f"L0 {l0:.0f}, dead latents {100 * dead:.2f}%."
+    ]
+
+
 def feature_sections(records: Sequence[RunRecord], top: int = 10) -> list[tuple[str, str]]:
     """(title, markdown table) per run whose steerer wrote `features.json` (SAS): its top
     latents by |s| with their top-activating training tokens, [[token]] after its context."""
@@ -436,6 +455,7 @@ def feature_sections(records: Sequence[RunRecord], top: int = 10) -> list[tuple[
         lines = [
             f"s has {body['n_nonzero']} non-zero latents ({body['n_positive']} positive: "
             f"only with the behaviour; {body['n_negative']} negative) at tau={body['tau']}.",
+            *_sae_quality(body.get("examples_from")),
             "",
             "| latent | s | side | freq + | freq - | top-activating training tokens |",
             "|---|---|---|---|---|---|",
