@@ -32,6 +32,7 @@ from sadi.report.guard import check_not_lost, curve_keys
 from sadi.report.plots import slug
 from sadi.report.records import AXES, RunRecord, load_run
 from sadi.report.stats import Estimate
+from sadi.tracking import read_jsonl
 
 # the strength at which each method is the unsteered model
 IDENTITY = {"sadi": 1.0, "iti": 0.0, "caa": 0.0, "austeer": 0.0, "sas": 0.0}
@@ -85,7 +86,7 @@ def _samples(directory: Path, task: str, split: str, baseline: bool) -> list[dic
     path = directory / name
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def _per_item(rows: list[dict[str, Any]], metric: str, where: Path) -> dict[str, float]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sadi.tracking import read_jsonl
+
 SELECTION = "selection.json"
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 NON_PARAMS = {"_target_", "name", "seed", "batch_size"}
@@ -188,7 +190,7 @@ def load_samples(rec: RunRecord, split: str, baseline: bool = False) -> list[dic
     f = samples_path(rec, split, baseline)
     if not f.exists():
         return None
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return read_jsonl(f)
 
 
 def load_scores(rec: RunRecord, split: str, baseline: bool = False) -> dict[str, float] | None:

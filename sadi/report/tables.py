@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 
 from sadi.report.records import AXES, RunRecord, load_samples, load_scores, samples_path
 from sadi.report.stats import Estimate, bootstrap_ci, offset_correct, paired_test, prior_offsets
-from sadi.sae.train import QUALITY_FILE
+from sadi.tracking import read_jsonl
 
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 HEADER = (
@@ -115,17 +115,14 @@ def _example_text(ex: dict[str, Any]) -> str:
 def _side_delta(rec: RunRecord, side: str, split: str, metric: str, st: float, base: float) -> str:
     """steered - unsteered on a side task, x100: with its paired CI and p (exact McNemar for
     0/1 scores) where the per-item samples lie beside the run, else the bare difference."""
+    bare = f"{100 * (st - base):+.1f}"
     d = rec.sample_dirs.get("report", rec.run_dir)
-    rows = []
-    for suffix in ("", "_baseline"):
-        f = d / f"samples_side_{side}_{split}{suffix}.jsonl"
-        if not f.exists():
-            return f"{100 * (st - base):+.1f}"
-        lines = [line for line in f.read_text().splitlines() if line.strip()]
-        rows.append({str(r["id"]): r for r in map(json.loads, lines)})
-    steered, unsteered = rows
+    files = [d / f"samples_side_{side}_{split}{suffix}.jsonl" for suffix in ("", "_baseline")]
+    if not all(f.exists() for f in files):
+        return bare
+    steered, unsteered = ({str(r["id"]): r for r in read_jsonl(f)} for f in files)
     if set(steered) != set(unsteered) or not all(metric in r for r in steered.values()):
-        return f"{100 * (st - base):+.1f}"
+        return bare
     ids = sorted(steered)
     a, b = ([float(r[i][metric]) for i in ids] for r in (steered, unsteered))
     return _paired_cell(a, b, scale=100)
@@ -347,7 +344,7 @@ def answer_form_section(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
             flat = f"{100 * np.mean(uniform):.1f}"
             if all("mc2" in s or "acc" in s for s, _ in pairs):
                 score = [float(s["mc2"] if "mc2" in s else s["acc"]) for s, _ in pairs]
-                vs_flat = _paired_cell([100 * v for v in score], [100 * u for u in uniform], 1)
+                vs_flat = _paired_cell(score, uniform, scale=100)
             longest, shortest = (
                 f"{100 * np.mean([x.index(pick(x)) in t for x, t in zip(sizes, truths)]):.1f}"
                 for pick in (max, min)
@@ -429,6 +426,8 @@ def _sae_quality(sae_dir: str | None) -> list[str]:
     """One line naming the SAE that SAS steered through and its quality figures (from the
     `quality.json` sadi writes beside an SAE it trains), where that directory is readable:
     SAS's numbers depend on the SAE, and two machines train slightly different ones."""
+    from sadi.sae.train import QUALITY_FILE  # here: importing sadi.sae loads torch
+
     if not sae_dir or not (Path(sae_dir) / QUALITY_FILE).is_file():
         return []
     q = json.loads((Path(sae_dir) / QUALITY_FILE).read_text())
