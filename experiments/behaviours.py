@@ -140,11 +140,11 @@ def main(argv: list[str] | None = None) -> None:
         for method in methods:
             sweep = f"{args.sweeps}/{args.model}/{task}/{method}"
             curve = f"{args.sweeps}/{args.model}/{task}/{method}_curve"
-            if args.report_only:  # the reports of what is there (dry run: of what is planned)
-                selects.append(sweep)
-                task_selects.append(sweep)
-                curves.append(curve)
-                task_curves.append(curve)
+            selects.append(sweep)  # what the dry run reports; a real run reads what finished
+            task_selects.append(sweep)
+            curves.append(curve)
+            task_curves.append(curve)
+            if args.report_only:  # only the reports of what is there
                 continue
             name = f"behaviours_{args.model}_{task}_{method}"
             run(
@@ -164,8 +164,6 @@ def main(argv: list[str] | None = None) -> None:
             if method == "austeer":
                 flags.append("--across-components")
             run(select_cmd(sweep, *flags), args.dry_run, log)
-            selects.append(sweep)
-            task_selects.append(sweep)
             keep = CURVES[method][2]
             if args.dry_run:  # nothing chosen yet: show the command with the grid's first values
                 print("# the curve's fixed values are chosen on select; shown: the grid's first")
@@ -188,8 +186,6 @@ def main(argv: list[str] | None = None) -> None:
                 args.dry_run,
                 log,
             )
-            curves.append(curve)
-            task_curves.append(curve)
         # the behaviour's own reports, as soon as its sweeps finish: they land even when the
         # sweeps behind the other behaviours are not on this machine any more
         if not args.dry_run:
