@@ -15,20 +15,19 @@ modeling file is ever forked:
 Adding an architecture means adding one `Architecture` entry to `ARCHITECTURES`.
 
 Two fingerprints tie a fitted steerer to its model: `model_shape` (architecture and sizes)
-and `weights_fingerprint` (a hash of a few small weight slices, which tells a base model from
-its fine-tuned chat variant of the same shape).
+and `weights_fingerprint` (`sadi.fingerprints`: a hash of every weight, which tells a base
+model from its fine-tuned chat variant of the same shape).
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-import torch
-from torch import Tensor, nn
+from torch import nn
+
+from sadi.fingerprints import WEIGHTS_FINGERPRINT_CHARS, weights_fingerprint
 
 ComponentName = Literal["head", "neuron", "neuron_down", "hidden", "residual"]
 COMPONENTS: tuple[str, ...] = get_args(ComponentName)
@@ -269,60 +268,20 @@ def model_shape(model: nn.Module) -> ModelShape:
     )
 
 
-# elements hashed from the start of each tensor: enough to tell fine-tuned weights apart,
-# small enough to copy to the CPU on every `Steerer.apply`
-WEIGHTS_SLICE = 4096
-WEIGHTS_FINGERPRINT_CHARS = 16
-
-
-def _leading(tensor: Tensor, n: int) -> Tensor:
-    """The first `n` elements of `tensor` in row-major order, copying at most a few rows."""
-    t = tensor.detach()
-    if t.dim() == 0:
-        return t.reshape(1)
-    rows = math.ceil(n / max(1, t[0].numel()))
-    return t[:rows].reshape(-1)[:n]
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A short hash of a few fixed weight slices: tells apart models of the same shape.
-
-    Hashes (sha256, first 16 hex characters) the shape and the first `WEIGHTS_SLICE`
-    elements of the input embedding, of every parameter of the first and of the last decoder
-    layer, and of the final norm, each as float32 on the CPU. The slices alone are copied, so
-    it is cheap enough to call on every `apply`, on any device. Equal weights give equal
-    fingerprints in any dtype they are held in exactly (a bf16 checkpoint loaded in bf16 or
-    float32); a lossy cast (float32 weights held in bf16) gives another fingerprint.
-
-    Raises:
-        ValueError: a hashed weight is on the meta device (not materialised, e.g. offloaded).
-
-    Example:
-        >>> weights_fingerprint(model)
-        '3f9c0a1b2d4e5f60'
-    """
-    arch = architecture_of(model)
-    layers = decoder_layers(model)
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    if get_embeddings is None:
-        raise TypeError(
-            f"cannot find the input embedding of {type(model).__name__}: it has no "
-            "get_input_embeddings(); pass a transformers PreTrainedModel"
-        )
-    tensors: list[tuple[str, Tensor]] = [("embed", get_embeddings().weight)]
-    for i in sorted({0, len(layers) - 1}):
-        tensors += [(f"layer {i} {n}", p) for n, p in layers[i].named_parameters()]
-    norm = get_module(model, arch.final_norm)
-    tensors += [(f"{arch.final_norm} {n}", p) for n, p in norm.named_parameters()]
-    digest = hashlib.sha256()
-    for name, tensor in tensors:
-        if tensor.is_meta:
-            raise ValueError(
-                f"cannot fingerprint the weights of {type(model).__name__}: {name} is on the "
-                "meta device (not loaded, e.g. offloaded by a device_map); load the model "
-                "with its weights in memory"
-            )
-        part = _leading(tensor, WEIGHTS_SLICE).to(device="cpu", dtype=torch.float32)
-        digest.update(repr(tuple(tensor.shape)).encode())
-        digest.update(part.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:WEIGHTS_FINGERPRINT_CHARS]
+__all__ = [
+    "ARCHITECTURES",
+    "COMPONENTS",
+    "WEIGHTS_FINGERPRINT_CHARS",
+    "Architecture",
+    "ComponentName",
+    "ModelShape",
+    "Site",
+    "architecture_of",
+    "check_component",
+    "decoder_layers",
+    "get_module",
+    "model_shape",
+    "model_site",
+    "site",
+    "weights_fingerprint",
+]

@@ -160,7 +160,8 @@ def load_model(
         source: `embedded:<name>` (see `EMBEDDED`), a local directory, or a hub id.
         dtype: "float32" (default), "float16" or "bfloat16".
         device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when present.
-        cache_dir: where embedded models are converted to (default: `default_cache_dir()`).
+        cache_dir: where embedded models are converted to (default: `default_cache_dir()`,
+            which every run shares: `paths.cache_dir` of a run does not move it).
 
     Returns:
         (model, tokenizer). The tokenizer always has a pad token (eos when it had none).

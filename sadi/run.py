@@ -193,11 +193,9 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
         run_dir / "splits.json",
         {"task": task.name, "rules": task.spec.split_rule, "ids": split_ids(task)},
     )
+    # embedded models convert once, into the default cache (not one copy per paths.cache_dir)
     model, tokenizer = load_model_reused(
-        cfg.model.source,
-        dtype=cfg.model.dtype,
-        device=cfg.model.device,
-        cache_dir=cfg.paths.cache_dir,
+        cfg.model.source, dtype=cfg.model.dtype, device=cfg.model.device
     )
     timings["load_model_s"] = time.perf_counter() - t0
     if cfg.task.chat_template:

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sadi.sae.train import train_sae
 
     source, dtype = _model_source(model_name)
-    model, tok = load_model(source, dtype=dtype, cache_dir=cache_dir)
+    model, tok = load_model(source, dtype=dtype)  # converted once, in the default cache
     sae, directory, figures = train_sae(
         model,
         tok,
