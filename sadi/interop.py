@@ -71,7 +71,8 @@ def export_lm_eval_steer(caa: CAA, model: nn.Module, path: str | Path) -> Path:
 
     Example:
         >>> export_lm_eval_steer(caa.with_params(positions="all"), model, "caa.pt")
-        then: lm_eval --model steered --model_args pretrained=DIR,steer_path=caa.pt ...
+        then: sadi-lm-eval run --model steered --model_args pretrained=DIR,steer_path=caa.pt
+        (sadi-lm-eval loads it with weights_only: tensors and plain data, never code)
     """
     out = Path(path)
     if out.suffix not in LM_EVAL_SUFFIXES:

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sadi.errors import UserError
 from sadi.tracking import read_json
 from sadi.validate import ConfigError
 
@@ -97,7 +98,7 @@ def tracked(cfg: DictConfig, call: Callable[[], None], what: str) -> dict[str, A
     return {"logger": cfg.logger.name, "ok": True, "what": what}
 
 
-class TrackerError(RuntimeError):
+class TrackerError(UserError):
     """logger.strict=true and the tracker failed; results.json was written all the same."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sadi.errors import UserError
 from sadi.models import resolve_dtype
 from sadi.tasks import check_split_names
 
@@ -29,7 +30,7 @@ METRICS = {
 _NOT_PARAMS = {"_target_", "name"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A run config value that cannot work; the message says which and how to fix it."""
 
 

@@ -265,3 +265,92 @@ def test_lm_eval_cli_scores_an_exported_task_as_sadi_does(
         metric="acc",
     )
     assert not torch.allclose(torch.tensor([s["loglikelihoods"] for s in base]), cli_lls)
+
+
+# ----- nothing sadi-lm-eval reads runs pickled code ----------------------------------------
+class _Payload:
+    """Unpickling this runs os.mkdir(marker): a stand-in for any code in a pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def _steered_argv(tmp_path: Path, model_dir: Path, steer_path: Path) -> list[str]:
+    (exported,) = export_tasks(tmp_path / "tasks", ["copa"], splits=["select"], limit=4)
+    return [
+        "run",
+        "--model",
+        "steered",
+        "--include_path",
+        str(exported.yaml.parent),
+        "--tasks",
+        exported.name,
+        "--device",
+        "cpu",
+        "--model_args",
+        f"pretrained={model_dir},steer_path={steer_path}",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
+
+
+@pytest.fixture
+def in_process_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lm_eval.utils.setup_logging", lambda: None)
+    monkeypatch.setattr("lm_eval.tasks.TaskManager", _TaskManagerWithoutBuiltins)
+    monkeypatch.setattr(sys, "argv", ["sadi-lm-eval"])
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0")  # restored after the test
+
+
+def test_steered_model_never_runs_a_pickled_payload(
+    tmp_path: Path, tiny_model_dir: Path, in_process_cli: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lm-eval 0.4.13's `steered` model reads steer_path with torch.load(weights_only=False);
+    through sadi-lm-eval the payload is refused, never run, with one line naming the file."""
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"layers.1": {"action": "add", "steering_vector": _Payload(marker)}}, evil)
+    with pytest.raises(SystemExit) as exit_:
+        cli(_steered_argv(tmp_path, tiny_model_dir, evil))
+    assert exit_.value.code == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert f"refused to load steer_path={evil}" in err and "Traceback" not in err
+
+
+def test_steered_model_still_reads_plain_vectors(
+    tmp_path: Path, tiny_model_dir: Path, in_process_cli: None
+) -> None:
+    """A vector file of tensors and plain data (what sadi.interop writes) still loads."""
+    from sadi.interop import export_lm_eval_steer
+    from sadi.models import load_model
+    from sadi.steerers import CAA
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    caa = CAA(layer=1, multiplier=2.0, positions="all", progress=False).fit(model, tok, PAIRS)
+    good = export_lm_eval_steer(caa, model, tmp_path / "caa.pt")
+    cli(_steered_argv(tmp_path, tiny_model_dir, good))
+    assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+@pytest.mark.parametrize("option", ["--use_cache", "--cache_requests"])
+def test_pickle_cache_options_are_refused(
+    option: str, in_process_cli: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli(["run", "--model", "sadi", "--tasks", "x", option, "/tmp/db"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "unpickling runs whatever code" in err
+
+
+def test_run_without_batch_size_takes_sadis(capsys: pytest.CaptureFixture[str]) -> None:
+    from sadi.lm_eval_model import _with_batch_size
+
+    assert _with_batch_size(["run", "--model", "sadi"])[-2:] == ["--batch_size", "16"]
+    assert "no --batch_size given: using 16" in capsys.readouterr().err
+    given = ["run", "--batch_size", "4"]
+    assert _with_batch_size(given) == given
+    assert _with_batch_size(["tasks", "export"]) == ["tasks", "export"]

@@ -30,6 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from sadi.errors import UserError
+
 SaeArchitecture = Literal["standard", "jumprelu", "topk"]
 ARCHITECTURES: tuple[str, ...] = get_args(SaeArchitecture)
 CFG_FILE = "cfg.json"
@@ -45,7 +47,7 @@ _LAYER_PATTERNS = (
 )
 
 
-class SAEFormatError(ValueError):
+class SAEFormatError(UserError):
     """An SAE directory or config this module cannot read; the message names the file."""
 
 

@@ -15,12 +15,13 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from sadi.architectures import WEIGHTS_FINGERPRINT_CHARS
+from sadi.errors import UserError
 
 TENSORS_FILE = "steerer.safetensors"
 META_FILE = "steerer.json"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError):
     """A saved steerer's files are damaged, inconsistent, or from another version of sadi."""
 
 

@@ -29,6 +29,7 @@ from sadi.architectures import (
     model_site,
     weights_fingerprint,
 )
+from sadi.errors import UserError
 from sadi.forwards import forward_kind
 from sadi.hooks import Inputs, LayerHook, hooked, observe_forward
 from sadi.pairs import Pair
@@ -47,7 +48,7 @@ from sadi.steerers.artifacts import (
 EditFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(UserError):
     """A fitted steerer was applied to, or loaded for, a model of a different shape."""
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sadi.errors import UserError
+
 SplitName = Literal["fit", "select", "report"]
 PromptFormat = Literal["lm_eval", "ab"]
 Metric = Literal["acc", "mc2"]  # mc2: normalised probability mass on all `correct` choices
@@ -15,11 +17,11 @@ SPLITS: tuple[SplitName, ...] = ("fit", "select", "report")
 FORMATS: tuple[PromptFormat, ...] = ("lm_eval", "ab")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     """A data file is malformed; the message names the file and line."""
 
 
-class SplitOverlapError(ValueError):
+class SplitOverlapError(UserError):
     """Two splits of a task share item ids."""
 
 
