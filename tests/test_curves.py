@@ -23,6 +23,7 @@ def curve_sweep(
     value: Any,
     fixed: dict[str, Any] | None = None,
     task: str = "caa_refusal",
+    split: str = "report",
 ) -> Path:
     """Run directories of one curve: per strength, p_label per item = value(strength, item);
     the baseline samples hold value(identity, item)."""
@@ -40,7 +41,7 @@ def curve_sweep(
         for suffix, at in (("", s), ("_baseline", identity)):
             rows = [{"id": f"i{i}", "p_label": value(at, i), "acc": 1.0} for i in range(N)]
             text = "".join(json.dumps(r) + "\n" for r in rows)
-            (d / f"samples_{task}_report{suffix}.jsonl").write_text(text)
+            (d / f"samples_{task}_{split}{suffix}.jsonl").write_text(text)
     return root
 
 
@@ -125,3 +126,24 @@ def test_curves_are_not_overwritten_by_fewer(tmp_path: Path) -> None:
     assert (out / "curves.json").read_text() == before
     assert main([str(tmp_path / "s" / "caa"), "--out", str(out), "--replace"]) == 0
     assert [d["method"] for d in json.loads((out / "curves.json").read_text())] == ["caa-residual"]
+
+
+def test_a_sweep_that_scored_select_only_gives_select_curves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep scores the select split only: the curves use it (and say so) instead of
+    failing for want of report samples."""
+    sweep = curve_sweep(
+        tmp_path / "caa",
+        "caa",
+        "multiplier",
+        [-1.0, 1.0],
+        lambda m, i: 0.5 + 0.1 * m,
+        split="select",
+    )
+    (curve,) = collect_curves([sweep])
+    assert curve.split == "select" and curve.values[-1].value == pytest.approx(0.6)
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert "curves of caa_refusal are on the select split" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no report samples"):
+        collect_curves([sweep], split="report")

@@ -2,7 +2,7 @@
 whether the curve is monotonic, and its range.
 
     python -m sadi.report.curves outputs/sweeps/<curve sweep>... [--metric p_label]
-                                 [--split report] [--out report/curves]
+                                 [--split auto|report|select] [--out report/curves]
 
 A curve sweep scores one split at several strengths of one fitted steerer, every other
 hyperparameter fixed (e.g. CAA's multiplier -4..4 at the layer chosen on select). Its points
@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 
 from sadi.report.guard import check_not_lost, curve_keys
 from sadi.report.plots import slug
-from sadi.report.records import AXES, RunRecord, load_run
+from sadi.report.records import AXES, RunRecord, load_run, tag_data
 from sadi.report.stats import Estimate
 from sadi.tracking import read_jsonl
 
@@ -81,12 +81,29 @@ class Curve:
         return f"{self.method} ({fixed})" if fixed else self.method
 
 
+def _samples_file(directory: Path, task: str, split: str, baseline: bool) -> Path:
+    return directory / f"samples_{task}_{split}{'_baseline' if baseline else ''}.jsonl"
+
+
 def _samples(directory: Path, task: str, split: str, baseline: bool) -> list[dict[str, Any]]:
-    name = f"samples_{task}_{split}{'_baseline' if baseline else ''}.jsonl"
-    path = directory / name
+    path = _samples_file(directory, task, split, baseline)
     if not path.exists():
         return []
     return read_jsonl(path)
+
+
+def scored_split(points: Sequence[RunRecord], split: str = "auto") -> str:
+    """`split`, or for "auto" the split every point scored: report where they all did, else
+    select (a sweep scores select only; `python -m sadi.select` scores report once)."""
+    if split != "auto":
+        return split
+    for candidate in ("report", "select"):
+        if all(_samples_file(p.run_dir, p.task, candidate, False).exists() for p in points):
+            return candidate
+    raise FileNotFoundError(
+        f"{points[0].run_dir}: the points of this curve share no scored split (no samples "
+        "files for report nor for select); pass the directories of a finished curve sweep"
+    )
 
 
 def _per_item(rows: list[dict[str, Any]], metric: str, where: Path) -> dict[str, float]:
@@ -123,21 +140,24 @@ def _monotonic(means: np.ndarray) -> str:
 def build_curve(
     points: Sequence[RunRecord],
     metric: str = "p_label",
-    split: str = "report",
+    split: str = "auto",
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Curve:
-    """The curve of `points`: runs of one method and fit that differ only in its strength.
+    """The curve of `points`: runs of one method and fit that differ only in its strength,
+    on `split` ("auto": report where every point scored it, else select).
 
     Raises:
         ValueError: the points differ in anything but the strength, or score other items.
     """
     rec = points[0]
+    split = scored_split(points, split)
     param, identity = _axis(rec)
     fixed = {k: v for k, v in rec.params.items() if k != param}
     for p in points[1:]:
         other = {k: v for k, v in p.params.items() if k != param}
-        if (p.task, p.model, p.method, other) != (rec.task, rec.model, rec.method, fixed):
+        mine = (p.task_label, p.model, p.method, p.data, other)
+        if mine != (rec.task_label, rec.model, rec.method, rec.data, fixed):
             raise ValueError(
                 f"{p.run_dir} differs from {rec.run_dir} in more than {param}: a curve varies "
                 "the strength only"
@@ -176,7 +196,7 @@ def build_curve(
     rho = math.nan if flat else float(spearmanr(strengths, means).statistic)
     top, low = strengths.index(max(strengths)), strengths.index(min(strengths))
     return Curve(
-        task=rec.task,
+        task=rec.task_label,
         model=rec.model,
         method=rec.method,
         param=param,
@@ -199,23 +219,23 @@ def build_curve(
 
 
 def collect_curves(
-    paths: Sequence[str | Path], metric: str = "p_label", split: str = "report", seed: int = 0
+    paths: Sequence[str | Path], metric: str = "p_label", split: str = "auto", seed: int = 0
 ) -> list[Curve]:
-    """Every curve below `paths` (run directories grouped by task, model, method and the
-    parameters other than the strength)."""
+    """Every curve below `paths` (run directories grouped by task and its data, model,
+    method and the parameters other than the strength), on `split` (see `build_curve`)."""
     groups: dict[str, list[RunRecord]] = {}
+    loaded: list[RunRecord] = []
     for path in map(Path, paths):
         dirs = sorted(f.parent for f in path.rglob("results.json") if "selected" not in f.parts)
         if not dirs:
             raise FileNotFoundError(f"no results.json below {path}: pass curve sweep directories")
-        for d in dirs:
-            rec = load_run(d)
-            if not rec.steered:
-                continue
-            param, _ = _axis(rec)
-            fixed = {k: v for k, v in rec.params.items() if k != param}
-            key = json.dumps([rec.task, rec.model, rec.method, fixed], sort_keys=True, default=str)
-            groups.setdefault(key, []).append(rec)
+        loaded += [rec for rec in map(load_run, dirs) if rec.steered]
+    tag_data(loaded)
+    for rec in loaded:
+        param, _ = _axis(rec)
+        fixed = {k: v for k, v in rec.params.items() if k != param}
+        key = [rec.task_label, rec.data, rec.model, rec.method, fixed]
+        groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(rec)
     return [build_curve(points, metric, split, seed=seed) for points in groups.values()]
 
 
@@ -320,7 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sadi.report.curves", description=__doc__)
     ap.add_argument("paths", nargs="+", help="curve sweep directories")
     ap.add_argument("--metric", default="p_label", help="per-item metric (default p_label)")
-    ap.add_argument("--split", default="report", help="the split the curves scored")
+    ap.add_argument(
+        "--split",
+        default="auto",
+        choices=["auto", "report", "select"],
+        help="the split the curves scored; auto (default): report where every point of a "
+        "curve scored it, else select (a sweep scores select only)",
+    )
     ap.add_argument("--out", default="report/curves")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     ap.add_argument(
@@ -330,6 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     curves = collect_curves(args.paths, args.metric, args.split, args.seed)
+    on_select = sorted({c.task for c in curves if c.split == "select"})
+    if on_select and args.split == "auto":
+        print(
+            f"note: curves of {', '.join(on_select)} are on the select split, the one their "
+            "sweeps scored (score report with task.splits=[report], or see --split)"
+        )
     out = Path(args.out)
     new = curves_json(curves)
     if (out / "curves.json").exists():

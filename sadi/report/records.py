@@ -46,14 +46,19 @@ class RunRecord:
     # baseline}} (results.json "side_effects")
     side_effects: dict[str, Any] = field(default_factory=dict)
     format: str = "lm_eval"  # the prompt format (task.format)
+    data: str = ""  # the data fingerprint the run recorded (results.json inputs.data)
+    # set by `collect` when records of one task name read different data: told apart by it
+    data_tag: str = ""
 
     @property
     def task_label(self) -> str:
         """The task as tables show it: `copa (ab)` for a non-default prompt format (the CAA
-        behaviours are A/B items by definition and keep their name)."""
-        if self.format == "lm_eval" or self.task.startswith("caa_"):
-            return self.task
-        return f"{self.task} ({self.format})"
+        behaviours are A/B items by definition and keep their name), and `[data <digest>]`
+        when the report holds other data under the same name."""
+        label = self.task
+        if self.format != "lm_eval" and not self.task.startswith("caa_"):
+            label = f"{self.task} ({self.format})"
+        return f"{label} [data {self.data_tag}]" if self.data_tag else label
 
     @property
     def method(self) -> str:
@@ -86,6 +91,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         sample_dirs={"select": d, "report": d},
         side_effects=res.get("side_effects") or {},
         format=cfg["task"].get("format") or "lm_eval",
+        data=str((res.get("inputs") or {}).get("data") or ""),
     )
 
 
@@ -150,14 +156,14 @@ def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
         chosen = [_from_selection(root) for root in roots]
         records += chosen
         taken = {p.run_dir for r in chosen for p in [r, *r.points]}
-        groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+        groups: dict[tuple[str, str, str, str], list[RunRecord]] = {}
         for d in _run_dirs(path):  # run dirs below a selection.json are its report runs
             if d in taken or any(r in d.parents or r == d for r in roots):
                 continue
             rec = load_run(d)
-            key = (rec.task_label, rec.method, rec.model)
+            key = (rec.task_label, rec.method, rec.model, rec.data)
             # a sibling of a chosen point in its group: a point its selection did not list
-            owner = [r for r in chosen if (r.task_label, r.method, r.model) == key]
+            owner = [r for r in chosen if (r.task_label, r.method, r.model, r.data) == key]
             owner = [r for r in owner if r.run_dir.parent == d.parent]
             if owner:
                 owner[0].points.append(rec)
@@ -175,7 +181,21 @@ def collect(paths: Sequence[str | Path]) -> list[RunRecord]:
                 f"no results.json in or below {path}: pass run directories written by "
                 "`python -m sadi.run` or sweep directories of `python -m sadi.run -m ...`"
             )
+    tag_data(records)
     return records
+
+
+def tag_data(records: Sequence[RunRecord]) -> None:
+    """Give records of one task name that read different data a `data_tag` (the first six
+    characters of their data fingerprint), so no table or plot merges them."""
+    by_label: dict[str, set[str]] = {}
+    for rec in records:
+        by_label.setdefault(rec.task_label, set()).add(rec.data)
+    for rec in records:
+        if len(by_label[rec.task_label]) > 1:
+            tag = rec.data[:6] or "unrecorded"
+            for r in (rec, *rec.points):
+                r.data_tag = tag
 
 
 def samples_path(rec: RunRecord, split: str, baseline: bool = False) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import logging
 import random
+import re
 from pathlib import Path
 
 from sadi.tasks.base import (
@@ -109,7 +110,9 @@ def load_task(
     """Load a registered task (or ``"jsonl"`` with ``path=``) with its three splits.
 
     Args:
-        name: A key of ``TASKS`` or ``"jsonl"``.
+        name: A key of ``TASKS``, or with ``path=`` a name for the user's data (``"jsonl"``
+            by default in the config; any other name not registered: it names the run's
+            files, sweeps and report rows).
         data_dir: Folder holding the task folders; default ``default_data_dir()``.
         format: ``"lm_eval"`` (the task's lm-eval prompt) or ``"ab"`` (lettered options).
         limit: Keep at most this many items in each scored split, select and report (the
@@ -117,8 +120,8 @@ def load_task(
             many fit items become contrastive pairs is ``make_pairs``'s ``n_pairs`` (config
             ``task.n_pairs``) alone.
         seed: Orders the items within each split; it never changes which items a split holds.
-        path: For ``"jsonl"`` only: a canonical JSONL file (carved into thirds) or a folder
-            with fit.jsonl, select.jsonl and report.jsonl.
+        path: The user's data: a canonical JSONL file (carved into thirds) or a folder
+            with fit.jsonl, select.jsonl and report.jsonl (not with a registered name).
 
     Returns:
         A ``Task`` whose splits are checked to be disjoint by item id. Every record is
@@ -134,16 +137,21 @@ def load_task(
         raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be None (all items) or a positive int")
-    if name == JSONL_TASK:
-        if path is None:
+    if path is not None:  # the user's data: jsonl, or any name of the user's choosing
+        if name in TASKS:
             raise ValueError(
-                "load_task('jsonl') needs path= to a canonical JSONL file "
-                "or to a folder with fit.jsonl, select.jsonl and report.jsonl"
+                f"task.name={name!r} is a registered task, and task.path={str(path)!r} gives "
+                f"other data: name your data (e.g. task.name={name}_mine), or drop task.path "
+                f"to load the registered {name!r}"
             )
+        check_data_name(name)
         spec, root = _jsonl_spec(Path(path)), Path()
+    elif name == JSONL_TASK:
+        raise ValueError(
+            "load_task('jsonl') needs path= to a canonical JSONL file "
+            "or to a folder with fit.jsonl, select.jsonl and report.jsonl (task.path=...)"
+        )
     elif name in TASKS:
-        if path is not None:
-            raise ValueError(f"path= is only for the 'jsonl' task, not {name!r}")
         spec = TASKS[name]
         root = existing_dir(Path(data_dir), "data_dir=") if data_dir else default_data_dir()
     else:
@@ -152,7 +160,8 @@ def load_task(
         hint = f" Did you mean {close}?" if close else ""
         raise ValueError(
             f"unknown task {name!r}.{hint} Known tasks: {known}; for your own data "
-            f"use load_task('jsonl', path=...)"
+            f"give its file: task=jsonl task.path=FILE (and task.name=<a name for it>), or "
+            f"load_task(<name>, path=...)"
         )
     files: dict[str, list[Record]] = {}
     chosen: dict[SplitName, list[Record]] = {}
@@ -169,10 +178,7 @@ def load_task(
             random.Random(spec.split_seed).shuffle(records)
         chosen[split] = records[source.start : source.stop]
         if not chosen[split]:
-            raise ValueError(
-                f"task {name!r}: split {split!r} = {source.describe()} is empty "
-                f"({len(records)} records in the file); give the task more items"
-            )
+            raise ValueError(_empty_split(name, split, source, len(records), path is not None))
     check_disjoint({s: [r["id"] for r in rs] for s, rs in chosen.items()}, name)
     splits: dict[SplitName, list[Item]] = {}
     for split, records in chosen.items():
@@ -181,6 +187,35 @@ def load_task(
         splits[split] = [_render(spec, r, format) for r in kept]
     _warn_long_contexts(name, splits)
     return Task(name, splits, format, spec.metric, spec)
+
+
+def check_data_name(name: str) -> str:
+    """A data name names files and directories: letters, digits, `_`, `-` and `.` only."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(
+            f"task.name={name!r} names files and directories of the run: use letters, digits, "
+            "'_', '-' and '.' only, starting with a letter or digit (e.g. task.name=xcopa_it)"
+        )
+    return name
+
+
+def _empty_split(
+    name: str, split: str, source: SplitSource, n_records: int, users: bool
+) -> str:
+    """Why a split came out empty, in the user's terms, with the fix."""
+    if users and source.shuffled:  # one file carved into thirds
+        return (
+            f"task {name!r}: {source.file} holds {n_records} record(s); it is carved into "
+            f"fit / select / report thirds, which leaves the {split} split empty: give at "
+            "least 3 records (one per split; for a useful fit, 30 or more), or a folder "
+            "with fit.jsonl, select.jsonl and report.jsonl"
+        )
+    if users:
+        return f"task {name!r}: {source.file} holds no records for the {split} split; add some"
+    return (
+        f"task {name!r}: split {split!r} = {source.describe()} is empty ({n_records} "
+        "records in the file); give the task more items"
+    )
 
 
 def _warn_long_contexts(name: str, splits: dict[SplitName, list[Item]]) -> None:
