@@ -5,8 +5,9 @@ per-key file lock makes parallel jobs (joblib, submitit, Slurm) that reach for t
 compute it once: the first holds the lock and writes the entry atomically (temporary
 directory, then rename); the others wait, then read it. Temporaries left by a job killed
 mid-write (`<key>.<random>/`) are removed by the next job that takes the key's lock: while
-it holds the lock nobody else can be writing them. Entries get the permissions the umask
-asks for (a shared cache stays readable to the team).
+it holds the lock nobody else can be writing them. An entry that cannot be read back is a
+miss (`cached`): moved aside, said once, computed again. Entries get the permissions the
+umask asks for (a shared cache stays readable to the team).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from safetensors import SafetensorError
+
+from sadi.errors import UserError, writing
 from sadi.files import honour_umask
 
 
@@ -56,17 +62,62 @@ def get_or_create(
         remove_stale_temporaries(root, name)
         if (entry / "key.json").exists():
             return entry, True
-        tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=root))
-        try:
-            create(tmp)
-            (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
-            honour_umask(tmp)
-            if entry.exists():  # a half-written entry from a crashed job: replace it
-                shutil.rmtree(entry)
-            os.replace(tmp, entry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _create(root, name, key, create)
     return entry, False
+
+
+T = TypeVar("T")
+# what reading a damaged entry raises: cut-short JSON or safetensors, missing files, wrong
+# contents (ArtifactError, SAEFormatError and DamagedFileError are UserErrors)
+DAMAGE = (UserError, OSError, KeyError, ValueError, SafetensorError)
+
+
+def cached(
+    root: Path, key: dict[str, Any], create: Callable[[Path], None], read: Callable[[Path], T]
+) -> tuple[T, bool]:
+    """`read(entry)` of the entry for `key`, creating it on a miss (as `get_or_create`).
+
+    An entry that cannot be read (cut short by a crash or a full disk, or edited) is a miss:
+    it is moved aside to `<root>/damaged-<name>-<time>/` (kept, never deleted), said once
+    on stderr, and computed again. A fresh entry that still cannot be read raises.
+
+    Returns:
+        (what `read` returned, hit): hit is False when this call created the entry.
+    """
+    name = digest(key)
+    entry = root / name
+    with _locked(root / f"{name}.lock"):
+        remove_stale_temporaries(root, name)
+        if (entry / "key.json").exists():
+            try:
+                return read(entry), True
+            except DAMAGE as err:
+                aside = root / f"damaged-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(entry, aside)
+                print(
+                    f"cache entry {entry} could not be read ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0] if str(err) else ''}); moved aside to "
+                    f"{aside.name} and computed again",
+                    file=sys.stderr,
+                )
+        _create(root, name, key, create)
+        return read(entry), False
+
+
+def _create(root: Path, name: str, key: dict[str, Any], create: Callable[[Path], None]) -> None:
+    """Fill a temporary directory with `create`, then rename it to `root/name` (lock held)."""
+    entry = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=root))
+    try:
+        with writing(entry):
+            create(tmp)
+        (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+        honour_umask(tmp)
+        if entry.exists():  # a half-written entry from a crashed job: replace it
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_temporaries(root: Path, name: str) -> list[Path]:

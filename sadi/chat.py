@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from sadi.errors import UserError
 from sadi.tasks import Item, Task
 
 _ANSWER_CUE = "\nAnswer:"
@@ -53,7 +54,7 @@ def apply_chat_template(
 
 def require_chat_template(tokenizer: PreTrainedTokenizerBase, task_name: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise UserError(
             f"task {task_name!r} asks for the chat template, but this tokenizer has none "
             "(a base model?); set task.chat_template=false or use an instruction-tuned model"
         )

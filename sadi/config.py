@@ -25,7 +25,11 @@ class ModelSchema:
     dtype: str = "float32"
     device: Optional[str] = None  # None: CUDA when present, else CPU
     batch_size: Any = 16  # int or "auto"
+    # tokens per scored row: null = the model's context; longer rows keep their last tokens
     max_length: Optional[int] = None
+    # the most tokens (rows x padded length) one scoring forward holds: a batch of long rows
+    # is scored in parts, so one long item cannot take the machine's memory
+    batch_tokens: int = 8192
 
 
 @dataclass

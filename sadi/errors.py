@@ -55,6 +55,18 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 @contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn a full disk (or quota) met inside the block into a `DiskFullError` naming
+    `path` (a failed write() names no file of its own)."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise disk_full(path, err) from err
+        raise
+
+
+@contextmanager
 def reported(what: str = "sadi", verbose: bool | None = None) -> Iterator[None]:
     """Print a user error as one line and exit 2; a Ctrl-C as one line and exit 130.
 
@@ -92,4 +104,5 @@ __all__ = [
     "is_disk_full",
     "reported",
     "verbose_requested",
+    "writing",
 ]

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from sadi.errors import writing
+
 
 def current_umask() -> int:
     """The process umask (read by setting and restoring it)."""
@@ -37,17 +39,19 @@ def honour_umask(path: Path) -> Path:
 
 @contextmanager
 def atomic_open(path: Path) -> Iterator[IO[str]]:
-    """Write a text file atomically: a crash never leaves a half-written `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            yield f
-        honour_umask(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a text file atomically: a crash never leaves a half-written `path`; a full
+    disk raises `DiskFullError` naming `path`."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                yield f
+            honour_umask(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 __all__ = ["atomic_open", "current_umask", "honour_umask"]

@@ -8,6 +8,13 @@ one row. The last context token of a row (where SADI edits) is known only inside
 looks each row up in `_model_call`. Requests that would make that key ambiguous (equal rows
 with different context boundaries) are scored in separate passes.
 
+Memory is bounded by the batch, not by its longest item: a scoring forward holds at most
+`batch_tokens` tokens (rows x padded length; a batch above it runs in parts, one row at the
+least), and the full-vocabulary projection runs only on the positions lm-eval reads (from the
+batch's earliest last-context token on), so a 50,000-character item costs its own forward,
+not a [batch, length, vocab] tensor. Rows longer than `max_length` (the model's context,
+unless set) keep their last tokens, as lm-eval does; both are said once per evaluation.
+
 generate_until pads on the left and decodes with a KV cache: the steerer's own position
 handling edits the prompt during prefill (its last token for SADI) and, for methods that
 steer generated tokens, each decoding step.
@@ -72,6 +79,24 @@ def _accepting(steerer: Steerer, model: torch.nn.Module, allow_other_weights: bo
     return copy.copy(steerer).accept_weights(model)
 
 
+DEFAULT_BATCH_TOKENS = 8192
+
+
+def _positive_int(name: str, value: object) -> int:
+    """A positive int given as an int or a digit string (lm-eval's --model_args)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer (e.g. {name}=8192)")
+    return value
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
 def _strip_pad(tokens: Sequence[int]) -> RowKey:
     end = len(tokens)
     while end > 0 and tokens[end - 1] == 0:
@@ -90,7 +115,9 @@ class SteeredLM(HFLM):
             (e.g. the base model of this chat model), for weights you know are equivalent;
             as `Steerer.load(..., allow_other_weights=True)`. A bool, or "true"/"false".
             A `Steerer` object given is not changed: a copy accepts this model's weights.
-        **kwargs: passed to `HFLM` (tokenizer, batch_size, device, ...).
+        batch_tokens: the most tokens (rows x padded length) one scoring forward holds; a
+            larger batch is scored in parts (at least one row each). An int, or a string.
+        **kwargs: passed to `HFLM` (tokenizer, batch_size, device, max_length, ...).
 
     Raises:
         FingerprintMismatch: the steerer was fitted on a model of another shape.
@@ -105,9 +132,11 @@ class SteeredLM(HFLM):
         pretrained: Any,
         steerer: Steerer | str | Path | None = None,
         allow_other_weights: bool | str = False,
+        batch_tokens: int | str = DEFAULT_BATCH_TOKENS,
         **kwargs: Any,
     ) -> None:
         allow = _as_bool("allow_other_weights", allow_other_weights)
+        self.batch_tokens = _positive_int("batch_tokens", batch_tokens)
         if steerer is not None and not isinstance(steerer, Steerer | str | Path):
             raise TypeError(
                 f"steerer={steerer!r} ({type(steerer).__name__}) must be a fitted Steerer or "
@@ -122,7 +151,10 @@ class SteeredLM(HFLM):
             steerer = _accepting(steerer, self.model, allow)
         self.steerer = steerer
         self._rows: dict[RowKey, tuple[int, int]] | None = None
-        self._detecting = False
+        self._detecting = False  # lm-eval's batch-size probe: plain HFLM forwards, unsteered
+        self._unsteered = False  # sadi's own probe (`_tail_logits_agree`): unsteered
+        self._tail_ok: bool | None = None  # lm-eval reads tail-only logits right (checked)
+        self.split_batches = 0  # forwards run in parts to stay within batch_tokens
 
     # ----- log-likelihood --------------------------------------------------------------
     def _row(self, context: list[int], continuation: list[int]) -> tuple[RowKey, int, int]:
@@ -138,8 +170,9 @@ class SteeredLM(HFLM):
     def _loglikelihood_tokens(  # type: ignore[override]
         self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
     ) -> list[tuple[float, bool]]:
-        if self.steerer is None:
-            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)  # type: ignore[no-any-return]
+        self._note_truncation(requests)
+        if self._tail_ok is None:
+            self._tail_ok = self._tail_logits_agree()
         # Split into passes in which every row key has one (length, boundary).
         passes: list[tuple[list[int], dict[RowKey, tuple[int, int]]]] = []
         for i, (_, context, continuation) in enumerate(requests):
@@ -152,16 +185,83 @@ class SteeredLM(HFLM):
                 passes.append(([i], {key: (length, boundary)}))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         for members, table in passes:
-            self._rows = table
-            try:
-                out = super()._loglikelihood_tokens(
-                    [requests[i] for i in members], disable_tqdm, override_bs
-                )
-            finally:
-                self._rows = None
-            for i, res in zip(members, out, strict=True):
-                results[i] = res
+            for size, group in self._by_batch_size(members, table, requests):
+                self._rows = table
+                fixed = getattr(self, "batch_size_per_gpu", None)
+                if size is not None:
+                    self.batch_size_per_gpu = size
+                try:
+                    out = super()._loglikelihood_tokens(
+                        [requests[i] for i in group], disable_tqdm, override_bs
+                    )
+                finally:
+                    self._rows = None
+                    if size is not None:
+                        self.batch_size_per_gpu = fixed  # type: ignore[assignment]
+                for i, res in zip(group, out, strict=True):
+                    results[i] = res
         return results
+
+    def _by_batch_size(
+        self, members: list[int], table: dict[RowKey, tuple[int, int]], requests: list[Request]
+    ) -> list[tuple[int | None, list[int]]]:
+        """Requests grouped by the batch size that keeps rows x length within batch_tokens
+        (lm-eval batches a group's rows longest first, so its first batch is its widest);
+        one group at the set batch size where no row needs fewer (or batch_size=auto)."""
+        fixed = getattr(self, "batch_size_per_gpu", None)
+        if not isinstance(fixed, int) or isinstance(fixed, bool):
+            return [(None, members)]
+        groups: dict[int, list[int]] = {}
+        for i in members:
+            _, context, continuation = requests[i]
+            length = table[self._row(context, continuation)[0]][0]
+            size = max(1, min(fixed, self.batch_tokens // max(1, length)))
+            groups.setdefault(size, []).append(i)
+        if len(groups) > 1 or fixed not in groups:
+            self.split_batches += 1
+        return [(None if size == fixed else size, group) for size, group in sorted(groups.items())]
+
+    def _note_truncation(self, requests: list[Request]) -> None:
+        """Say once per evaluation how many rows keep only their last max_length tokens."""
+        long = [
+            len(c) + len(k) - 1 for _, c, k in requests if len(c) + len(k) - 1 > self.max_length
+        ]
+        if long:
+            print(
+                f"note: {len(long)} of {len(requests)} scored rows are longer than max_length="
+                f"{self.max_length} tokens (the longest {max(long)}): each is scored on its last "
+                f"{self.max_length} tokens (left truncation, as lm-eval does); set "
+                "model.max_length to change it",
+                file=sys.stderr,
+            )
+
+    def _tail_logits_agree(self) -> bool:
+        """Whether this lm-eval reads continuation logits right when `_model_call` returns
+        the last positions only (0.4.13 offsets them by `logits.shape[1] - padding_len`):
+        two tiny requests scored both ways, unsteered. If not, every forward returns full
+        logits (as HFLM's own) and memory grows with the longest row again."""
+        vocab = int(self.model.get_input_embeddings().weight.shape[0])
+        ids = [t % vocab for t in (11, 12, 13, 14, 15, 16, 17)]
+        probe: list[Request] = [
+            (("", ""), ids[:4], ids[4:6]),
+            (("", ""), ids[:2], ids[6:]),
+        ]
+        self._unsteered = True
+        try:
+            self._tail_ok = False
+            full = self._loglikelihood_tokens(probe, disable_tqdm=True)
+            self._tail_ok = True
+            tail = self._loglikelihood_tokens(probe, disable_tqdm=True)
+        finally:
+            self._unsteered = False
+        agree = all(abs(a[0] - b[0]) <= 1e-3 for a, b in zip(full, tail, strict=True))
+        if not agree:
+            print(
+                f"warning: lm-eval {_lm_eval_version()} reads tail-only logits differently "
+                "from 0.4.13; scoring with full logits (memory grows with the longest row)",
+                file=sys.stderr,
+            )
+        return agree
 
     def _layout(self, inps: torch.Tensor) -> BatchLayout:
         assert self._rows is not None
@@ -192,7 +292,7 @@ class SteeredLM(HFLM):
 
     @contextmanager
     def _steering(self) -> Iterator[SteeringHandle | None]:
-        if self.steerer is None or self._detecting:
+        if self.steerer is None or self._detecting or self._unsteered:
             with nullcontext():
                 yield None
             return
@@ -205,10 +305,33 @@ class SteeredLM(HFLM):
         attn_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        with self._steering() as handle:
-            if handle is not None and self._rows is not None:
-                handle.set_layout(self._layout(inps))
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)  # type: ignore[no-any-return]
+        if self._rows is None or self._detecting or attn_mask is not None:  # not scoring rows
+            with self._steering():
+                return super()._model_call(inps, attn_mask=attn_mask, labels=labels)  # type: ignore[no-any-return]
+        layout = self._layout(inps)
+        # positions lm-eval reads: from the earliest last-context token of the batch on
+        keep = layout.padded_length - int(layout.prompt_lengths.min()) + 1
+        keep = keep if self._tail_ok else layout.padded_length
+        per = max(1, self.batch_tokens // max(1, layout.padded_length))
+        if per < layout.batch_size:
+            self.split_batches += 1
+        parts = []
+        for start in range(0, layout.batch_size, per):
+            stop = min(start + per, layout.batch_size)
+            with self._steering() as handle:
+                if handle is not None:
+                    handle.set_layout(layout.rows(start, stop))
+                parts.append(self._logits(inps[start:stop], keep))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _logits(self, inps: torch.Tensor, keep: int) -> torch.Tensor:
+        """[rows, keep, vocab]: the logits of the last `keep` positions (HFLM's forward)."""
+        dtype = getattr(self, "mixed_precision_dtype", None)
+        with (
+            torch.no_grad(),
+            torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None),
+        ):
+            return self.model(inps, logits_to_keep=keep).logits  # type: ignore[no-any-return]
 
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any

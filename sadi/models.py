@@ -22,7 +22,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from sadi.errors import UserError, is_disk_full, writing
+
 log = logging.getLogger(__name__)
+
+
+class ModelSourceError(UserError):
+    """`model.source` names no model this machine can load; the message says what to pass."""
+
+
+class MissingModelPackage(ModelSourceError, ModuleNotFoundError):
+    """An embedded model's PyPI package is not installed; the message gives the command."""
 
 
 def _smollm2_gguf() -> Path:
@@ -104,7 +114,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def _convert_embedded(entry: EmbeddedModel, target: Path) -> None:
     if importlib.util.find_spec(entry.package) is None:
-        raise ModuleNotFoundError(
+        raise MissingModelPackage(
             f"the embedded model {entry.name!r} needs the package {entry.package!r}, "
             f"which is not installed; install it with: {entry.pip_install}"
         )
@@ -122,8 +132,9 @@ def _convert_embedded(entry: EmbeddedModel, target: Path) -> None:
     # Write to a temporary sibling and rename, so a crash never leaves a half-written cache.
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with writing(target):
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -136,7 +147,7 @@ def _convert_embedded(entry: EmbeddedModel, target: Path) -> None:
 def embedded_path(name: str, cache_dir: str | Path | None = None) -> Path:
     """The local safetensors directory of an embedded model, converting it on first use."""
     if name not in EMBEDDED:
-        raise ValueError(
+        raise ModelSourceError(
             f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED)} "
             f"(written as '{EMBEDDED_PREFIX}<name>')"
         )
@@ -172,8 +183,18 @@ def load_model(
     path: str = source
     if source.startswith(EMBEDDED_PREFIX):
         path = str(embedded_path(source[len(EMBEDDED_PREFIX) :], cache_dir))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        if is_disk_full(err) or isinstance(err, UserError):
+            raise
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ModelSourceError(
+            f"model.source={source!r} could not be loaded ({first}); pass embedded:<name> "
+            f"({', '.join(EMBEDDED)}), a model directory (config.json + weights) or a hub "
+            "id that is in the local Hugging Face cache (or reachable online)"
+        ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(resolve_device(device))  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from sadi.tasks import DataFormatError, Item
+from sadi.tasks import DataFormatError, Item, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def make_pairs(items: Sequence[Item], n_pairs: int = 150, seed: int = 0) -> list
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs <= 0:
         raise ValueError(f"n_pairs={n_pairs!r} must be a positive int (e.g. 150)")
     if not items:
-        raise ValueError(
+        raise TaskError(
             "make_pairs got no items; pass a non-empty split, e.g. load_task(name).splits['fit']"
         )
     rng = random.Random(seed)
@@ -82,7 +82,7 @@ def make_pairs(items: Sequence[Item], n_pairs: int = 150, seed: int = 0) -> list
             skipped[:3],
         )
     if not pairs:
-        raise ValueError(
+        raise TaskError(
             f"none of the {len(items)} items has an incorrect choice that differs "
             f"from its correct one, so no pair can be made"
         )

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sadi.errors import UserError
-from sadi.tracking import read_json
+from sadi.tracking import DamagedFileError, read_json
 from sadi.validate import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,27 @@ def completed(done: Path, config: Any, inputs: dict[str, Any]) -> bool:
     """Whether `done` (a results.json) holds this config run on these very inputs.
 
     Results of another config or of other inputs (changed data or weights behind the same
-    paths) are kept beside it as `results.superseded-<time>.json`, never overwritten.
+    paths) are kept beside it as `results.superseded-<time>.json`, never overwritten; a
+    results.json that cannot be read (cut short) is kept as `results.damaged-<time>.json`.
     """
     if not done.exists():
         return False
-    previous = read_json(done)
-    if comparable(previous["config"]) == comparable(config):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        previous = read_json(done)
+        same = comparable(previous["config"]) == comparable(config)
+    except (DamagedFileError, KeyError, TypeError) as err:
+        kept = done.with_name(f"results.damaged-{stamp}.json")
+        done.rename(kept)
+        print(f"{done}: could not be read ({err}); kept as {kept.name}, recomputing the point")
+        return False
+    if same:
         if previous.get("inputs") == inputs:
             return True
         why = "its data or model weights changed since"
     else:
         why = "it holds another config"
-    kept = done.with_name(f"results.superseded-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    kept = done.with_name(f"results.superseded-{stamp}.json")
     done.rename(kept)
     print(f"{done.parent}: recomputing, {why} ({done.name} kept as {kept.name})")
     return False

@@ -81,6 +81,15 @@ class BatchLayout:
     def batch_size(self) -> int:
         return int(self.seq_lengths.shape[0])
 
+    def rows(self, start: int, stop: int) -> BatchLayout:
+        """The layout of rows [start, stop) alone (same padded length and side)."""
+        return BatchLayout(
+            seq_lengths=self.seq_lengths[start:stop],
+            prompt_lengths=self.prompt_lengths[start:stop],
+            padded_length=self.padded_length,
+            padding_side=self.padding_side,
+        )
+
     def starts(self) -> Tensor:
         """[batch] absolute index of each row's first real token."""
         if self.padding_side == "right":

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,9 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sadi.cache import get_or_create
+from sadi.cache import cached
 from sadi.chat import apply_chat_template
 from sadi.config import register_configs
+from sadi.errors import UserError, reported
+from sadi.failures import clear_failure, record_failure
 from sadi.inputs import data_fingerprint, run_inputs
 from sadi.models import load_model_reused
 from sadi.pairs import Pair, make_pairs, save_pairs
@@ -44,7 +49,7 @@ from sadi.scoring import (
     score_side_effect,
 )
 from sadi.steerers.base import Steerer
-from sadi.sweep.plan import build_engine
+from sadi.sweep.plan import build_engine, in_multirun
 from sadi.tasks import SplitName, load_task, split_ids
 from sadi.tracking import (
     NoTracker,
@@ -101,6 +106,10 @@ def build_steerer(cfg: DictConfig) -> Steerer | None:
     except Exception as err:  # hydra wraps the constructor's ValueError: show that message
         cause = err.__cause__ or err
         raise ConfigError(f"intervention={cfg.intervention.name}: {cause}") from cause
+    try:
+        steerer.check_files()  # e.g. SAS's SAE directory: before the model's load, not after
+    except ValueError as err:
+        raise ConfigError(f"intervention={cfg.intervention.name}: {err}") from err
     steerer.use_paths(cache_root(cfg), cfg.paths.data_dir)
     return steerer
 
@@ -120,7 +129,8 @@ def fit_steerer(
     t = time.perf_counter()
 
     def create(tmp: Path) -> None:
-        steerer.fit(model, tokenizer, pairs)
+        with _misfit(cfg):
+            steerer.fit(model, tokenizer, pairs)
         steerer.save(tmp)
         name = f"steerer-{steerer.method}-{cfg.task.name}"
         status = tracked(cfg, lambda: _log_fit(cfg, run_dir, tmp, name), what="the fit")
@@ -128,13 +138,31 @@ def fit_steerer(
         if not status["ok"]:
             fit_errors.append(status)
 
-    entry, hit = get_or_create(cache_root(cfg) / "fits", steerer.fit_key(model, pairs), create)
+    fitted, hit = cached(
+        cache_root(cfg) / "fits",
+        steerer.fit_key(model, pairs),
+        create,
+        lambda entry: Steerer.load(entry, model),
+    )
     if hit:
-        steerer.adopt(Steerer.load(entry, model))
+        with _misfit(cfg):
+            steerer.adopt(fitted)
     timings["fit_s"] = time.perf_counter() - t
     timings["fit_cache_hit"] = float(hit)
     steerer.save(run_dir / "steerer")
     return steerer
+
+
+@contextmanager
+def _misfit(cfg: DictConfig) -> Iterator[None]:
+    """A ValueError of a fit (or of taking a cached fit) is a value that does not fit this
+    model, e.g. a k above its number of heads: a config error, named as one."""
+    try:
+        yield
+    except ValueError as err:
+        if isinstance(err, UserError):
+            raise
+        raise ConfigError(f"intervention={cfg.intervention.name}: {err}") from err
 
 
 def _log_fit(cfg: DictConfig, run_dir: Path, path: Path, name: str) -> None:
@@ -325,8 +353,8 @@ def check_overrides(argv: list[str]) -> None:
 
     for arg in argv:
         if arg in OPTIONAL_PLUGINS and importlib.util.find_spec(OPTIONAL_PLUGINS[arg][0]) is None:
-            raise SystemExit(
-                f"error: {arg} needs the optional plugin {OPTIONAL_PLUGINS[arg][0]}, not "
+            raise ConfigError(
+                f"{arg} needs the optional plugin {OPTIONAL_PLUGINS[arg][0]}, not "
                 f"installed here: {OPTIONAL_PLUGINS[arg][1]}"
             )
         group, sep, value = arg.partition("=")
@@ -338,8 +366,8 @@ def check_overrides(argv: list[str]) -> None:
             if option and option not in known:
                 near = difflib.get_close_matches(option, known, n=3, cutoff=0.4)
                 hint = f" Did you mean {near}?" if near else ""
-                raise SystemExit(
-                    f"error: unknown {group} {option!r}.{hint} Available: {known} "
+                raise ConfigError(
+                    f"unknown {group} {option!r}.{hint} Available: {known} "
                     f"(one YAML per option in {CONF_DIR / group})"
                 )
 
@@ -349,9 +377,26 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
-    return run(cfg)
+    """One run, or one point of a sweep. A single run prints a user error as one line (exit
+    2; `verbose=true` for the traceback). A sweep point that fails is recorded in its run
+    directory and the sweep goes on; `sadi.failures.FailedPoints` lists every failure at
+    the end."""
+    if not in_multirun():
+        with reported("sadi.run", verbose=True if cfg.verbose else None):
+            return run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    try:
+        value = run(cfg)
+    except Exception as err:  # every point is tried; the sweep ends with the list
+        from hydra.core.hydra_config import HydraConfig
+
+        record_failure(run_dir, list(HydraConfig.get().overrides.task), err)
+        return math.nan
+    clear_failure(run_dir)
+    return value
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
-    main()
+    with reported("sadi.run"):
+        check_overrides(sys.argv[1:])
+        main()

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.architectures import weights_fingerprint
-from sadi.cache import get_or_create
+from sadi.cache import cached
 from sadi.chat import chat_prompt
 from sadi.evaluation import evaluate_split, generate_split, open_ended_prompts
 from sadi.lm_eval_model import SteeredLM
@@ -23,6 +23,7 @@ from sadi.sweep import SweepLM, SweepScores
 from sadi.sweep.plan import condition_name
 from sadi.tasks import SplitName, Task, load_task
 from sadi.tracking import read_json, read_jsonl, write_json, write_jsonl
+from sadi.validate import ConfigError
 
 Metrics = dict[str, float]
 
@@ -43,7 +44,11 @@ def evaluate(
 ) -> tuple[Metrics, list[dict[str, Any]]]:
     """Score one split; unsteered scores are cached (they are the same for every point).
     With `engine`, lm-eval's log-likelihoods come from its shared-prefix scores."""
-    lm_kwargs: dict[str, Any] = {"tokenizer": tokenizer, "batch_size": cfg.model.batch_size}
+    lm_kwargs: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "batch_size": cfg.model.batch_size,
+        "batch_tokens": cfg.model.batch_tokens,
+    }
     if cfg.model.max_length:
         lm_kwargs["max_length"] = cfg.model.max_length
 
@@ -83,8 +88,13 @@ def evaluate(
         "metric": task.metric,
         "items": [[i.id, i.question, list(i.choices), i.label] for i in task.splits[split]],
     }
-    entry, _ = get_or_create(cache_root(cfg) / "baselines", key, lambda tmp: score(tmp) and None)
-    return read_json(entry / "metrics.json"), read_jsonl(entry / "samples.jsonl")
+    stored, _ = cached(
+        cache_root(cfg) / "baselines",
+        key,
+        lambda tmp: score(tmp) and None,
+        lambda entry: (read_json(entry / "metrics.json"), read_jsonl(entry / "samples.jsonl")),
+    )
+    return stored
 
 
 def generate_open_ended(
@@ -125,8 +135,12 @@ def generate_open_ended(
             def create(tmp: Path) -> None:
                 write_jsonl(tmp / "generations.jsonl", generate())
 
-            entry, _ = get_or_create(cache_root(cfg) / "generations", key, create)
-            rows = read_jsonl(entry / "generations.jsonl")
+            rows, _ = cached(
+                cache_root(cfg) / "generations",
+                key,
+                create,
+                lambda entry: read_jsonl(entry / "generations.jsonl"),
+            )
         else:
             rows = generate()
         timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
@@ -138,7 +152,7 @@ def load_side_tasks(cfg: DictConfig) -> list[Task]:
     """The tasks of `side_effects.tasks`, their `side_effects.split` cut to `limit` items."""
     split = cfg.side_effects.split
     if split not in ("select", "report"):
-        raise ValueError(
+        raise ConfigError(
             f"side_effects.split={split!r}: choose report (the side-effect figure) or select"
         )
     return [

@@ -26,8 +26,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from sadi.cache import digest
+from sadi.errors import reported
 from sadi.run import run
-from sadi.tracking import read_json, write_json
+from sadi.tracking import read_results, write_json
 
 SELECTED = "selected"
 _ABSENT = object()
@@ -124,7 +125,7 @@ def select(
     was chosen."""
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     by_name: dict[str, set[str]] = {}
-    found = [(p, read_json(p / "results.json")) for p in points(sweep_dir)]
+    found = [(p, read_results(p / "results.json")) for p in points(sweep_dir)]
     for _, results in found:
         name = group_of(results["config"], across_components)
         by_name.setdefault(name, set()).add(inputs_of(results))
@@ -169,7 +170,7 @@ def select(
                 )
             OmegaConf.update(config, key, new)
         run(config, job_type="select")
-        report = read_json(out / "report" / "results.json")
+        report = read_results(out / "report" / "results.json")
         selection = {
             "group": group,
             "metric": metric,
@@ -249,4 +250,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported("sadi.select"):
+        main()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from sadi.errors import UserError
 from sadi.files import atomic_open
 
 
@@ -18,12 +19,61 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+DAMAGED_FIX = (
+    "it was cut short (a crash or a full disk mid-write) or edited: move it aside and "
+    "recompute what wrote it"
+)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+class DamagedFileError(UserError):
+    """A JSON or JSONL file that does not parse: the message names the file, where it
+    breaks, and the fix. A cache treats it as a miss; a results file is named to the user."""
+
+    def __init__(self, path: Path, detail: str, fix: str = DAMAGED_FIX) -> None:
+        super().__init__(f"{path}: {detail}; {fix}")
+        self.path = path
+
+
+def read_json(path: Path, fix: str = DAMAGED_FIX) -> Any:
+    """A JSON file's value; `DamagedFileError` (naming the file and `fix`) if it does not
+    parse."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedFileError(path, f"not valid JSON ({err})", fix) from err
+
+
+RESULTS_FIX = (
+    "it was cut short (a crash or a full disk mid-write) or edited: rerun the command that "
+    "wrote it (a sweep command recomputes only this point and keeps the damaged file aside), "
+    "or delete its run directory"
+)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A run's results.json; `DamagedFileError` naming it and the fix if it does not parse."""
+    results = read_json(path, RESULTS_FIX)
+    if not isinstance(results, dict) or "config" not in results:
+        raise DamagedFileError(path, "not a results.json of sadi (no 'config')", RESULTS_FIX)
+    return results
+
+
+def read_jsonl(path: Path, fix: str = DAMAGED_FIX) -> list[dict[str, Any]]:
+    """A JSONL file's rows (blank lines skipped); `DamagedFileError` naming the line that
+    does not parse."""
+    rows = []
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise DamagedFileError(path, f"not UTF-8 text ({err})", fix) from err
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DamagedFileError(path, f"line {number} is not valid JSON ({err})", fix) from err
+    return rows
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

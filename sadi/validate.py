@@ -165,6 +165,14 @@ def check_run_config(cfg: DictConfig) -> None:
         check_split_names(list(cfg.task.splits))
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    if cfg.model.batch_tokens <= 0 or (
+        cfg.model.max_length is not None and cfg.model.max_length <= 0
+    ):
+        raise ConfigError(
+            f"model.batch_tokens={cfg.model.batch_tokens} and model.max_length="
+            f"{cfg.model.max_length} must be positive numbers of tokens (max_length may be "
+            "null: the model's context)"
+        )
     if cfg.task.limit is not None and cfg.task.limit <= 0:
         raise ConfigError(
             f"task.limit={cfg.task.limit} must be a positive number of items per scored split, "

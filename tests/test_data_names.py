@@ -49,15 +49,13 @@ def test_two_datasets_are_never_merged_in_a_report(
     rows = table(collect([runs["a"], runs["b"]]), n_resamples=50)
     assert len({r["task"] for r in rows}) == 2  # two columns, never one
     for key, res in results.items():
-        want = (
-            f"xtiny_{key}" if named else f"jsonl [data {res['inputs']['data'][:6]}]"
-        )
+        want = f"xtiny_{key}" if named else f"jsonl [data {res['inputs']['data'][:6]}]"
         (row,) = [r for r in rows if r["task"] == want]
         # each dataset's unsteered score sits beside its own deltas
         assert row["baseline"].value == pytest.approx(res["baseline_metrics"]["report"]["acc"])
         assert row["report"].value == pytest.approx(res["metrics"]["report"]["acc"])
     pivot = pivot_markdown(rows)
-    for key, res in results.items():
+    for res in results.values():
         assert f"{100 * res['baseline_metrics']['report']['acc']:.1f}" in pivot
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from lm_eval.api.instance import Instance
@@ -196,3 +200,71 @@ def test_evaluations_compute_torchs_environment_report_once(
     assert len(calls) == 1
     assert first == again
     assert collect_env.get_pretty_env_info is report
+
+
+# ----- memory is bounded by the batch's tokens, not by its longest item --------------------
+@pytest.mark.parametrize("steered", [False, True])
+def test_long_items_are_scored_within_the_token_budget(steered: bool) -> None:
+    """A batch whose longest row would make it hold more than `batch_tokens` tokens runs in
+    parts, and only the positions lm-eval reads go through the vocabulary projection; the
+    log-likelihoods are those of one full forward per batch."""
+    model = make_tiny("llama")
+    sadi = SADI("head", k=3, strength=4.0, progress=False).fit(model, byte_tokenizer(), PAIRS)
+    long_context = "word " * 40  # 200 tokens with the byte tokenizer, under max_length 256
+    pairs = [(long_context, " yes"), (long_context, " no")]
+    pairs += [(c, k) for c in CONTEXTS[:4] for k in CONTINUATIONS[:2]]
+    reqs = loglikelihood_requests(pairs)
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def record(module: nn.Module, args: tuple, kwargs: dict, out: object) -> None:
+        seen.append((tuple(args[0].shape), tuple(out.logits.shape)))  # type: ignore[attr-defined]
+
+    kw = dict(tokenizer=byte_tokenizer(), batch_size=16, steerer=sadi if steered else None)
+    unbounded = SteeredLM(model, batch_tokens=10**9, **kw)
+    unbounded._tail_ok = False  # one full [batch, length, vocab] forward per batch
+    want = unbounded.loglikelihood(reqs, disable_tqdm=True)
+    handle = model.register_forward_hook(record, with_kwargs=True)
+    try:
+        lm = SteeredLM(model, batch_tokens=256, **kw)
+        got = lm.loglikelihood(reqs, disable_tqdm=True)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(
+        torch.tensor([g[0] for g in got]), torch.tensor([w[0] for w in want]), atol=1e-5, rtol=0
+    )
+    assert [g[1] for g in got] == [w[1] for w in want]
+    scoring = [(i, o) for i, o in seen if i[0] > 0 and i[1] > 8]  # the probe rows are tiny
+    assert lm.split_batches >= 1 and lm._tail_ok
+    for (rows, length), (_, kept, vocab) in scoring:
+        assert rows * length <= 256 or rows == 1
+        assert vocab == 260
+    # the 200-token rows project only the positions of their continuations, not 200
+    assert max(kept for (_, length), (_, kept, _) in scoring if length > 150) <= 5
+
+
+@pytest.mark.slow
+def test_a_50000_character_item_stays_within_a_few_gigabytes(tmp_path: Path) -> None:
+    """The reported case on SmolLM2: one report item with a 50,000-character context among
+    short ones, batch size 16. Peak resident memory of the scoring process stays bounded
+    (it reached 19.9 of 23 GB before the token budget)."""
+    script = tmp_path / "score.py"
+    script.write_text(
+        "import resource, sys\n"
+        "from lm_eval.api.instance import Instance\n"
+        "from sadi.lm_eval_model import SteeredLM\n"
+        "from sadi.models import load_model\n"
+        "model, tok = load_model()\n"
+        "pairs = [('word ' * 10000, ' yes'), ('word ' * 10000, ' no')]\n"
+        "pairs += [(f'Item {i} is', ' fine') for i in range(30)]\n"
+        "reqs = [Instance('loglikelihood', {}, p, i) for i, p in enumerate(pairs)]\n"
+        "out = SteeredLM(model, tokenizer=tok, batch_size=16).loglikelihood(reqs)\n"
+        "assert len(out) == len(pairs)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_mb = int(proc.stdout.strip().splitlines()[-1])
+    assert peak_mb < 6000, peak_mb
+    assert "longer than max_length=8192" in proc.stderr  # said, not silent

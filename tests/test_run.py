@@ -13,6 +13,7 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from sadi.run import CONF_DIR, check_overrides, run
 from sadi.tasks import EXAMPLE_DATA
+from sadi.validate import ConfigError
 from tests.conftest import byte_tokenizer, make_tiny
 
 
@@ -70,9 +71,9 @@ def test_typos_and_wrong_types_fail_at_composition(override: str, cause: type, n
 
 
 def test_unknown_group_option_suggests_nearest() -> None:
-    with pytest.raises(SystemExit, match=r"unknown task 'cpoa'.*Did you mean \['copa'\]"):
+    with pytest.raises(ConfigError, match=r"unknown task 'cpoa'.*Did you mean \['copa'\]"):
         check_overrides(["task=cpoa"])
-    with pytest.raises(SystemExit, match=r"unknown model 'smollm2'.*smollm2_135m"):
+    with pytest.raises(ConfigError, match=r"unknown model 'smollm2'.*smollm2_135m"):
         check_overrides(["model=smollm2"])
     check_overrides(["task=copa,sst2", "intervention.k=3"])  # valid: no error
 

@@ -308,7 +308,7 @@ def test_unknown_task_suggests_nearest() -> None:
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="needs path="):
         load_task("jsonl")
-    with pytest.raises(ValueError, match="only for the 'jsonl' task"):
+    with pytest.raises(ValueError, match="'copa' is a registered task.*name your data"):
         load_task("copa", path=TINY)
     with pytest.raises(ValueError, match="format='chat' is not one of"):
         load_task("jsonl", path=TINY, format="chat")  # type: ignore[arg-type]
@@ -318,7 +318,7 @@ def test_bad_arguments_raise() -> None:
 
 def test_too_few_items_for_three_splits(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "two.jsonl", [_row(1), _row(2)])
-    with pytest.raises(ValueError, match="split 'fit' .* is empty"):
+    with pytest.raises(ValueError, match="holds 2 record.*leaves the fit split empty"):
         load_task("jsonl", path=path)
 
 

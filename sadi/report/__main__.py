@@ -1,5 +1,7 @@
 """`python -m sadi.report DIR... [--out report]`: see the package docstring."""
 
+from sadi.errors import reported
 from sadi.report import main
 
-raise SystemExit(main())
+with reported("sadi.report"):
+    raise SystemExit(main())

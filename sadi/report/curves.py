@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
+from sadi.errors import reported
 from sadi.report.guard import check_not_lost, curve_keys
 from sadi.report.plots import slug
 from sadi.report.records import AXES, RunRecord, load_run, tag_data
@@ -382,4 +383,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with reported("sadi.report.curves"):
+        raise SystemExit(main())

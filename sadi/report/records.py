@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sadi.tracking import read_jsonl
+from sadi.tracking import read_json, read_jsonl, read_results
 
 SELECTION = "selection.json"
+SELECTION_FIX = "rerun `python -m sadi.select <sweep dir>` to write it again"
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 NON_PARAMS = {"_target_", "name", "seed", "batch_size"}
 # x axis and line parameter of the strength plot, per intervention name prefix
@@ -74,7 +74,7 @@ class RunRecord:
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read `results.json` of one run directory."""
     d = Path(run_dir)
-    res = json.loads((d / "results.json").read_text())
+    res = read_results(d / "results.json")
     cfg = res["config"]
     iv = cfg.get("intervention", {})
     return RunRecord(
@@ -111,7 +111,7 @@ def _from_selection(root: Path) -> RunRecord:
     The points are the listed `candidates` (as `python -m sadi.select` writes them), else the
     run directories below `root` other than the report run.
     """
-    sel = json.loads((root / SELECTION).read_text())
+    sel = read_json(root / SELECTION, SELECTION_FIX)
     chosen = _find(root, sel["chosen"]["run_dir"])
     if chosen is None:
         raise FileNotFoundError(f"{root / SELECTION}: chosen run_dir not found; re-run the select")

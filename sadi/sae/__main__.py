@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sadi.errors import reported
+
 USAGE = __doc__.split("\n\n")[0]
 
 
@@ -93,4 +95,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with reported("sadi.sae"):
+        raise SystemExit(main())

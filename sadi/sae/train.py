@@ -41,9 +41,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.architectures import architecture_of, decoder_layers, model_shape, weights_fingerprint
 from sadi.architectures import site as site_of
-from sadi.cache import digest, get_or_create
+from sadi.cache import cached, digest
 from sadi.hooks import LayerHook, hooked
 from sadi.sae.model import FEATURES_FILE, SAEConfig, SparseAutoencoder, load_sae, save_sae
+from sadi.tracking import read_json
 
 QUALITY_FILE = "quality.json"
 # tasks whose fit splits give the training text (every registered one with plain text items)
@@ -491,10 +492,11 @@ def cached_activations(
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-    entry, hit = get_or_create(Path(cache_dir) / "sae_activations", key, create)
-    t = load_file(str(entry / ACTIVATIONS_FILE))
-    meta = {**json.loads((entry / "meta.json").read_text()), "cached": hit}
-    return t["x"], t["owner"], t["position"], meta
+    def read(entry: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return load_file(str(entry / ACTIVATIONS_FILE)), read_json(entry / "meta.json")
+
+    (t, meta), hit = cached(Path(cache_dir) / "sae_activations", key, create, read)
+    return t["x"], t["owner"], t["position"], {**meta, "cached": hit}
 
 
 @torch.no_grad()
@@ -635,6 +637,7 @@ def train_sae(
         (tmp / QUALITY_FILE).write_text(json.dumps(figures, indent=2) + "\n")
         (tmp / FEATURES_FILE).write_text(json.dumps(examples) + "\n")
 
-    entry, _ = get_or_create(Path(cache_dir) / "saes", key, create)
-    figures = json.loads((entry / QUALITY_FILE).read_text())
-    return load_sae(entry), entry, figures
+    def read(entry: Path) -> tuple[SparseAutoencoder, Path, dict[str, Any]]:
+        return load_sae(entry), entry, read_json(entry / QUALITY_FILE)
+
+    return cached(Path(cache_dir) / "saes", key, create, read)[0]

@@ -470,6 +470,10 @@ class Steerer(ABC):
         self.write_extras(out)
         return out
 
+    def check_files(self) -> None:
+        """Check what this steerer will read from disk (e.g. SAS's SAE directory), before
+        any model loads; raises ValueError naming the file and the fix. Most read nothing."""
+
     def use_paths(self, cache_dir: str | Path, data_dir: str | Path | None) -> None:
         """Take the run's cache and data directories (SAS trains its SAE there when asked);
         most methods need neither."""

@@ -51,7 +51,9 @@ from sadi.architectures import decoder_layers, model_shape, weights_fingerprint
 from sadi.pairs import Pair
 from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
 from sadi.sae.model import (
+    CFG_FILE,
     FEATURES_FILE,
+    WEIGHTS_FILE,
     SAEConfig,
     SparseAutoencoder,
     load_sae,
@@ -244,6 +246,24 @@ class SAS(Steerer):
         self._cache_dir: Path | None = None
         self._training_key: dict[str, Any] | None = None  # sae="trained": set by fit_key
         self._data_dir: str | Path | None = None
+
+    def check_files(self) -> None:
+        """The SAE directory holds a readable SAELens config and its weights file (the
+        weights themselves are read at fit time): checked before the model loads."""
+        if self._sae_dir is None:
+            return
+        for name in (CFG_FILE, WEIGHTS_FILE):
+            if not (self._sae_dir / name).is_file():
+                raise ValueError(
+                    f"sae={str(self._sae_dir)!r}: no {name} there; pass a directory in "
+                    f"SAELens' format ({CFG_FILE} + {WEIGHTS_FILE}, e.g. one written by "
+                    "`python -m sadi.sae train`), or sae=trained"
+                )
+        cfg_path = self._sae_dir / CFG_FILE
+        try:
+            parse_cfg(json.loads(cfg_path.read_text(encoding="utf-8")), str(cfg_path))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
 
     def params(self) -> dict[str, Any]:
         return {

@@ -4,7 +4,8 @@
 first call for a set of requests it scores *every* condition that shares the unsteered
 prefixes and is not yet on disk, chunk by chunk (`PrefixScorer`), writing each chunk's
 scores as soon as they exist: a killed sweep resumes from the chunks written, and a later
-job (another process, a launcher's worker) finds its point's scores there. A lock file
+job (another process, a launcher's worker) finds its point's scores there; a damaged chunk
+file (cut short by a crash or a full disk) is moved aside and computed again. A lock file
 keeps parallel jobs of one sweep from computing the same chunks twice. A condition that
 edits the prefix itself (AUSteer, positions="all") shares nothing with the others, so it is
 scored only when asked for, under a lock of its own: parallel jobs of such a sweep run in
@@ -19,6 +20,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,8 +31,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sadi.cache import digest
+from sadi.errors import writing
 from sadi.lm_eval_model import Request, SteeredLM
 from sadi.sweep.prefix import Condition, PrefixScorer, Score, split_request
+from sadi.tracking import DamagedFileError, read_json
 
 Tokens = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
 
@@ -48,8 +53,33 @@ def _locked(path: Path) -> Iterator[None]:
 def _write_atomic(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value))
+    with writing(path):
+        tmp.write_text(json.dumps(value))
     tmp.replace(path)
+
+
+def _move_aside(path: Path, why: str) -> Path:
+    """Rename a damaged file or folder to `damaged-<name>-<time>` beside it (kept, never
+    deleted) and say so once; the caller computes it again."""
+    aside = path.with_name(f"damaged-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    print(
+        f"sweep engine: {path} {why}; moved aside to {aside.name}, computing it again",
+        file=sys.stderr,
+    )
+    return aside
+
+
+def _read_chunk(path: Path, n: int) -> list[Score] | None:
+    """A chunk file's `n` scores; None (the file moved aside) when it is damaged."""
+    try:
+        scores = [(float(ll), bool(g)) for ll, g in read_json(path)]
+        if len(scores) != n:
+            raise ValueError(f"it holds {len(scores)} scores, its chunk has {n} rows")
+        return scores
+    except (DamagedFileError, TypeError, ValueError) as err:
+        _move_aside(path, f"could not be read ({err})")
+        return None
 
 
 class SweepScores:
@@ -113,24 +143,39 @@ class SweepScores:
         with _locked(folder / (f".lock-{wanted}" if own else ".lock")):
             self._fill(key, rows, folder, names)
 
-    def _fill(self, key: str, rows: list[Any], folder: Path | None, names: list[str]) -> None:
+    def _plan(self, rows: list[Any], folder: Path | None) -> list[list[int]]:
+        """The chunks of `rows`: read from the folder's plan.json (the chunk files are
+        numbered by it), else computed and written. A damaged plan moves the whole folder
+        aside (its chunk files belong to that plan) and starts it again."""
         plan_file = None if folder is None else folder / "plan.json"
         if plan_file is not None and plan_file.exists():
-            chunks = json.loads(plan_file.read_text())["chunks"]
-        else:
-            chunks = self.scorer.chunks(rows)
-            if plan_file is not None:
-                _write_atomic(plan_file, {"n_requests": len(rows), "chunks": chunks})
+            try:
+                plan = read_json(plan_file)
+                chunks = [[int(i) for i in c] for c in plan["chunks"]]
+                if plan["n_requests"] != len(rows) or sorted(sum(chunks, [])) != list(
+                    range(len(rows))
+                ):
+                    raise ValueError("its chunks do not cover these requests once each")
+                return chunks
+            except (DamagedFileError, KeyError, TypeError, ValueError) as err:
+                assert folder is not None
+                _move_aside(folder, f"its plan.json could not be read ({err})")
+        chunks = self.scorer.chunks(rows)
+        if plan_file is not None:
+            _write_atomic(plan_file, {"n_requests": len(rows), "chunks": chunks})
+        return chunks
+
+    def _fill(self, key: str, rows: list[Any], folder: Path | None, names: list[str]) -> None:
+        chunks = self._plan(rows, folder)
         results: dict[str, list[Score | None]] = {n: [None] * len(rows) for n in names}
         bar = tqdm(chunks, desc=f"sweep: {len(names)} conditions", disable=not self.progress)
         for ci, chunk in enumerate(bar):
             files = {n: None if folder is None else folder / n / f"chunk_{ci}.json" for n in names}
-            missing = [n for n, f in files.items() if f is None or not f.exists()]
             got: dict[str, list[Score]] = {}
-            for n in names:
-                f = files[n]
-                if n not in missing and f is not None:
-                    got[n] = [(float(ll), bool(g)) for ll, g in json.loads(f.read_text())]
+            for n, f in files.items():
+                if f is not None and f.exists() and (scores := _read_chunk(f, len(chunk))):
+                    got[n] = scores
+            missing = [n for n in names if n not in got]
             if missing:
                 scored = self.scorer.score_chunk(
                     [rows[i] for i in chunk], {n: self.conditions[n] for n in missing}

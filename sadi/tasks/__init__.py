@@ -31,6 +31,7 @@ from sadi.tasks.base import (
     FORMATS,
     SPLITS,
     DataFormatError,
+    DataNotFoundError,
     Item,
     Metric,
     PromptFormat,
@@ -39,6 +40,7 @@ from sadi.tasks.base import (
     SplitOverlapError,
     SplitSource,
     Task,
+    TaskError,
     TaskSpec,
 )
 from sadi.tasks.data import (
@@ -60,6 +62,7 @@ __all__ = [
     "SPLITS",
     "TASKS",
     "DataFormatError",
+    "DataNotFoundError",
     "Item",
     "Metric",
     "PromptFormat",
@@ -68,6 +71,7 @@ __all__ = [
     "SplitOverlapError",
     "SplitSource",
     "Task",
+    "TaskError",
     "TaskSpec",
     "check_disjoint",
     "check_split_names",

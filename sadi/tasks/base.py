@@ -17,6 +17,14 @@ SPLITS: tuple[SplitName, ...] = ("fit", "select", "report")
 FORMATS: tuple[PromptFormat, ...] = ("lm_eval", "ab")
 
 
+class TaskError(UserError):
+    """A task cannot be loaded as asked (unknown name, bad option, too few items)."""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A data directory or file is not where the config says; the message says where."""
+
+
 class DataFormatError(UserError):
     """A data file is malformed; the message names the file and line."""
 

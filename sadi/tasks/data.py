@@ -20,7 +20,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
-from sadi.tasks.base import SPLITS, DataFormatError, Record, SplitName, SplitOverlapError
+from sadi.tasks.base import (
+    SPLITS,
+    DataFormatError,
+    DataNotFoundError,
+    Record,
+    SplitName,
+    SplitOverlapError,
+    TaskError,
+)
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "example_data"
 HOW_TO_SET = "set the config `paths.data_dir=...` or the env var SADI_DATA_DIR"
@@ -43,7 +51,7 @@ def default_data_dir() -> Path:
 
 def existing_dir(path: Path, origin: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data directory {path} (from {origin}) does not exist; "
             f"{HOW_TO_SET} to the folder that holds copa/, sst2/, ..."
         )
@@ -75,7 +83,7 @@ def read_jsonl(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data file {path} not found; if the data lives elsewhere, {HOW_TO_SET}"
         )
     records: list[Record] = []
@@ -235,7 +243,7 @@ def check_split_names(names: Iterable[str]) -> list[SplitName]:
     """
     fix = "e.g. task.splits=[select,report]"
     if isinstance(names, str):
-        raise ValueError(
+        raise TaskError(
             f"task.splits={names!r} is a string; give a list of split names, "
             f"e.g. task.splits=[{names}]"
         )
@@ -251,16 +259,16 @@ def check_split_names(names: Iterable[str]) -> list[SplitName]:
                 if close
                 else ""
             )
-            raise ValueError(
+            raise TaskError(
                 f"task.splits: {name!r} is not a split{hint}; the splits are {list(SPLITS)} "
                 "(fit: source of the contrastive pairs, select: hyperparameter choice, "
                 f"report: the final number), so {fix}"
             )
         if name in checked:
-            raise ValueError(f"task.splits lists {name!r} twice; list each split once, {fix}")
+            raise TaskError(f"task.splits lists {name!r} twice; list each split once, {fix}")
         checked.append(cast(SplitName, name))
     if not checked:
-        raise ValueError(f"task.splits is empty, so nothing would be scored; {fix}")
+        raise TaskError(f"task.splits is empty, so nothing would be scored; {fix}")
     return checked
 
 

@@ -29,6 +29,7 @@ from sadi.tasks.base import (
     SplitName,
     SplitSource,
     Task,
+    TaskError,
     TaskSpec,
 )
 from sadi.tasks.data import check_disjoint, default_data_dir, existing_dir, read_jsonl
@@ -83,7 +84,7 @@ def _render(spec: TaskSpec, record: Record, fmt: PromptFormat) -> Item:
         context = spec.context.format(**r).rstrip()
         return Item(r["id"], context, tuple(" " + c.lstrip() for c in lm_options), label, correct)
     if len(options) > 26:
-        raise ValueError(
+        raise TaskError(
             f"item {r['id']!r} has {len(options)} choices; the ab format has "
             f"letters for at most 26, use format='lm_eval'"
         )
@@ -134,12 +135,12 @@ def load_task(
         {'fit': 200, 'select': 300, 'report': 500}
     """
     if format not in FORMATS:
-        raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
+        raise TaskError(f"format={format!r} is not one of {list(FORMATS)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit={limit} must be None (all items) or a positive int")
+        raise TaskError(f"limit={limit} must be None (all items) or a positive int")
     if path is not None:  # the user's data: jsonl, or any name of the user's choosing
         if name in TASKS:
-            raise ValueError(
+            raise TaskError(
                 f"task.name={name!r} is a registered task, and task.path={str(path)!r} gives "
                 f"other data: name your data (e.g. task.name={name}_mine), or drop task.path "
                 f"to load the registered {name!r}"
@@ -147,7 +148,7 @@ def load_task(
         check_data_name(name)
         spec, root = _jsonl_spec(Path(path)), Path()
     elif name == JSONL_TASK:
-        raise ValueError(
+        raise TaskError(
             "load_task('jsonl') needs path= to a canonical JSONL file "
             "or to a folder with fit.jsonl, select.jsonl and report.jsonl (task.path=...)"
         )
@@ -158,7 +159,7 @@ def load_task(
         known = [*TASKS, JSONL_TASK]
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(
+        raise TaskError(
             f"unknown task {name!r}.{hint} Known tasks: {known}; for your own data "
             f"give its file: task=jsonl task.path=FILE (and task.name=<a name for it>), or "
             f"load_task(<name>, path=...)"
@@ -178,7 +179,7 @@ def load_task(
             random.Random(spec.split_seed).shuffle(records)
         chosen[split] = records[source.start : source.stop]
         if not chosen[split]:
-            raise ValueError(_empty_split(name, split, source, len(records), path is not None))
+            raise TaskError(_empty_split(name, split, source, len(records), path is not None))
     check_disjoint({s: [r["id"] for r in rs] for s, rs in chosen.items()}, name)
     splits: dict[SplitName, list[Item]] = {}
     for split, records in chosen.items():
@@ -192,16 +193,14 @@ def load_task(
 def check_data_name(name: str) -> str:
     """A data name names files and directories: letters, digits, `_`, `-` and `.` only."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(
+        raise TaskError(
             f"task.name={name!r} names files and directories of the run: use letters, digits, "
             "'_', '-' and '.' only, starting with a letter or digit (e.g. task.name=xcopa_it)"
         )
     return name
 
 
-def _empty_split(
-    name: str, split: str, source: SplitSource, n_records: int, users: bool
-) -> str:
+def _empty_split(name: str, split: str, source: SplitSource, n_records: int, users: bool) -> str:
     """Why a split came out empty, in the user's terms, with the fix."""
     if users and source.shuffled:  # one file carved into thirds
         return (
