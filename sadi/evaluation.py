@@ -101,8 +101,28 @@ def _env_info_once() -> Iterator[None]:
         collect_env.get_pretty_env_info = original
 
 
+@contextmanager
+def _no_request_bar() -> Iterator[None]:
+    """lm-eval builds a task's requests under a progress bar with no label (one per split
+    scored, in 0.4.13 `lm_eval.api.task.tqdm`): silence it; sadi's and lm-eval's labelled
+    bars stay. Where lm-eval builds them otherwise, nothing is changed."""
+    import functools
+
+    from lm_eval.api import task as task_module
+
+    original = getattr(task_module, "tqdm", None)
+    if original is None:
+        yield
+        return
+    task_module.tqdm = functools.partial(original, disable=True)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        task_module.tqdm = original  # type: ignore[attr-defined]
+
+
 def _simple_evaluate(lm: LM, config: dict[str, Any], seed: int) -> dict[str, Any]:
-    with _env_info_once():
+    with _env_info_once(), _no_request_bar():
         out = simple_evaluate(
             model=lm,
             tasks=[config],

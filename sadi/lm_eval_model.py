@@ -117,6 +117,7 @@ class SteeredLM(HFLM):
             A `Steerer` object given is not changed: a copy accepts this model's weights.
         batch_tokens: the most tokens (rows x padded length) one scoring forward holds; a
             larger batch is scored in parts (at least one row each). An int, or a string.
+        progress: lm-eval's progress bars (tokenizing, requests); false hides them.
         **kwargs: passed to `HFLM` (tokenizer, batch_size, device, max_length, ...).
 
     Raises:
@@ -133,9 +134,11 @@ class SteeredLM(HFLM):
         steerer: Steerer | str | Path | None = None,
         allow_other_weights: bool | str = False,
         batch_tokens: int | str = DEFAULT_BATCH_TOKENS,
+        progress: bool | str = True,
         **kwargs: Any,
     ) -> None:
         allow = _as_bool("allow_other_weights", allow_other_weights)
+        self.progress = _as_bool("progress", progress)
         self.batch_tokens = _positive_int("batch_tokens", batch_tokens)
         if steerer is not None and not isinstance(steerer, Steerer | str | Path):
             raise TypeError(
@@ -155,6 +158,17 @@ class SteeredLM(HFLM):
         self._unsteered = False  # sadi's own probe (`_tail_logits_agree`): unsteered
         self._tail_ok: bool | None = None  # lm-eval reads tail-only logits right (checked)
         self.split_batches = 0  # forwards run in parts to stay within batch_tokens
+
+    # ----- lm-eval's entry points: progress bars as asked ---------------------------------
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)  # type: ignore[no-any-return]
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        quiet = disable_tqdm or not self.progress
+        return super().loglikelihood_rolling(requests, disable_tqdm=quiet)  # type: ignore[no-any-return]
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.progress)  # type: ignore[no-any-return]
 
     # ----- log-likelihood --------------------------------------------------------------
     def _row(self, context: list[int], continuation: list[int]) -> tuple[RowKey, int, int]:

@@ -48,6 +48,7 @@ def evaluate(
         "tokenizer": tokenizer,
         "batch_size": cfg.model.batch_size,
         "batch_tokens": cfg.model.batch_tokens,
+        "progress": cfg.progress,
     }
     if cfg.model.max_length:
         lm_kwargs["max_length"] = cfg.model.max_length
@@ -113,7 +114,13 @@ def generate_open_ended(
         t = time.perf_counter()
 
         def generate(st: Steerer | None = st) -> list[dict[str, Any]]:
-            lm = SteeredLM(model, steerer=st, tokenizer=tokenizer, batch_size=cfg.model.batch_size)
+            lm = SteeredLM(
+                model,
+                steerer=st,
+                tokenizer=tokenizer,
+                batch_size=cfg.model.batch_size,
+                progress=cfg.progress,
+            )
             return generate_split(
                 lm,
                 prompts,

@@ -235,7 +235,7 @@ def test_long_items_are_scored_within_the_token_budget(steered: bool) -> None:
     assert [g[1] for g in got] == [w[1] for w in want]
     scoring = [(i, o) for i, o in seen if i[0] > 0 and i[1] > 8]  # the probe rows are tiny
     assert lm.split_batches >= 1 and lm._tail_ok
-    for (rows, length), (_, kept, vocab) in scoring:
+    for (rows, length), (_, _kept, vocab) in scoring:
         assert rows * length <= 256 or rows == 1
         assert vocab == 260
     # the 200-token rows project only the positions of their continuations, not 200

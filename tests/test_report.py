@@ -288,19 +288,15 @@ def test_cli(dirs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main([*map(str, dirs), "--out", str(out), "--resamples", "300"]) == 0
     assert "| sadi-head |" in capsys.readouterr().out
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert len(pngs) == 5 and all(
-        (out / p).stat().st_size > 0 for p in pngs
-    )  # strength, 2 heads, bars, the delta heatmap
-    assert "deltas_tiny.png" in pngs
+    # strength, 2 heads, bars; no delta heatmap for a one-task report (one column)
+    assert len(pngs) == 4 and all((out / p).stat().st_size > 0 for p in pngs)
+    assert "deltas_tiny.png" not in pngs
     assert "data:image/png;base64," in (out / "report.html").read_text()
     md = (out / "report.md").read_text()
     assert "![" in md and "## Report deltas, method x task" in md
     summary = tmp_path / "summary"
     assert main([*map(str, dirs), "--out", str(summary), "--plots", "summary"]) == 0
-    assert sorted(p.name for p in summary.glob("*.png")) == [
-        "deltas_tiny.png",
-        "methods_copa_tiny.png",
-    ]
+    assert sorted(p.name for p in summary.glob("*.png")) == ["methods_copa_tiny.png"]
 
 
 def test_a_report_is_not_overwritten_by_one_that_drops_its_rows(
@@ -663,3 +659,35 @@ def test_answers_compare_steering_with_a_calibrated_unsteered_model(tmp_path: Pa
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[6:9] == ["83.3", "", "100.0"]
     assert cells[9].startswith("-16.7 [") and cells[9].endswith(", p=1")
+
+
+def test_the_delta_heatmap_reads_well() -> None:
+    """Its title fits the figure whole, and every value is legible on its cell (WCAG
+    contrast >= 4.5: white on the dark ends of the scale, black in the middle)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from sadi.report.plots import contrast, delta_figure
+    from sadi.report.stats import Estimate
+
+    rows = [
+        {"task": t, "method": m, "diff": Estimate(d, None, None), "p_value": 0.01}
+        for t, m, d in (
+            ("copa", "sadi-head", -0.4),
+            ("copa", "iti-head", 0.02),
+            ("boolq (ab)", "sadi-head", 0.4),
+            ("boolq (ab)", "iti-head", -0.01),
+        )
+    ]
+    fig = delta_figure("smollm2_135m_with_a_long_name", rows)
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    (ax,) = fig.axes[:1]
+    box = ax.title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+    image = ax.images[0]
+    for text in ax.texts:
+        x, y = text.get_position()
+        cell = image.cmap(image.norm(image.get_array()[int(y), int(x)]))
+        assert contrast(cell, text.get_color() == "white" and (1, 1, 1) or (0, 0, 0)) >= 4.5
+    assert {t.get_color() for t in ax.texts} == {"white", "black"}

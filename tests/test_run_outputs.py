@@ -219,3 +219,51 @@ def test_files_honour_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE(entry.stat().st_mode) == 0o755
     assert stat.S_IMODE((entry / "key.json").stat().st_mode) == 0o644
+
+
+# ----- progress bars: labelled, and none at all with progress=false -----------------------
+@pytest.mark.parametrize("progress", [True, False])
+def test_every_progress_bar_is_labelled(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], progress: bool
+) -> None:
+    import re
+
+    from tests.test_run import compose_run, tiny_overrides
+
+    out = tmp_path / "run"
+    overrides = [o for o in tiny_overrides(tiny_model_dir, out) if not o.startswith("progress")]
+    capfd.readouterr()
+    run_module.run(compose_run([*overrides, f"progress={str(progress).lower()}"]))
+    err = capfd.readouterr().err
+    bars = [seg for seg in re.split(r"[\r\n]", err) if re.search(r"\d+%\|", seg)]
+    if not progress:
+        assert bars == []
+        return
+    assert bars, err  # the fit and the scoring show progress
+    unlabelled = [b for b in bars if re.match(r"\s*\d+%\|", b)]
+    assert unlabelled == []
+
+
+@pytest.mark.slow
+def test_a_run_cache_dir_does_not_convert_its_own_copy_of_the_embedded_model(
+    tmp_path: Path,
+) -> None:
+    """The embedded model converts once, into the default cache, whatever paths.cache_dir."""
+    from sadi.models import default_cache_dir
+    from tests.test_run import compose_run
+
+    out = tmp_path / "run"
+    cfg = compose_run(
+        [
+            "intervention=none",
+            "task.limit=2",
+            "logger=none",
+            "progress=false",
+            f"paths.cache_dir={tmp_path}/cache",
+            f"paths.output_dir='{out}'",
+        ]
+    )
+    run_module.run(cfg)
+    assert (out / "results.json").exists()
+    assert not (tmp_path / "cache" / "models").exists()
+    assert (default_cache_dir() / "models" / "smollm2-135m-instruct" / "config.json").exists()

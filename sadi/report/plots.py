@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure  # no pyplot: no global state; PNGs render with Agg
 from matplotlib.patches import Rectangle
 from safetensors.numpy import load_file
@@ -227,33 +229,72 @@ def plot_methods(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
 
 def plot_deltas(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
     """Per model: a method x task heatmap of report deltas (steered - unsteered, x100, each
-    in its task's metric), a dot where the paired test gives p < 0.05."""
+    in its task's metric), a star where the paired test gives p < 0.05. A model with one
+    task gets none (a heatmap of one column says less than the methods plot beside it)."""
     out, paths = Path(out_dir), []
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model and r["diff"] is not None]
-        if not mine:
+        if len({r["task"] for r in mine}) < 2:
             continue
-        tasks = sorted({r["task"] for r in mine})
-        methods = sorted({r["method"] for r in mine})
-        grid = np.full((len(methods), len(tasks)), np.nan)
-        for r in mine:
-            grid[methods.index(r["method"]), tasks.index(r["task"])] = 100 * r["diff"].value
-        fig = Figure(figsize=(1.1 * len(tasks) + 3, 0.5 * len(methods) + 2))
-        ax = fig.add_subplot()
-        lim = max(1.0, float(np.nanmax(np.abs(grid))))
-        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        for r in mine:
-            i, j = methods.index(r["method"]), tasks.index(r["task"])
-            sig = r["p_value"] is not None and r["p_value"] < 0.05
-            ax.text(
-                j, i, f"{grid[i, j]:+.1f}{'*' if sig else ''}", ha="center", va="center", fontsize=8
-            )
-        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(methods)), methods, fontsize=8)
-        ax.set_title(f"{model}: report delta vs unsteered (x100; * paired p < 0.05)", fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-        paths.append(_save(fig, out / f"deltas_{slug(model)}.png"))
+        paths.append(_save(delta_figure(model, mine), out / f"deltas_{slug(model)}.png"))
     return paths
+
+
+def delta_figure(model: str, rows: Sequence[Row]) -> Figure:
+    """The heatmap of `plot_deltas` for one model's rows: the title wrapped to the figure's
+    width, each value in white on dark cells and black on light ones."""
+    tasks = sorted({r["task"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    grid = np.full((len(methods), len(tasks)), np.nan)
+    for r in rows:
+        grid[methods.index(r["method"]), tasks.index(r["task"])] = 100 * r["diff"].value
+    width = max(6.0, 1.1 * len(tasks) + 3)
+    fig = Figure(figsize=(width, 0.5 * len(methods) + 2.4))
+    ax = fig.add_subplot()
+    lim = max(1.0, float(np.nanmax(np.abs(grid))))
+    cmap = colormaps["RdBu"].with_extremes(bad="#e0e0e0")  # grey: not run
+    im = ax.imshow(grid, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+    for r in rows:
+        i, j = methods.index(r["method"]), tasks.index(r["task"])
+        sig = r["p_value"] is not None and r["p_value"] < 0.05
+        cell = cmap((grid[i, j] + lim) / (2 * lim))
+        ax.text(
+            j,
+            i,
+            f"{grid[i, j]:+.1f}{'*' if sig else ''}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color=text_color(cell),
+        )
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(methods)), methods, fontsize=8)
+    title = f"{model}: report delta vs unsteered (x100; * paired p < 0.05)"
+    ax.set_title(textwrap.fill(title, width=int(width * 9)), fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    return fig
+
+
+def luminance(rgba: Sequence[float]) -> float:
+    """WCAG relative luminance of an RGB(A) colour with channels in [0, 1]."""
+
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(float(c)) for c in rgba[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: Sequence[float], b: Sequence[float]) -> float:
+    """WCAG contrast ratio of two colours (1 to 21)."""
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def text_color(background: Sequence[float]) -> str:
+    """Black or white, whichever reads better on `background`."""
+    black, white = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return "black" if contrast(background, black) >= contrast(background, white) else "white"
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
