@@ -44,13 +44,12 @@ def test_compare_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    # strength sweep, SADI and ITI heads, method bars, the delta heatmap, the curve
-    assert len(images) == 6
+    # strength sweep, SADI and ITI heads, method bars, the curve (no delta heatmap: one task)
+    assert len(images) == 5
     assert any("sadi-head" in o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert any("multiplier -1..1" in o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert sorted(p.name.split("_")[0] for p in out.glob("*.png")) == [
         "curve",
-        "deltas",
         "heads",
         "heads",
         "methods",
