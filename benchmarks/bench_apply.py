@@ -23,7 +23,7 @@ depend on what the SAE learned), tau 0, lambda 4, edited from the last prompt to
 
 Both sides run under `torch.inference_mode`. Targets: online <= 1.05, faithful <= 1.6
 (ratio of the medians, steered / unsteered). Faithful runs in one forward with a shadow
-position (`sadi.shadow`); `faithful_two_pass` measures the fallback path (a separate clean
+position (`sadi.core.shadow`); `faithful_two_pass` measures the fallback path (a separate clean
 pass first, used for ALiBi models and generation prefills) against the same target.
 """
 
@@ -47,12 +47,12 @@ from benchmarks.common import (
     summary,
     write_result,
 )
-from sadi.architectures import model_shape
-from sadi.positions import BatchLayout
+from sadi.core.architectures import model_shape
+from sadi.core.positions import BatchLayout
+from sadi.data.tasks import load_task
 from sadi.sae import SAEConfig, SparseAutoencoder, load_sae
 from sadi.steerers import SADI, SAS, AUSteer, Steerer
 from sadi.steerers.sadi import SadiMode
-from sadi.tasks import load_task
 
 NAME = "apply"
 TARGETS = {

@@ -37,10 +37,10 @@ from benchmarks.common import (
     summary,
     write_result,
 )
-from sadi.activations import EncodedBatch, context_limit, encode, join_completion
-from sadi.pairs import Pair, make_pairs
+from sadi.core.activations import EncodedBatch, context_limit, encode, join_completion
+from sadi.data.pairs import Pair, make_pairs
+from sadi.data.tasks import load_task
 from sadi.steerers import SADI, AUSteer
-from sadi.tasks import load_task
 
 NAME = "fit"
 TARGET = 1.15

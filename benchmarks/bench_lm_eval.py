@@ -1,12 +1,12 @@
 """Steered vs unsteered lm-eval evaluation of COPA's select split, per method, interleaved.
 
-Every side scores the same items through lm-eval (`sadi.evaluation.evaluate_split`) with the
+Every side scores the same items through lm-eval (`sadi.eval.harness.evaluate_split`) with the
 embedded SmolLM2; the ratio of each steered side's median to the unsteered median is the
 figure. Targets: SADI online <= 1.05, SADI faithful <= 1.6 (one forward with a shadow
 position; its two-pass fallback is reported too). ITI and CAA are reported against
 the same baseline, and so are two peers steering with the same CAA vector at all positions:
 the `steering-vectors` library (its `apply` around a plain HFLM) and lm-eval's own `steered`
-model (reading the vector exported by `sadi.interop`). The three all-positions CAA sides
+model (reading the vector exported by `sadi.eval.interop`). The three all-positions CAA sides
 must give the same log-likelihoods; the JSON records how closely they do, so a peer that
 silently steered nothing (or something else) would show.
 """
@@ -28,13 +28,13 @@ from benchmarks.common import (
     paired_ratio_median,
     write_result,
 )
-from sadi.evaluation import evaluate_split
-from sadi.interop import export_lm_eval_steer
-from sadi.lm_eval_model import SteeredLM
-from sadi.models import embedded_path
-from sadi.pairs import make_pairs
+from sadi.core.models import embedded_path
+from sadi.data.pairs import make_pairs
+from sadi.data.tasks import load_task
+from sadi.eval.harness import evaluate_split
+from sadi.eval.interop import export_lm_eval_steer
+from sadi.eval.lm import SteeredLM
 from sadi.steerers import CAA, ITI, SADI, Steerer
-from sadi.tasks import load_task
 
 TARGETS = {"sadi_online": 1.05, "sadi_faithful": 1.6}
 BATCH = 16

@@ -38,13 +38,13 @@ from benchmarks.common import (
     load_default_model,
     write_result,
 )
-from sadi.chat import apply_chat_template
-from sadi.evaluation import evaluate_split
-from sadi.lm_eval_model import SteeredLM
-from sadi.pairs import make_pairs
+from sadi.data.chat import apply_chat_template
+from sadi.data.pairs import make_pairs
+from sadi.data.tasks import Task, load_task
+from sadi.eval.harness import evaluate_split
+from sadi.eval.lm import SteeredLM
 from sadi.steerers import SADI, Steerer
 from sadi.sweep import SweepLM, SweepScores
-from sadi.tasks import Task, load_task
 
 STRENGTHS = [5.0 * i for i in range(1, 17)]  # the authors' 5..80 step 5: 16 points
 K = 4

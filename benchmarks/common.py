@@ -29,7 +29,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def load_default_model() -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The embedded SmolLM2-135M-Instruct (CPU, float32), as every benchmark uses it."""
-    from sadi.models import load_model
+    from sadi.core.models import load_model
 
     return load_model(device="cpu")
 

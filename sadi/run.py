@@ -31,16 +31,18 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sadi.cache import cached
-from sadi.chat import apply_chat_template
-from sadi.config import register_configs
-from sadi.errors import UserError, reported
-from sadi.failures import clear_failure, record_failure
-from sadi.inputs import data_fingerprint, run_inputs
-from sadi.models import load_model_reused
-from sadi.pairs import Pair, make_pairs, save_pairs
-from sadi.points import TrackerError, completed, scored_splits, tracked
-from sadi.scoring import (
+from sadi.core.models import load_model_reused
+from sadi.data.chat import apply_chat_template
+from sadi.data.pairs import Pair, make_pairs, save_pairs
+from sadi.data.tasks import SplitName, load_task, split_ids
+from sadi.infra.cache import cached
+from sadi.infra.errors import UserError, reported
+from sadi.infra.verbosity import set_verbosity
+from sadi.pipeline.config import register_configs
+from sadi.pipeline.failures import clear_failure, record_failure
+from sadi.pipeline.inputs import data_fingerprint, run_inputs
+from sadi.pipeline.resume import TrackerError, completed, scored_splits, tracked
+from sadi.pipeline.scoring import (
     Metrics,
     cache_root,
     evaluate,
@@ -48,10 +50,7 @@ from sadi.scoring import (
     load_side_tasks,
     score_side_effect,
 )
-from sadi.steerers.base import Steerer
-from sadi.sweep.plan import build_engine, in_multirun
-from sadi.tasks import SplitName, load_task, split_ids
-from sadi.tracking import (
+from sadi.pipeline.tracking import (
     NoTracker,
     Tracker,
     WandbTracker,
@@ -59,8 +58,9 @@ from sadi.tracking import (
     write_json,
     write_jsonl,
 )
-from sadi.validate import ConfigError, check_optimized_metric, check_run_config
-from sadi.verbosity import set_verbosity
+from sadi.pipeline.validate import ConfigError, check_optimized_metric, check_run_config
+from sadi.steerers.base import Steerer
+from sadi.sweep.plan import build_engine, in_multirun
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -181,7 +181,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Metrics]) -> float:
 def run(cfg: DictConfig, job_type: str = "eval") -> float:
     """Fit on the fit split, score the configured splits with and without steering.
 
-    Every value that can be checked without a model is checked first (`sadi.validate`,
+    Every value that can be checked without a model is checked first (`sadi.pipeline.validate`,
     the steerer's constructor, the task's data), then the model loads. results.json is
     written before anything is sent to the tracker, so a tracker failure loses nothing.
 
@@ -379,7 +379,7 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     """One run, or one point of a sweep. A single run prints a user error as one line (exit
     2; `verbose=true` for the traceback). A sweep point that fails is recorded in its run
-    directory and the sweep goes on; `sadi.failures.FailedPoints` lists every failure at
+    directory and the sweep goes on; `sadi.pipeline.failures.FailedPoints` lists every failure at
     the end."""
     if not in_multirun():
         with reported("sadi.run", verbose=True if cfg.verbose else None):

@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from sadi.cache import digest
-from sadi.errors import reported
+from sadi.infra.cache import digest
+from sadi.infra.errors import reported
+from sadi.pipeline.tracking import read_results, write_json
 from sadi.run import run
-from sadi.tracking import read_results, write_json
 
 SELECTED = "selected"
 _ABSENT = object()

@@ -27,7 +27,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from sadi.pairs import Pair
+from sadi.data.pairs import Pair
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -123,7 +123,7 @@ def pairs() -> list[Pair]:
 @pytest.fixture(scope="session")
 def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """The embedded SmolLM2-135M-Instruct (converted once into the sadi cache)."""
-    from sadi.models import load_model
+    from sadi.core.models import load_model
 
     return load_model()  # type: ignore[return-value]
 

@@ -15,9 +15,9 @@ import torch
 from lm_eval.api.instance import Instance
 from torch import Tensor, nn
 
-from sadi.activations import EncodedBatch, position_ids
-from sadi.architectures import architecture_of, model_shape, site
-from sadi.hooks import LayerHook, hooked
+from sadi.core.activations import EncodedBatch, position_ids
+from sadi.core.architectures import architecture_of, model_shape, site
+from sadi.core.hooks import LayerHook, hooked
 from sadi.steerers import Steerer
 
 PROMPTS = ["The sky is", "Water is wet and", "Hi"]
@@ -72,7 +72,7 @@ def run_then_lm_eval(
     `limit` select items), then `sadi-lm-eval` with the saved steerer; asserts the run
     succeeded, steering changed the log-likelihoods, and lm-eval reproduces the run's
     accuracy and log-likelihoods. Returns (run directory, results.json)."""
-    from sadi.lm_eval_tasks import export_tasks
+    from sadi.eval.export import export_tasks
 
     out = tmp_path / "run"
     env = {

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from sadi.architectures import ARCHITECTURES, architecture_of, get_module, model_shape, site
-from sadi.hooks import LayerHook, hooked
+from sadi.core.architectures import ARCHITECTURES, architecture_of, get_module, model_shape, site
+from sadi.core.hooks import LayerHook, hooked
 from tests.conftest import make_tiny
 
 
@@ -59,7 +59,7 @@ def test_missing_module_error_names_children() -> None:
 
 
 def test_component_the_model_lacks_is_named() -> None:
-    from sadi.architectures import model_site
+    from sadi.core.architectures import model_site
 
     model = make_tiny("llama")
     for layer in model.model.layers:

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from sadi.activations import encode
-from sadi.architectures import model_shape, weights_fingerprint
+from sadi.core.activations import encode
+from sadi.core.architectures import model_shape, weights_fingerprint
 from sadi.steerers import CAA, ITI, SADI, SAS, AUSteer, FingerprintMismatch, Steerer
 from sadi.steerers.base import META_FILE, TENSORS_FILE, ArtifactError, WeightsMismatch
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny

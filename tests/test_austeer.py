@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from transformers import Gemma2Config, Gemma2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 import sadi.steerers.austeer as austeer_module
-from sadi.activations import encode
-from sadi.architectures import architecture_of, model_shape, site
-from sadi.hooks import LayerHook, hooked
-from sadi.pairs import Pair
+from sadi.core.activations import encode
+from sadi.core.architectures import architecture_of, model_shape, site
+from sadi.core.hooks import LayerHook, hooked
+from sadi.data.pairs import Pair
 from sadi.steerers import AUSteer, Steerer
 from sadi.steerers.austeer import SITES, momentum
 from tests.conftest import PAIRS, VOCAB, byte_tokenizer, make_tiny

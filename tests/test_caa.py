@@ -11,9 +11,9 @@ import torch
 from steering_vectors import SteeringVector, train_steering_vector
 from torch import Tensor, nn
 
-from sadi.activations import encode, join_completion
-from sadi.architectures import model_shape
-from sadi.pairs import Pair
+from sadi.core.activations import encode, join_completion
+from sadi.core.architectures import model_shape
+from sadi.data.pairs import Pair
 from sadi.steerers import STEERERS, FingerprintMismatch, Steerer
 from sadi.steerers.caa import CAA, CAAState
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny

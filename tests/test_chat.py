@@ -1,7 +1,7 @@
 import pytest
 
-from sadi.chat import apply_chat_template
-from sadi.tasks import load_task
+from sadi.data.chat import apply_chat_template
+from sadi.data.tasks import load_task
 from tests.conftest import byte_tokenizer
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from sadi.data.tasks import EXAMPLE_DATA, load_task
 from sadi.report import collect, table
 from sadi.report.tables import pivot_markdown
 from sadi.run import run
-from sadi.tasks import EXAMPLE_DATA, load_task
 from tests.test_run import compose_run, tiny_overrides
 
 

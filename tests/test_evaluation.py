@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from sadi.evaluation import evaluate_split, label_probability
-from sadi.lm_eval_model import SteeredLM
-from sadi.tasks import load_task
+from sadi.data.tasks import load_task
+from sadi.eval.harness import evaluate_split, label_probability
+from sadi.eval.lm import SteeredLM
 from tests.conftest import byte_tokenizer, make_tiny
 
 

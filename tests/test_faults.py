@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sadi.errors import DiskFullError, writing
+from sadi.data.tasks import EXAMPLE_DATA
+from sadi.infra.errors import DiskFullError, writing
+from sadi.pipeline.tracking import DamagedFileError
 from sadi.run import run
 from sadi.select import select
-from sadi.tasks import EXAMPLE_DATA
-from sadi.tracking import DamagedFileError
 from tests.test_run import compose_run, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sadi.fingerprints import DIGEST_INDEX, directory_fingerprint, file_digest
-from sadi.models import load_model
+from sadi.core.fingerprints import DIGEST_INDEX, directory_fingerprint, file_digest
+from sadi.core.models import load_model
 from sadi.run import run
 from sadi.steerers import Steerer, WeightsMismatch
 from tests.test_run import compose_run, tiny_overrides

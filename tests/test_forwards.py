@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from sadi.activations import encode
-from sadi.forwards import ForwardKind, UnknownForward, forward_kind
+from sadi.core.activations import encode
+from sadi.core.forwards import ForwardKind, UnknownForward, forward_kind
 from tests.conftest import byte_tokenizer, make_tiny
 
 

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from sadi.inputs import data_fingerprint, directory_fingerprint, model_fingerprint
-from sadi.tasks import EXAMPLE_DATA, load_task
+from sadi.data.tasks import EXAMPLE_DATA, load_task
+from sadi.pipeline.inputs import data_fingerprint, directory_fingerprint, model_fingerprint
 
 
 def test_data_fingerprint_follows_the_content_not_the_path(tmp_path: Path) -> None:

@@ -11,16 +11,16 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.hf_steered import SteeredModel
 from torch import Tensor, nn
 
-from sadi.activations import encode
-from sadi.architectures import decoder_layers
-from sadi.interop import (
+from sadi.core.activations import encode
+from sadi.core.architectures import decoder_layers
+from sadi.eval.interop import (
     base_model_path,
     export_lm_eval_steer,
     import_lm_eval_steer,
     layers_hookpath,
     lm_eval_hookpoint,
 )
-from sadi.lm_eval_model import SteeredLM
+from sadi.eval.lm import SteeredLM
 from sadi.steerers import STEERERS, FingerprintMismatch
 from sadi.steerers.caa import CAA
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny

@@ -13,9 +13,9 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from sadi.activations import encode
-from sadi.architectures import model_shape
-from sadi.pairs import Pair
+from sadi.core.activations import encode
+from sadi.core.architectures import model_shape
+from sadi.data.pairs import Pair
 from sadi.steerers import STEERERS, FingerprintMismatch, Steerer
 from sadi.steerers.iti import ITI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny

@@ -16,20 +16,20 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 from torch import nn
 
-from sadi.architectures import weights_fingerprint
-from sadi.evaluation import evaluate_split, process_mc2, task_config
-from sadi.lm_eval_model import SADI_HELP, SteeredLM, cli
-from sadi.lm_eval_tasks import export_tasks, lm_eval_name
+from sadi.core.architectures import weights_fingerprint
+from sadi.data.tasks import EXAMPLE_DATA, Item, default_data_dir, load_task, read_jsonl
+from sadi.eval.export import export_tasks, lm_eval_name
+from sadi.eval.harness import evaluate_split, process_mc2, task_config
+from sadi.eval.lm import SADI_HELP, SteeredLM, cli
 from sadi.steerers import SADI
 from sadi.steerers.base import FingerprintMismatch, WeightsMismatch
-from sadi.tasks import EXAMPLE_DATA, Item, default_data_dir, load_task, read_jsonl
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 
 _SCRIPT = Path(sys.executable).parent / "sadi-lm-eval"  # the console script users type
 SADI_LM_EVAL = (
     [str(_SCRIPT)]
     if _SCRIPT.exists()
-    else [sys.executable, "-c", "from sadi.lm_eval_model import cli; cli()"]
+    else [sys.executable, "-c", "from sadi.eval.lm import cli; cli()"]
 )
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -57,7 +57,7 @@ def test_export_writes_sadi_task_config_and_split_items(tmp_path: Path) -> None:
     ):
         assert exported.yaml == tmp_path / f"{exported.name}.yaml"
         assert exported.data == tmp_path / f"{exported.name}.jsonl"
-        # lm-eval's own loader reads back exactly sadi.evaluation's config, plus the tag
+        # lm-eval's own loader reads back exactly sadi.eval.harness's config, plus the tag
         assert load_yaml(exported.yaml) == {
             **task_config(exported.name, exported.data, metric),  # type: ignore[arg-type]
             "tag": [f"sadi_{split}"],
@@ -323,9 +323,9 @@ def test_steered_model_never_runs_a_pickled_payload(
 def test_steered_model_still_reads_plain_vectors(
     tmp_path: Path, tiny_model_dir: Path, in_process_cli: None
 ) -> None:
-    """A vector file of tensors and plain data (what sadi.interop writes) still loads."""
-    from sadi.interop import export_lm_eval_steer
-    from sadi.models import load_model
+    """A vector file of tensors and plain data (what sadi.eval.interop writes) still loads."""
+    from sadi.core.models import load_model
+    from sadi.eval.interop import export_lm_eval_steer
     from sadi.steerers import CAA
 
     model, tok = load_model(str(tiny_model_dir), device="cpu")
@@ -347,7 +347,7 @@ def test_pickle_cache_options_are_refused(
 
 
 def test_run_without_batch_size_takes_sadis(capsys: pytest.CaptureFixture[str]) -> None:
-    from sadi.lm_eval_model import _with_batch_size
+    from sadi.eval.lm import _with_batch_size
 
     assert _with_batch_size(["run", "--model", "sadi"])[-2:] == ["--batch_size", "16"]
     assert "no --batch_size given: using 16" in capsys.readouterr().err

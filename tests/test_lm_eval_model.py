@@ -11,7 +11,7 @@ import torch
 from lm_eval.api.instance import Instance
 from torch import Tensor, nn
 
-from sadi.lm_eval_model import SteeredLM
+from sadi.eval.lm import SteeredLM
 from sadi.steerers import SADI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import loglikelihood_requests
@@ -126,8 +126,8 @@ def test_lm_eval_cli_runs_the_sadi_model(setup: tuple, tmp_path) -> None:  # typ
 
     import yaml
 
-    from sadi.evaluation import task_config, write_split
-    from sadi.tasks import EXAMPLE_DATA, load_task
+    from sadi.data.tasks import EXAMPLE_DATA, load_task
+    from sadi.eval.harness import task_config, write_split
 
     model, sadi = setup
     model_dir, steer_dir, task_dir = tmp_path / "model", tmp_path / "steerer", tmp_path / "tasks"
@@ -137,7 +137,7 @@ def test_lm_eval_cli_runs_the_sadi_model(setup: tuple, tmp_path) -> None:  # typ
     items = load_task("jsonl", path=EXAMPLE_DATA / "tiny_mc.jsonl").splits["select"]
     data = write_split(items, task_dir / "tiny.jsonl")
     (task_dir / "tiny.yaml").write_text(yaml.safe_dump(task_config("sadi_tiny", data, "acc")))
-    script = [sys.executable, "-c", "from sadi.lm_eval_model import cli; cli()"]
+    script = [sys.executable, "-c", "from sadi.eval.lm import cli; cli()"]
     out = tmp_path / "out"
     proc = subprocess.run(
         [
@@ -168,7 +168,7 @@ def test_lm_eval_cli_runs_the_sadi_model(setup: tuple, tmp_path) -> None:  # typ
     acc = json.loads(result_file.read_text())["results"]["sadi_tiny"]["acc,none"]
     # the same numbers as the Python API on the same model, steerer and items
     lm = SteeredLM(model, steerer=sadi, tokenizer=byte_tokenizer(), batch_size=4, device="cpu")
-    from sadi.evaluation import evaluate_split
+    from sadi.eval.harness import evaluate_split
 
     metrics, _ = evaluate_split(lm, items, task_name="sadi_tiny_py", metric="acc")
     assert acc == metrics["acc"]
@@ -182,8 +182,8 @@ def test_evaluations_compute_torchs_environment_report_once(
     function is back in place after each evaluation."""
     from torch.utils import collect_env
 
-    import sadi.evaluation as ev
-    from sadi.tasks import load_task
+    import sadi.eval.harness as ev
+    from sadi.data.tasks import load_task
 
     calls: list[int] = []
 
@@ -251,8 +251,8 @@ def test_a_50000_character_item_stays_within_a_few_gigabytes(tmp_path: Path) -> 
     script.write_text(
         "import resource, sys\n"
         "from lm_eval.api.instance import Instance\n"
-        "from sadi.lm_eval_model import SteeredLM\n"
-        "from sadi.models import load_model\n"
+        "from sadi.eval.lm import SteeredLM\n"
+        "from sadi.core.models import load_model\n"
         "model, tok = load_model()\n"
         "pairs = [('word ' * 10000, ' yes'), ('word ' * 10000, ' no')]\n"
         "pairs += [(f'Item {i} is', ' fine') for i in range(30)]\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sadi import models
-from sadi.architectures import model_shape
+from sadi.core import models
+from sadi.core.architectures import model_shape
 
 
 def test_missing_package_names_the_pip_command(

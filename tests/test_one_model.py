@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from sadi.lm_eval_model import SteeredLM
-from sadi.pairs import Pair
+from sadi.data.pairs import Pair
+from sadi.eval.lm import SteeredLM
 from sadi.sae import SparseAutoencoder
 from sadi.steerers import CAA, ITI, SADI, SAS, AUSteer, Steerer
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny
@@ -155,8 +155,8 @@ def test_one_token_answers_change(method: str) -> None:
 def test_smollm2_one_token_answers_change_and_generation_agrees(smollm2: tuple) -> None:
     """On the real model and real BoolQ items (one-token " yes" / " no" answers), each method
     moves the scores, and scoring equals teacher-forced generation."""
-    from sadi.pairs import make_pairs
-    from sadi.tasks import load_task
+    from sadi.data.pairs import make_pairs
+    from sadi.data.tasks import load_task
 
     model, tok = smollm2
     task = load_task("boolq")

@@ -1,4 +1,4 @@
-"""Tests for sadi.pairs: seeded pair construction, edge cases, JSONL round trip."""
+"""Tests for sadi.data.pairs: seeded pair construction, edge cases, JSONL round trip."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sadi.pairs import Pair, load_pairs, make_pairs, save_pairs
-from sadi.tasks import EXAMPLE_DATA, DataFormatError, Item, default_data_dir, load_task
+from sadi.data.pairs import Pair, load_pairs, make_pairs, save_pairs
+from sadi.data.tasks import EXAMPLE_DATA, DataFormatError, Item, default_data_dir, load_task
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_items_without_a_usable_negative_are_skipped_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     items = [Item("bad", "Q", (" x", " x"), 0), Item("ok", "Q", (" x", " y"), 0)]
-    with caplog.at_level(logging.WARNING, logger="sadi.pairs"):
+    with caplog.at_level(logging.WARNING, logger="sadi.data.pairs"):
         pairs = make_pairs(items, n_pairs=1, seed=0)
     assert [p.item_id for p in pairs] == ["ok"]
     with pytest.raises(ValueError, match="no pair can be made"):
@@ -68,7 +68,7 @@ def test_items_without_a_usable_negative_are_skipped_with_a_warning(
 def test_fewer_items_than_requested_uses_all_and_warns(
     tiny_items: list[Item], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="sadi.pairs"):
+    with caplog.at_level(logging.WARNING, logger="sadi.data.pairs"):
         pairs = make_pairs(tiny_items, n_pairs=150)
     assert len(pairs) == len(tiny_items) == 30
     assert "n_pairs=150" in caplog.text and "only 30" in caplog.text

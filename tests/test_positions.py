@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sadi.positions import BatchLayout
+from sadi.core.positions import BatchLayout
 
 
 def layout(side: str) -> BatchLayout:

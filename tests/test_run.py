@@ -11,9 +11,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
+from sadi.data.tasks import EXAMPLE_DATA
+from sadi.pipeline.validate import ConfigError
 from sadi.run import CONF_DIR, check_overrides, run
-from sadi.tasks import EXAMPLE_DATA
-from sadi.validate import ConfigError
 from tests.conftest import byte_tokenizer, make_tiny
 
 

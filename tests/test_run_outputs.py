@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 import sadi.run as run_module
-from sadi.cache import get_or_create
+from sadi.data.tasks import EXAMPLE_DATA
+from sadi.infra.cache import get_or_create
+from sadi.pipeline.tracking import write_json
 from sadi.select import select
-from sadi.tasks import EXAMPLE_DATA
-from sadi.tracking import write_json
 from tests.test_run import compose_run, tiny_overrides
 
 
@@ -198,7 +198,7 @@ def test_a_killed_fit_leaves_no_temporary_behind(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         get_or_create(root, {"k": 1}, crash)
     # a SIGKILL skips the cleanup: simulate what it leaves
-    from sadi.cache import digest
+    from sadi.infra.cache import digest
 
     stale = root / f"{digest({'k': 1})}.abc123"
     stale.mkdir(parents=True)
@@ -249,7 +249,7 @@ def test_a_run_cache_dir_does_not_convert_its_own_copy_of_the_embedded_model(
     tmp_path: Path,
 ) -> None:
     """The embedded model converts once, into the default cache, whatever paths.cache_dir."""
-    from sadi.models import default_cache_dir
+    from sadi.core.models import default_cache_dir
     from tests.test_run import compose_run
 
     out = tmp_path / "run"

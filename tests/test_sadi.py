@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from sadi.activations import encode
-from sadi.architectures import model_shape
-from sadi.pairs import Pair
-from sadi.shadow import supports_shadow
+from sadi.core.activations import encode
+from sadi.core.architectures import model_shape
+from sadi.core.shadow import supports_shadow
+from sadi.data.pairs import Pair
 from sadi.steerers import SADI, FingerprintMismatch, Steerer
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
@@ -99,7 +99,7 @@ def test_default_layout_from_attention_mask_edits_last_token(family: str) -> Non
 
 @pytest.mark.parametrize("one_pass", [True, False])
 def test_faithful_uses_clean_prompt_activations(family: str, one_pass: bool) -> None:
-    """Both faithful paths: the shadow position (sadi.shadow) and the separate clean pass."""
+    """Both faithful paths: the shadow position (sadi.core.shadow) and the separate clean pass."""
     model, sadi = fitted(family, "neuron", k=6, strength=3.0, mode="faithful")
     sadi.one_pass = one_pass
     batch = encode(byte_tokenizer(), PROMPTS, CONTS)

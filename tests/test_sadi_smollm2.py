@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sadi.activations import encode, position_ids
-from sadi.pairs import make_pairs
+from sadi.core.activations import encode, position_ids
+from sadi.data.pairs import make_pairs
+from sadi.data.tasks import load_task
 from sadi.steerers import SADI, FingerprintMismatch, Steerer
-from sadi.tasks import load_task
 from tests.conftest import make_tiny
 
 pytestmark = pytest.mark.slow

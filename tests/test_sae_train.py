@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sadi.architectures import decoder_layers
+from sadi.core.architectures import decoder_layers
+from sadi.data.tasks import load_task
 from sadi.sae import load_sae
 from sadi.sae.train import (
     FEATURES_FILE,
@@ -26,7 +27,6 @@ from sadi.sae.train import (
     train_sae,
     train_topk,
 )
-from sadi.tasks import load_task
 from tests.conftest import byte_tokenizer, make_tiny
 
 

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 import sadi.steerers.sas as sas_module
-from sadi.activations import encode
-from sadi.architectures import model_shape
-from sadi.pairs import Pair
+from sadi.core.activations import encode
+from sadi.core.architectures import model_shape
+from sadi.data.pairs import Pair
 from sadi.sae import save_sae
 from sadi.steerers import SAS, Steerer
 from sadi.steerers.sas import SASState, code_statistics, random_features, steering_vector
@@ -226,10 +226,10 @@ def test_smollm2_small_trained_sae_and_sas_move_scores_and_generation_agrees(
     """A small TopK SAE trained offline on SmolLM2's layer 15 (fit splits only), then SAS
     fitted from BoolQ pairs: it moves one-token answer scores, and scoring equals
     teacher-forced generation under steering."""
-    from sadi.lm_eval_model import SteeredLM
-    from sadi.pairs import make_pairs
+    from sadi.data.pairs import make_pairs
+    from sadi.data.tasks import load_task
+    from sadi.eval.lm import SteeredLM
     from sadi.sae.train import TrainConfig, train_sae
-    from sadi.tasks import load_task
     from tests.helpers import loglikelihood_requests
     from tests.test_one_model import generated_logprob
 

@@ -1,4 +1,4 @@
-"""Faithful SADI in one forward (a shadow position, sadi.shadow) equals the two-pass path."""
+"""Faithful SADI in one forward (a shadow position, sadi.core.shadow) equals the two-pass path."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from sadi.activations import encode
-from sadi.architectures import architecture_of
-from sadi.lm_eval_model import SteeredLM
-from sadi.shadow import supports_shadow
+from sadi.core.activations import encode
+from sadi.core.architectures import architecture_of
+from sadi.core.shadow import supports_shadow
+from sadi.eval.lm import SteeredLM
 from sadi.steerers import SADI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, forward, loglikelihood_requests, steered

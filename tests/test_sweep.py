@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import sadi.pipeline.scoring as scoring
 import sadi.run as run_module
-import sadi.scoring as scoring
-from sadi.cache import get_or_create
+from sadi.data.tasks import EXAMPLE_DATA
+from sadi.infra.cache import get_or_create
+from sadi.pipeline.wandb_offline import read_offline_run
 from sadi.select import select
 from sadi.steerers import SADI
-from sadi.tasks import EXAMPLE_DATA
-from sadi.wandb_offline import read_offline_run
 from tests.test_run import compose_run, tiny_overrides
 
 

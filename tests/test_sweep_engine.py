@@ -14,12 +14,12 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 from torch import nn
 
-from sadi.evaluation import evaluate_split, task_config, write_split
-from sadi.lm_eval_model import SteeredLM
+from sadi.data.tasks import TASKS, load_task
+from sadi.eval.harness import evaluate_split, task_config, write_split
+from sadi.eval.lm import SteeredLM
 from sadi.steerers import CAA, SADI, AUSteer, Steerer
 from sadi.sweep import PrefixScorer, SweepLM, SweepScores, split_request
 from sadi.sweep.plan import condition_name
-from sadi.tasks import TASKS, load_task
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny
 from tests.test_one_model import METHODS, fitted
 

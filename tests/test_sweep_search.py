@@ -86,7 +86,7 @@ def test_a_missing_optional_launcher_says_how_to_install_it() -> None:
 
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None:
         pytest.skip("the Ray launcher is installed here: nothing is missing")
-    from sadi.validate import ConfigError
+    from sadi.pipeline.validate import ConfigError
 
     with pytest.raises(ConfigError, match=r"ray_local needs the optional plugin .*'\.\[ray\]'"):
         check_overrides(["hydra/launcher=ray_local"])

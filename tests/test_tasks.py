@@ -1,4 +1,4 @@
-"""Tests for sadi.tasks: split rules and sizes on the real data, prompt formats, errors."""
+"""Tests for sadi.data.tasks: split rules and sizes on the real data, prompt formats, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sadi.tasks import (
+from sadi.data.tasks import (
     EXAMPLE_DATA,
     FORMATS,
     LONG_CONTEXT_CHARS,
@@ -463,7 +463,7 @@ def test_long_contexts_are_kept_with_one_warning(
     rows[2]["question"] = "x" * (LONG_CONTEXT_CHARS + 1)
     rows[4]["question"] = "y" * 3000
     path = _write_jsonl(tmp_path / "long.jsonl", rows)
-    with caplog.at_level(logging.WARNING, logger="sadi.tasks.load"):
+    with caplog.at_level(logging.WARNING, logger="sadi.data.tasks.load"):
         task = load_task("jsonl", path=path)
     assert sum(len(v) for v in task.splits.values()) == 6  # nothing dropped
     (record,) = caplog.records
@@ -474,7 +474,7 @@ def test_long_contexts_are_kept_with_one_warning(
     assert "left truncation" in message and "fitting raises" in message
     assert "kept (never dropped)" in message
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sadi.tasks.load"):
+    with caplog.at_level(logging.WARNING, logger="sadi.data.tasks.load"):
         load_task("jsonl", path=TINY)
     assert not caplog.records
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sadi.pipeline.validate import ConfigError, check_batch_size, check_optimized_metric
 from sadi.run import run
-from sadi.validate import ConfigError, check_batch_size, check_optimized_metric
 from tests.test_run import compose_run, tiny_overrides
 
 # a model source that does not exist: a check that ran after loading would fail on it instead

@@ -28,12 +28,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
-from sadi.errors import reported
+from sadi.infra.errors import reported
+from sadi.pipeline.tracking import read_jsonl
 from sadi.report.guard import check_not_lost, curve_keys
 from sadi.report.plots import slug
 from sadi.report.records import AXES, RunRecord, load_run, tag_data
 from sadi.report.stats import Estimate
-from sadi.tracking import read_jsonl
 
 # the strength at which each method is the unsteered model
 IDENTITY = {"sadi": 1.0, "iti": 0.0, "caa": 0.0, "austeer": 0.0, "sas": 0.0}

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sadi.tracking import read_json, read_jsonl, read_results
+from sadi.pipeline.tracking import read_json, read_jsonl, read_results
 
 SELECTION = "selection.json"
 SELECTION_FIX = "rerun `python -m sadi.select <sweep dir>` to write it again"

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from sadi.pipeline.tracking import read_jsonl
 from sadi.report.records import AXES, RunRecord, load_samples, load_scores, samples_path
 from sadi.report.stats import Estimate, bootstrap_ci, offset_correct, paired_test, prior_offsets
-from sadi.tracking import read_jsonl
 
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 HEADER = (

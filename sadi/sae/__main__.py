@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sadi.errors import reported
+from sadi.infra.errors import reported
 
 USAGE = __doc__.split("\n\n")[0]
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kwargs[key] = raw
     cfg = TrainConfig(**kwargs)
 
-    from sadi.models import default_cache_dir, load_model
+    from sadi.core.models import default_cache_dir, load_model
     from sadi.sae.train import train_sae
 
     source, dtype = _model_source(model_name)

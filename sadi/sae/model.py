@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from sadi.errors import UserError
+from sadi.infra.errors import UserError
 
 SaeArchitecture = Literal["standard", "jumprelu", "topk"]
 ARCHITECTURES: tuple[str, ...] = get_args(SaeArchitecture)

@@ -39,12 +39,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sadi.architectures import architecture_of, decoder_layers, model_shape, weights_fingerprint
-from sadi.architectures import site as site_of
-from sadi.cache import cached, digest
-from sadi.hooks import LayerHook, hooked
+from sadi.core.architectures import (
+    architecture_of,
+    decoder_layers,
+    model_shape,
+    weights_fingerprint,
+)
+from sadi.core.architectures import site as site_of
+from sadi.core.hooks import LayerHook, hooked
+from sadi.infra.cache import cached, digest
+from sadi.pipeline.tracking import read_json
 from sadi.sae.model import FEATURES_FILE, SAEConfig, SparseAutoencoder, load_sae, save_sae
-from sadi.tracking import read_json
 
 QUALITY_FILE = "quality.json"
 # tasks whose fit splits give the training text (every registered one with plain text items)
@@ -150,7 +155,7 @@ def collect_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def fit_split_texts(tasks: Sequence[str], data_dir: str | Path | None = None) -> list[str]:
     """Each fit item's context + correct continuation, for `tasks` (fit splits only)."""
-    from sadi.tasks import load_task
+    from sadi.data.tasks import load_task
 
     texts = []
     for name in tasks:

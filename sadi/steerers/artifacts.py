@@ -14,8 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from sadi.architectures import WEIGHTS_FINGERPRINT_CHARS
-from sadi.errors import UserError
+from sadi.core.architectures import WEIGHTS_FINGERPRINT_CHARS
+from sadi.infra.errors import UserError
 
 TENSORS_FILE = "steerer.safetensors"
 META_FILE = "steerer.json"
@@ -69,7 +69,7 @@ def check_weights_value(field: str, value: object, fail: Callable[[str], Artifac
     if not isinstance(value, str) or not _FINGERPRINT_RE.fullmatch(value):
         raise fail(
             f"{field!r} must be {WEIGHTS_FINGERPRINT_CHARS} lowercase hex characters "
-            f"(sadi.architectures.weights_fingerprint), got {value!r}; re-save or refit"
+            f"(sadi.core.architectures.weights_fingerprint), got {value!r}; re-save or refit"
         )
     return value
 

@@ -46,10 +46,10 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.activations import read_activations
-from sadi.architectures import ModelShape, model_shape, model_site
-from sadi.pairs import Pair
-from sadi.positions import PaddingSide, PositionPolicy
+from sadi.core.activations import read_activations
+from sadi.core.architectures import ModelShape, model_shape, model_site
+from sadi.core.positions import PaddingSide, PositionPolicy
+from sadi.data.pairs import Pair
 from sadi.steerers.artifacts import check_finite_tensor, check_tensor_names, check_tensor_shape
 from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
 

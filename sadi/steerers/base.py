@@ -22,19 +22,19 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.architectures import (
+from sadi.core.architectures import (
     ModelShape,
     check_component,
     model_shape,
     model_site,
     weights_fingerprint,
 )
-from sadi.errors import UserError
-from sadi.forwards import forward_kind
-from sadi.hooks import Inputs, LayerHook, hooked, observe_forward
-from sadi.pairs import Pair
-from sadi.positions import SUFFIX_POLICIES, BatchLayout, PositionPolicy
-from sadi.shadow import drop_shadow
+from sadi.core.forwards import forward_kind
+from sadi.core.hooks import Inputs, LayerHook, hooked, observe_forward
+from sadi.core.positions import SUFFIX_POLICIES, BatchLayout, PositionPolicy
+from sadi.core.shadow import drop_shadow
+from sadi.data.pairs import Pair
+from sadi.infra.errors import UserError
 from sadi.steerers.artifacts import (
     META_FILE,
     TENSORS_FILE,
@@ -71,7 +71,7 @@ def check_pairs(pairs: Sequence[Pair]) -> None:
     """Reject an empty pair list and pairs whose positive equals their negative."""
     if len(pairs) == 0:
         raise ValueError(
-            "no contrastive pairs given; build them with sadi.pairs.make_pairs from the "
+            "no contrastive pairs given; build them with sadi.data.pairs.make_pairs from the "
             "task's fit split (n_pairs > 0)"
         )
     for i, p in enumerate(pairs):
@@ -195,7 +195,7 @@ class Steerer(ABC):
         """Called before every non-decoding forward under `apply` (e.g. for a clean pass).
 
         May return replacement base-model inputs that append positions after the padded
-        rows (faithful SADI's shadow, see `sadi.shadow`); `apply` cuts those positions off
+        rows (faithful SADI's shadow, see `sadi.core.shadow`); `apply` cuts those positions off
         the base model's output again, so callers see the sequence length they passed.
         """
         return None

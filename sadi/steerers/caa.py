@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.activations import read_activations
-from sadi.architectures import decoder_layers, model_shape
-from sadi.pairs import Pair
-from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
+from sadi.core.activations import read_activations
+from sadi.core.architectures import decoder_layers, model_shape
+from sadi.core.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
+from sadi.data.pairs import Pair
 from sadi.steerers.artifacts import (
     check_finite_tensor,
     check_tensor_names,

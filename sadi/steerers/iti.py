@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.activations import read_activations
-from sadi.architectures import model_shape
-from sadi.pairs import Pair
-from sadi.positions import AnswerPositions, PositionPolicy, answer_positions
+from sadi.core.activations import read_activations
+from sadi.core.architectures import model_shape
+from sadi.core.positions import AnswerPositions, PositionPolicy, answer_positions
+from sadi.data.pairs import Pair
 from sadi.steerers.artifacts import (
     check_finite_tensor,
     check_mask,

@@ -10,7 +10,7 @@ delta_s = strength - 1 (the authors' code sets selected elements to strength * A
 - mode "online": A is the live activation of the steered forward pass.
 - mode "faithful": A is the clean (unsteered) activation of the prompt, as in the authors'
   two-pass code; unselected elements stay live. Where the model allows, the clean values
-  come from a shadow position in the same forward (`sadi.shadow`), else from a clean pass
+  come from a shadow position in the same forward (`sadi.core.shadow`), else from a clean pass
   over the prompt before the steered one; both give the same numbers up to float rounding.
 - variant "fixed" (ablation): adds delta_s * (M * v), v the per-coordinate mean difference,
   independent of the input. variant "random" (ablation): K random elements, seeded.
@@ -27,12 +27,12 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.activations import read_activations
-from sadi.architectures import model_site
-from sadi.hooks import Inputs, LayerHook, hooked
-from sadi.pairs import Pair
-from sadi.positions import BatchLayout, PositionPolicy
-from sadi.shadow import shadow_inputs
+from sadi.core.activations import read_activations
+from sadi.core.architectures import model_site
+from sadi.core.hooks import Inputs, LayerHook, hooked
+from sadi.core.positions import BatchLayout, PositionPolicy
+from sadi.core.shadow import shadow_inputs
+from sadi.data.pairs import Pair
 from sadi.steerers.artifacts import (
     check_finite_tensor,
     check_mask,

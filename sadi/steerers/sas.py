@@ -46,10 +46,10 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.activations import read_activations
-from sadi.architectures import decoder_layers, model_shape, weights_fingerprint
-from sadi.pairs import Pair
-from sadi.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
+from sadi.core.activations import read_activations
+from sadi.core.architectures import decoder_layers, model_shape, weights_fingerprint
+from sadi.core.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
+from sadi.data.pairs import Pair
 from sadi.sae.model import (
     CFG_FILE,
     FEATURES_FILE,
@@ -309,7 +309,7 @@ class SAS(Steerer):
 
     def _trained_sae(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """sae="trained": train (or take from the cache) the default SAE of the layer."""
-        from sadi.models import default_cache_dir
+        from sadi.core.models import default_cache_dir
         from sadi.sae.train import train_sae
 
         sae, directory, _ = train_sae(
@@ -404,7 +404,7 @@ class SAS(Steerer):
         key = super().fit_key(model, pairs)
         key["params"] = {k: v for k, v in key["params"].items() if k != "sae"}
         if self.sae_source == TRAINED:  # the SAE by what determines it: its training key
-            from sadi.cache import digest
+            from sadi.infra.cache import digest
             from sadi.sae.train import fit_split_texts, sae_key
 
             cfg = self._train_config(model)
@@ -535,8 +535,8 @@ class SAS(Steerer):
             trained = self._training_key
             if self.sae_source == TRAINED and trained is not None and self._sae_dir is None:
                 # the trained SAE's cache entry, for its feature examples
-                from sadi.cache import digest
-                from sadi.models import default_cache_dir
+                from sadi.core.models import default_cache_dir
+                from sadi.infra.cache import digest
 
                 entry = (self._cache_dir or default_cache_dir()) / "saes" / digest(trained)
                 self._sae_dir = entry if entry.is_dir() else None

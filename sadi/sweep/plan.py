@@ -17,8 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sadi.architectures import weights_fingerprint
-from sadi.cache import digest
+from sadi.core.architectures import weights_fingerprint
+from sadi.infra.cache import digest
 from sadi.steerers.base import Steerer
 from sadi.sweep.store import SweepScores
 

@@ -41,9 +41,9 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from sadi.architectures import model_site
-from sadi.hooks import LayerHook, hooked
-from sadi.positions import BatchLayout
+from sadi.core.architectures import model_site
+from sadi.core.hooks import LayerHook, hooked
+from sadi.core.positions import BatchLayout
 from sadi.steerers.base import Steerer
 
 Score = tuple[float, bool]  # (log-likelihood, greedy), as lm-eval's _loglikelihood_tokens

@@ -30,11 +30,11 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from sadi.cache import digest
-from sadi.errors import writing
-from sadi.lm_eval_model import Request, SteeredLM
+from sadi.eval.lm import Request, SteeredLM
+from sadi.infra.cache import digest
+from sadi.infra.errors import writing
+from sadi.pipeline.tracking import DamagedFileError, read_json
 from sadi.sweep.prefix import Condition, PrefixScorer, Score, split_request
-from sadi.tracking import DamagedFileError, read_json
 
 Tokens = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sadi.errors import UserError
-from sadi.models import resolve_dtype
-from sadi.tasks import check_split_names
+from sadi.core.models import resolve_dtype
+from sadi.data.tasks import check_split_names
+from sadi.infra.errors import UserError
 
 # what a task of each primary metric reports (p_label: the labelled choice's normalised
 # probability, the CAA behaviours' behaviour-matching probability)

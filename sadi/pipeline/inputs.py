@@ -4,7 +4,7 @@ A completed point is recognised by these, not by paths: pointing `paths.data_dir
 `task.path`, or `model.source`) at other files, or changing the files behind the same paths,
 changes the fingerprint, so the point is computed again. The data fingerprint hashes every
 item of every split, as loaded. The weights fingerprint hashes every byte of every weight
-file plus `config.json` (`sadi.fingerprints.directory_fingerprint`); each file's digest is
+file plus `config.json` (`sadi.core.fingerprints.directory_fingerprint`); each file's digest is
 remembered by path, size and modification time under the cache root, so a checkpoint is read
 in full once, and again only when a file of it changes.
 """
@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sadi.fingerprints import directory_fingerprint
-from sadi.models import EMBEDDED_PREFIX, default_cache_dir, embedded_path
-from sadi.tasks import Task
+from sadi.core.fingerprints import directory_fingerprint
+from sadi.core.models import EMBEDDED_PREFIX, default_cache_dir, embedded_path
+from sadi.data.tasks import Task
 
 
 def _short(h: hashlib._Hash) -> str:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from sadi.errors import writing
+from sadi.infra.errors import writing
 
 
 def current_umask() -> int:

@@ -12,18 +12,18 @@ from omegaconf import DictConfig
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sadi.architectures import weights_fingerprint
-from sadi.cache import cached
-from sadi.chat import chat_prompt
-from sadi.evaluation import evaluate_split, generate_split, open_ended_prompts
-from sadi.lm_eval_model import SteeredLM
-from sadi.models import default_cache_dir
+from sadi.core.architectures import weights_fingerprint
+from sadi.core.models import default_cache_dir
+from sadi.data.chat import chat_prompt
+from sadi.data.tasks import SplitName, Task, load_task
+from sadi.eval.harness import evaluate_split, generate_split, open_ended_prompts
+from sadi.eval.lm import SteeredLM
+from sadi.infra.cache import cached
+from sadi.pipeline.tracking import read_json, read_jsonl, write_json, write_jsonl
+from sadi.pipeline.validate import ConfigError
 from sadi.steerers.base import Steerer
 from sadi.sweep import SweepLM, SweepScores
 from sadi.sweep.plan import condition_name
-from sadi.tasks import SplitName, Task, load_task
-from sadi.tracking import read_json, read_jsonl, write_json, write_jsonl
-from sadi.validate import ConfigError
 
 Metrics = dict[str, float]
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from sadi.cache import digest
+from sadi.infra.cache import digest
 
 # OmegaConf needs typing.Optional rather than `X | None` in schemas (Python 3.10 support).
 

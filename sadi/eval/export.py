@@ -2,7 +2,7 @@
 
 `sadi-lm-eval tasks export DIR` writes, per task and scored split, `DIR/<name>.yaml` and the
 split's items `DIR/<name>.jsonl`; `sadi-lm-eval run --include_path DIR --tasks <name>` then
-scores it. Each YAML is `sadi.evaluation.task_config` of that data file (the config
+scores it. Each YAML is `sadi.eval.harness.task_config` of that data file (the config
 `python -m sadi.run` scores with) plus a `tag`, so both give the same numbers for the same
 model, steerer and items. A callable in the config (TruthfulQA MC2's `process_results`) is
 written as lm-eval's `!function <module>.<name>`, which lm-eval 0.4.13 imports by its dotted
@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from sadi.evaluation import task_config, write_split
-from sadi.tasks import FORMATS, JSONL_TASK, SPLITS, TASKS, PromptFormat, SplitName, load_task
-from sadi.tasks.data import check_split_names
+from sadi.data.tasks import FORMATS, JSONL_TASK, SPLITS, TASKS, PromptFormat, SplitName, load_task
+from sadi.data.tasks.data import check_split_names
+from sadi.eval.harness import task_config, write_split
 
 EXPORTED_SPLITS: tuple[SplitName, ...] = ("select", "report")
 # the datasets json loader reads data_files as glob patterns
@@ -130,7 +130,7 @@ def export_tasks(
         directory: Where to write (created if missing); files of the same names are
             overwritten. The YAMLs hold the data files' absolute paths: export again after
             moving it. Its path must not contain glob characters (`*?[]`).
-        tasks: Keys of `sadi.tasks.TASKS`, or `"jsonl"` with `path=`; default all of `TASKS`.
+        tasks: Keys of `sadi.data.tasks.TASKS`, or `"jsonl"` with `path=`; default all of `TASKS`.
         format: `"lm_eval"` or `"ab"`, as `load_task`.
         splits: Splits to export, default select and report (where `sadi.run` scores).
         data_dir, limit, seed, path: As `load_task`; `limit` and `seed` pick and order the
@@ -180,7 +180,7 @@ def export_tasks(
             header = (
                 f"# sadi task {task_name!r}, split {split!r} ({len(items)} items), format "
                 f"{format!r}; written by `sadi-lm-eval tasks export`.\n"
-                f"# Scored as `python -m sadi.run` scores it: sadi.evaluation.task_config.\n"
+                f"# Scored as `python -m sadi.run` scores it: sadi.eval.harness.task_config.\n"
                 f"# sadi-lm-eval run --model sadi --include_path {out} --tasks {name} "
                 "--model_args pretrained=...,steerer=DIR\n"
             )
@@ -201,7 +201,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description=(
             "Write, per task and split, DIR/<name>.yaml and DIR/<name>.jsonl, named\n"
             "sadi_<task>_<split> (sadi_<task>_ab_<split> with --format ab) and tagged\n"
-            "sadi_<split>. They use sadi.evaluation.task_config, so lm-eval gives the numbers\n"
+            "sadi_<split>. They use sadi.eval.harness.task_config, so lm-eval gives the numbers\n"
             "of `python -m sadi.run` on the same items. Score them with:\n"
             "  sadi-lm-eval run --model sadi --include_path DIR --tasks sadi_copa_report \\\n"
             "    --model_args pretrained=embedded:smollm2-135m-instruct,steerer=STEERER_DIR"

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sadi.errors import UserError
+from sadi.infra.errors import UserError
 
 FAILED = "failed.json"
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sadi.errors import UserError
-from sadi.tracking import DamagedFileError, read_json
-from sadi.validate import ConfigError
+from sadi.infra.errors import UserError
+from sadi.pipeline.tracking import DamagedFileError, read_json
+from sadi.pipeline.validate import ConfigError
 
 log = logging.getLogger(__name__)
 

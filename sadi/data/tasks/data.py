@@ -7,7 +7,7 @@ line and byte offset of the first bad byte.
 A canonical record is ``{"id": str, "question": str, "choices": [str, ...], "label": int}``:
 a non-empty id, unique in its file; a question that is not blank; at least two choices,
 none blank and no two equal once their leading whitespace is removed (each choice becomes
-the continuation ``" " + choice.lstrip()``, see ``sadi.tasks``); and a label that is an
+the continuation ``" " + choice.lstrip()``, see ``sadi.data.tasks``); and a label that is an
 integer index into ``choices`` (not a string such as ``"0"``, nor a bool).
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
-from sadi.tasks.base import (
+from sadi.data.tasks.base import (
     SPLITS,
     DataFormatError,
     DataNotFoundError,
@@ -30,7 +30,7 @@ from sadi.tasks.base import (
     TaskError,
 )
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "example_data"
+EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "example_data"
 HOW_TO_SET = "set the config `paths.data_dir=...` or the env var SADI_DATA_DIR"
 
 
@@ -45,7 +45,7 @@ def default_data_dir() -> Path:
         PosixPath('/work/shared/data')
     """
     env = os.environ.get("SADI_DATA_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+    path = Path(env) if env else Path(__file__).resolve().parents[4] / "shared" / "data"
     return existing_dir(path, "SADI_DATA_DIR" if env else "the default beside the repo")
 
 

@@ -25,7 +25,7 @@ from lm_eval import simple_evaluate
 from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
-from sadi.tasks import Item, Metric
+from sadi.data.tasks import Item, Metric
 
 log = logging.getLogger(__name__)
 # lm-eval only ever reads local JSONL files here: never ask the hub about them
@@ -225,7 +225,7 @@ def _stderr(values: Sequence[float]) -> float:
 
 def open_ended_prompts(task_name: str, data_dir: str | Path | None) -> list[tuple[str, str]]:
     """(id, question) of a CAA behaviour's open-ended test set, `test_open_ended.jsonl`."""
-    from sadi.tasks import TASKS, default_data_dir, read_jsonl
+    from sadi.data.tasks import TASKS, default_data_dir, read_jsonl
 
     if task_name not in TASKS or not TASKS[task_name].folder.startswith("caa/"):
         raise ValueError(

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sadi.architectures import ModelShape, decoder_layers, model_site
-from sadi.hooks import LayerHook, hooked
-from sadi.positions import BatchLayout, PaddingSide, PositionPolicy
+from sadi.core.architectures import ModelShape, decoder_layers, model_site
+from sadi.core.hooks import LayerHook, hooked
+from sadi.core.positions import BatchLayout, PaddingSide, PositionPolicy
 
 
 def join_completion(prompt: str, completion: str) -> str:

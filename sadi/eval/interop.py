@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sadi.architectures import architecture_of, decoder_layers
+from sadi.core.architectures import architecture_of, decoder_layers
 from sadi.steerers.base import check_finite
 from sadi.steerers.caa import CAA, CaaPositions, CAAState
 

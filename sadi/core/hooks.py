@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from sadi.architectures import Site, decoder_layers, get_module
+from sadi.core.architectures import Site, decoder_layers, get_module
 
 # (layer index, activation [batch, pos, width]) -> replacement activation, or None to keep it
 ActivationFn = Callable[[int, Tensor], Tensor | None]

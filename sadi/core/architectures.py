@@ -15,7 +15,7 @@ modeling file is ever forked:
 Adding an architecture means adding one `Architecture` entry to `ARCHITECTURES`.
 
 Two fingerprints tie a fitted steerer to its model: `model_shape` (architecture and sizes)
-and `weights_fingerprint` (`sadi.fingerprints`: a hash of every weight, which tells a base
+and `weights_fingerprint` (`sadi.core.fingerprints`: a hash of every weight, which tells a base
 model from its fine-tuned chat variant of the same shape).
 """
 
@@ -27,7 +27,7 @@ from typing import Any, Literal, get_args
 
 from torch import nn
 
-from sadi.fingerprints import WEIGHTS_FINGERPRINT_CHARS, weights_fingerprint
+from sadi.core.fingerprints import WEIGHTS_FINGERPRINT_CHARS, weights_fingerprint
 
 ComponentName = Literal["head", "neuron", "neuron_down", "hidden", "residual"]
 COMPONENTS: tuple[str, ...] = get_args(ComponentName)
@@ -48,7 +48,7 @@ class Architecture:
     d_model_attr: str  # config attribute holding the hidden size
     final_norm: str  # from the model root to the norm after the last decoder layer
     # takes a custom 4D attention mask and explicit position ids as they are, so faithful
-    # SADI can run in one forward with a shadow position (sadi/shadow.py); ALiBi models
+    # SADI can run in one forward with a shadow position (sadi/core/shadow.py); ALiBi models
     # derive positions from the 2D mask and cannot
     shadow: bool = True
 
@@ -141,7 +141,7 @@ def model_site(model: nn.Module, component: str) -> Site:
         raise ValueError(
             f"component {component!r} is not available on this {type(model).__name__} "
             f"({arch.family} entry: {hook_site.module!r}): {err}. Choose another component, "
-            "or correct the architecture's entry in sadi.architectures.ARCHITECTURES"
+            "or correct the architecture's entry in sadi.core.architectures.ARCHITECTURES"
         ) from err
     return hook_site
 
@@ -157,7 +157,7 @@ def architecture_of(model: nn.Module) -> Architecture:
     raise ValueError(
         f"unsupported architecture model_type={model_type!r}; supported: {known}"
         + (f" (did you mean {near}?)" if near else "")
-        + ". Add one `Architecture` entry to sadi.architectures.ARCHITECTURES for it."
+        + ". Add one `Architecture` entry to sadi.core.architectures.ARCHITECTURES for it."
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sadi.errors import UserError
+from sadi.infra.errors import UserError
 
 SplitName = Literal["fit", "select", "report"]
 PromptFormat = Literal["lm_eval", "ab"]

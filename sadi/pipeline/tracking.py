@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from sadi.errors import UserError
-from sadi.files import atomic_open
+from sadi.infra.errors import UserError
+from sadi.infra.files import atomic_open
 
 
 def write_json(path: Path, data: Any) -> Path:

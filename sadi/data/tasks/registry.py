@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sadi.tasks.base import Metric, Record, SplitSource, TaskSpec
+from sadi.data.tasks.base import Metric, Record, SplitSource, TaskSpec
 
 JSONL_TASK = "jsonl"  # not an entry: any canonical JSONL file, by path (see load_task)
 

@@ -21,7 +21,7 @@ steer generated tokens, each decoding step.
 
 From lm-eval's CLI (which does not import plugins), use `sadi-lm-eval`, lm-eval's CLI with
 this model registered, its help prefaced by `SADI_HELP`, and one subcommand of sadi's own,
-`sadi-lm-eval tasks export DIR` (`sadi.lm_eval_tasks`):
+`sadi-lm-eval tasks export DIR` (`sadi.eval.export`):
     sadi-lm-eval run --model sadi --tasks ... \
         --model_args pretrained=embedded:smollm2-135m-instruct,steerer=DIR
 """
@@ -44,9 +44,9 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from sadi.errors import UserError, reported
-from sadi.models import EMBEDDED_PREFIX, embedded_path
-from sadi.positions import BatchLayout
+from sadi.core.models import EMBEDDED_PREFIX, embedded_path
+from sadi.core.positions import BatchLayout
+from sadi.infra.errors import UserError, reported
 from sadi.steerers.base import Steerer, SteeringHandle, WeightsMismatch
 
 # a row's tokens with trailing pad zeros stripped -> (row length, last context index)
@@ -471,7 +471,7 @@ def _with_batch_size(args: list[str]) -> list[str]:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """lm-eval's own command line with the `sadi` model registered, its help prefaced by
-    `SADI_HELP`, and `sadi-lm-eval tasks export DIR [options]` (`sadi.lm_eval_tasks.main`).
+    `SADI_HELP`, and `sadi-lm-eval tasks export DIR [options]` (`sadi.eval.export.main`).
 
     Nothing it reads is unpickled with code: every `torch.load` loads tensors and plain
     containers only (lm-eval's `steered` model included), and the options that read pickle
@@ -484,7 +484,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     with reported("sadi-lm-eval"):
         if args[:1] == ["tasks"]:
-            from sadi.lm_eval_tasks import main
+            from sadi.eval.export import main
 
             main(args[1:], prog="sadi-lm-eval tasks")
             return
@@ -508,6 +508,6 @@ def cli(argv: Sequence[str] | None = None) -> None:
             raise UnsafeLoadError(
                 f"refused to load {what}: it holds objects other than tensors and plain "
                 "containers, which unpickling would run as code. Write steering vectors with "
-                "tensors, floats, strings and None only (sadi.interop.export_lm_eval_steer "
+                "tensors, floats, strings and None only (sadi.eval.interop.export_lm_eval_steer "
                 f"does), or steer with --model sadi and a saved steerer ({first})"
             ) from err

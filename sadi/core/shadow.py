@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sadi.architectures import architecture_of
-from sadi.forwards import forward_kind
-from sadi.hooks import Inputs
-from sadi.positions import BatchLayout
+from sadi.core.architectures import architecture_of
+from sadi.core.forwards import forward_kind
+from sadi.core.hooks import Inputs
+from sadi.core.positions import BatchLayout
 
 # keyword inputs a base model forward may get that the shadow rewrite understands
 _KNOWN = {"input_ids", "inputs_embeds", "attention_mask", "position_ids", "use_cache"}
@@ -48,7 +48,7 @@ _MASK_FORMAT = {"sdpa": "bool", "eager": "additive"}
 
 def _all_off(kw: dict[str, Any]) -> bool:
     """No cache given, under any keyword (an empty one still makes it a generation's
-    prefill, see `sadi.forwards`), and no extra outputs asked."""
+    prefill, see `sadi.core.forwards`), and no extra outputs asked."""
     return (
         not forward_kind((), kw).has_cache
         and kw.get("cache_position") is None

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from sadi.errors import UserError
-from sadi.tasks import Item, Task
+from sadi.data.tasks import Item, Task
+from sadi.infra.errors import UserError
 
 _ANSWER_CUE = "\nAnswer:"
 

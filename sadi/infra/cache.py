@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 from safetensors import SafetensorError
 
-from sadi.errors import UserError, writing
-from sadi.files import honour_umask
+from sadi.infra.errors import UserError, writing
+from sadi.infra.files import honour_umask
 
 
 def digest(obj: Any) -> str:

@@ -20,7 +20,7 @@ import random
 import re
 from pathlib import Path
 
-from sadi.tasks.base import (
+from sadi.data.tasks.base import (
     FORMATS,
     SPLITS,
     Item,
@@ -32,8 +32,8 @@ from sadi.tasks.base import (
     TaskError,
     TaskSpec,
 )
-from sadi.tasks.data import check_disjoint, default_data_dir, existing_dir, read_jsonl
-from sadi.tasks.registry import JSONL_TASK, TASKS, carve
+from sadi.data.tasks.data import check_disjoint, default_data_dir, existing_dir, read_jsonl
+from sadi.data.tasks.registry import JSONL_TASK, TASKS, carve
 
 log = logging.getLogger(__name__)
 

