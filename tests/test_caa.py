@@ -14,12 +14,10 @@ from torch import Tensor, nn
 from sadi.core.activations import encode, join_completion
 from sadi.core.architectures import model_shape
 from sadi.data.pairs import Pair
-from sadi.steerers import STEERERS, FingerprintMismatch, Steerer
+from sadi.steerers import FingerprintMismatch, Steerer
 from sadi.steerers.caa import CAA, CAAState
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
-
-STEERERS.setdefault("caa", CAA)
 
 POSITIONS = ["response", "all"]
 
@@ -222,7 +220,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
         (dict(multiplier=math.inf), "multiplier must be a finite number, got inf"),
         (dict(multiplier=float("nan")), "multiplier must be a finite number"),
         (dict(positions="last_prompt"), "positions must be one of .*'response', 'all'"),
-        (dict(component="head"), "component must be 'residual', got 'head'"),
+        (dict(component="head"), r"CAA steers \['residual'\], got component='head'"),
         (dict(component="attention"), "unknown component 'attention'"),
         (dict(layer=-1), "layer must be a non-negative integer"),
         (dict(layer=1.5), "layer must be a non-negative integer"),

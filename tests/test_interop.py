@@ -21,12 +21,10 @@ from sadi.eval.interop import (
     lm_eval_hookpoint,
 )
 from sadi.eval.lm import SteeredLM
-from sadi.steerers import STEERERS, FingerprintMismatch
+from sadi.steerers import FingerprintMismatch
 from sadi.steerers.caa import CAA
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import loglikelihood_requests
-
-STEERERS.setdefault("caa", CAA)
 
 CONTEXTS = ["The sky is", "Two plus two is", "A", "Water is wet and the sea is", "Q: hot?\nA:"]
 CONTINUATIONS = [" blue", " four", " yes", "!"]

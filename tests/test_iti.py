@@ -16,12 +16,10 @@ from torch import Tensor, nn
 from sadi.core.activations import encode
 from sadi.core.architectures import model_shape
 from sadi.data.pairs import Pair
-from sadi.steerers import STEERERS, FingerprintMismatch, Steerer
+from sadi.steerers import FingerprintMismatch, Steerer
 from sadi.steerers.iti import ITI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
-
-STEERERS.setdefault("iti", ITI)
 
 # 12 pairs: the default heldout 0.2 puts 9 in the train part and 3 in the held-apart part
 ITI_PAIRS = PAIRS + [
@@ -331,13 +329,13 @@ def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(component="neuron"), "ITI edits attention heads only, got component='neuron'"),
-        (dict(component="attention"), "use component='head'"),
+        (dict(component="neuron"), r"ITI steers \['head'\], got component='neuron'"),
+        (dict(component="attention"), "unknown component 'attention'"),
         (dict(k=0), "k must be a positive integer, got 0"),
         (dict(k=-3), "k must be a positive integer"),
         (dict(alpha=math.inf), "alpha must be a finite number, got inf"),
         (dict(alpha=float("nan")), "alpha must be a finite number"),
-        (dict(direction="random"), "direction must be 'mass_mean' or 'probe', got 'random'"),
+        (dict(direction="random"), r"direction must be one of \['mass_mean', 'probe'\], got 'ra"),
         (dict(positions="last_prompt"), r"positions must be one of \['response', 'all'\]"),
         (dict(heldout=0.0), "heldout must be a fraction strictly between 0 and 1, got 0.0"),
         (dict(heldout=1.0), "heldout must be a fraction"),

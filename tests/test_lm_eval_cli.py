@@ -22,7 +22,7 @@ from sadi.eval.export import export_tasks, lm_eval_name
 from sadi.eval.harness import evaluate_split, process_mc2, task_config
 from sadi.eval.lm import SADI_HELP, SteeredLM, cli
 from sadi.steerers import SADI
-from sadi.steerers.base import FingerprintMismatch, WeightsMismatch
+from sadi.steerers.identity import FingerprintMismatch, WeightsMismatch
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 
 _SCRIPT = Path(sys.executable).parent / "sadi-lm-eval"  # the console script users type

@@ -272,7 +272,7 @@ def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
         (dict(strength=math.inf), "strength must be a finite number, got inf"),
         (dict(strength=float("nan")), "strength must be a finite number"),
         (dict(component="attention"), "unknown component 'attention'"),
-        (dict(mode="twopass"), "mode must be 'online' or 'faithful'"),
+        (dict(mode="twopass"), r"mode must be one of \['online', 'faithful'\]"),
     ],
 )
 def test_bad_hyperparameters(kwargs: dict, match: str) -> None:

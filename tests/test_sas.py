@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import sadi.steerers.sas as sas_module
+import sadi.core.activations as activations_module
 from sadi.core.activations import encode
 from sadi.core.architectures import model_shape
 from sadi.data.pairs import Pair
@@ -74,7 +74,7 @@ def test_fit_encodes_the_read_position_of_layer_l(monkeypatch: pytest.MonkeyPatc
         seen.update(kw)
         return acts
 
-    monkeypatch.setattr(sas_module, "read_activations", fake)
+    monkeypatch.setattr(activations_module, "read_activations", fake)
     pairs = [Pair(f"p{i}", " a", " b", str(i)) for i in range(n)]
     sas = SAS(sae=sae, read_offset=-1, progress=False).fit(model, byte_tokenizer(), pairs)
     assert seen["policy"] == "last_token" and seen["offset"] == -1
@@ -188,7 +188,7 @@ def test_fit_key_holds_the_sae_by_content_not_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"component": "head"}, "component must be 'residual'"),
+        ({"component": "head"}, "SAS steers \\['residual'\\]"),
         ({"tau": 1.5}, r"tau=1.5 is a frequency threshold: choose 0 <= tau <= 1"),
         ({"lam": float("nan")}, "lam must be a finite number"),
         ({"mode": "latent"}, r"mode must be one of \['code', 'decoder'\]"),
@@ -398,7 +398,7 @@ def test_a_steerer_whose_sae_tensors_are_not_the_recorded_sae_is_refused(
     directory = sas.save(tmp_path / "s")
     other = SAS(sae=random_sae("topk", d_in=32, d_sae=64, k=8, layer=1, seed=9), progress=False)
     other.state = sas.state
-    other._copy_identity(sas)
+    other.record = sas.record
     forged = tmp_path / "forged"
     other.save(forged)
     # the other SAE's tensors under this steerer's steerer.json (which records its SAE)

@@ -51,7 +51,7 @@ def test_cuda_on_a_machine_without_it(tmp_path: Path) -> None:
 def test_an_explicit_wrong_component_is_refused_before_loading(tmp_path: Path) -> None:
     overrides = [o for o in tiny_overrides(NO_MODEL, tmp_path / "r") if "intervention." not in o]
     cfg = compose_run([*overrides, "intervention=caa", "component=head"])
-    with pytest.raises(ConfigError, match="component must be 'residual'.*set component=residual"):
+    with pytest.raises(ConfigError, match=r"CAA steers \['residual'\], got component='head'; set"):
         run(cfg)
 
 

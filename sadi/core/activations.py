@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -163,3 +164,53 @@ def read_activations(
             out[idx] = torch.stack([buffer[layer] for layer in range(n_layers)], dim=1)
             buffer.clear()
     return out
+
+
+class ContrastivePair(Protocol):
+    """A prompt with a positive and a negative completion (`sadi.data.pairs.Pair`)."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def positive(self) -> str: ...
+
+    @property
+    def negative(self) -> str: ...
+
+
+def read_pair_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[ContrastivePair],
+    component: str,
+    shape: ModelShape,
+    *,
+    offset: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+    padding_side: PaddingSide = "right",
+    desc: str = "reading activations",
+) -> tuple[Tensor, Tensor]:
+    """`component` of every layer at the last token (`offset` moves it left) of prompt +
+    positive and of prompt + negative, for every pair: what every method fits from.
+
+    Returns:
+        (positives, negatives), float32 tensors [pairs, layers, width] each.
+    """
+    prompts = [p.prompt for p in pairs]
+    acts = read_activations(
+        model,
+        tokenizer,
+        prompts * 2,
+        [p.positive for p in pairs] + [p.negative for p in pairs],
+        component,
+        shape,
+        policy="last_token",
+        offset=offset,
+        batch_size=batch_size,
+        progress=progress,
+        padding_side=padding_side,
+        desc=desc,
+    )  # [2 * pairs, layers, width]
+    return acts[: len(pairs)], acts[len(pairs) :]

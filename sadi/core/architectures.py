@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from torch import nn
 
+from sadi.core.components import COMPONENTS, ComponentName
 from sadi.core.fingerprints import WEIGHTS_FINGERPRINT_CHARS, weights_fingerprint
 
-ComponentName = Literal["head", "neuron", "neuron_down", "hidden", "residual"]
-COMPONENTS: tuple[str, ...] = get_args(ComponentName)
 Side = Literal["input", "output"]
 
 

@@ -157,6 +157,17 @@ AnswerPositions = Literal["response", "all"]
 ANSWER_POSITIONS: tuple[str, ...] = get_args(AnswerPositions)
 
 
+def read_offset(value: object) -> int:
+    """A read position counted back from a row's last token: 0 (the last), -1, ... (a
+    method's `read_offset`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value > 0:
+        raise ValueError(
+            f"read_offset must be an integer <= 0 (0 = last token, -1 = the one before), "
+            f"got {value!r}"
+        )
+    return value
+
+
 def answer_positions(value: str) -> AnswerPositions:
     """Check an answer-steering position setting; returns it.
 

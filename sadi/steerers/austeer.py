@@ -39,19 +39,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.core.activations import read_activations
+from sadi.core.activations import read_pair_activations
 from sadi.core.architectures import ModelShape, model_shape, model_site
 from sadi.core.positions import PaddingSide, PositionPolicy
 from sadi.data.pairs import Pair
-from sadi.steerers.artifacts import check_finite_tensor, check_tensor_names, check_tensor_shape
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.infra import checks
+from sadi.steerers.artifacts import check_finite_tensor, check_tensor_shape
+from sadi.steerers.base import EditFn, Steerer, check_pairs
+from sadi.steerers.spec import MethodSpec
 
 AUSteerVariant = Literal["momentum", "random", "diff", "fixed_strength"]
 VARIANTS: tuple[str, ...] = get_args(AUSteerVariant)
@@ -116,7 +118,7 @@ def select_units(
     return flat // width, flat % width
 
 
-class AUSteer(Steerer):
+class AUSteer(Steerer[AUSteerState]):
     """Atomic-unit steering: rescale the k units of largest activation momentum.
 
     Args:
@@ -144,8 +146,16 @@ class AUSteer(Steerer):
         ...     ...
     """
 
-    method: ClassVar[str] = "austeer"
-    apply_params = ("k", "alpha", "variant", "seed")
+    spec = MethodSpec(
+        name="austeer",
+        strength="alpha",
+        identity=0.0,
+        size="k",
+        axes=("k", "alpha"),
+        # only `ties` changes what fit() computes: one fit serves a whole k x alpha grid
+        apply_params=("k", "alpha", "variant", "seed"),
+        default_component="head",
+    )
     edit_policy: PositionPolicy = "all"
     edit_generated = True
 
@@ -160,42 +170,23 @@ class AUSteer(Steerer):
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
-        super().__init__(component)
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(
-                f"k={k!r}: AUSteer steers exactly k atomic units, so k must be an integer >= 1 "
-                "(at most n_layers x width of the site); e.g. intervention.k=16"
-            )
-        if variant not in VARIANTS:
-            raise ValueError(
-                f"variant={variant!r} is not an AUSteer variant; choose one of {list(VARIANTS)}"
-            )
-        if ties not in TIE_RULES:
-            raise ValueError(
-                f"ties={ties!r}: choose 'positive' (the authors' code: a tied unit gets "
-                "beta = +#(d>0)/N) or 'negative' (the paper's text)"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.k = k
-        self.alpha = check_finite("alpha", alpha)
-        self.variant: AUSteerVariant = variant
-        self.ties: TieRule = ties
-        self.seed = seed
-        self.batch_size = batch_size
-        self.progress = progress
-        self.state: AUSteerState | None = None
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "alpha": self.alpha,
-            "variant": self.variant,
-            "ties": self.ties,
-            "seed": self.seed,
-        }
+        super().__init__(component, batch_size, progress)
+        self.k = checks.positive_int(
+            "k",
+            k,
+            "intervention.k=16 (AUSteer steers exactly k atomic units, at most n_layers x "
+            "width of the site)",
+        )
+        self.alpha = checks.finite("alpha", alpha)
+        self.variant: AUSteerVariant = checks.choice("variant", variant, VARIANTS)
+        self.ties: TieRule = checks.choice(
+            "ties",
+            ties,
+            TIE_RULES,
+            "positive: the authors' code (a tied unit gets beta = +#(d>0)/N); negative: the "
+            "paper's text",
+        )
+        self.seed = checks.integer("seed", seed)
 
     def _share_fit(self, source: AUSteer) -> None:
         if self.shape is not None:
@@ -228,13 +219,7 @@ class AUSteer(Steerer):
         Deterministic: a function of the model, the pairs and `ties` only. `padding_side`
         pads the fitting batches on that side (the result does not depend on it).
         """
-        check_pairs(pairs)
-        if len(pairs) < 2:
-            raise ValueError(
-                f"AUSteer needs at least 2 contrastive pairs to count the sign of each unit's "
-                f"difference, got {len(pairs)}; raise task.n_pairs (the authors use 1000) or "
-                "use a task whose fit split has more items"
-            )
+        check_pairs(pairs, minimum=2)  # the sign of each unit's difference is counted
         model_site(model, self.component)  # a site the architecture lacks fails here
         shape = model_shape(model)
         self._check_k(shape)
@@ -245,20 +230,18 @@ class AUSteer(Steerer):
         total = torch.zeros(n_layers, width, dtype=torch.float64)
         for start in range(0, len(pairs), CHUNK_PAIRS):
             chunk = pairs[start : start + CHUNK_PAIRS]
-            acts = read_activations(
+            pos, neg = read_pair_activations(
                 model,
                 tokenizer,
-                [p.prompt for p in chunk] * 2,
-                [p.positive for p in chunk] + [p.negative for p in chunk],
+                chunk,
                 self.component,
                 shape,
-                policy="last_token",
                 batch_size=self.batch_size,
                 progress=self.progress,
                 padding_side=padding_side,
                 desc=f"AUSteer fit ({self.component})",
-            )  # [2 * chunk, layers, width]
-            diff = acts[: len(chunk)] - acts[len(chunk) :]  # [chunk, layers, width]
+            )  # [chunk, layers, width] each
+            diff = pos - neg  # [chunk, layers, width]
             n_pos += (diff > 0).sum(0)
             n_neg += (diff < 0).sum(0)
             total += diff.double().sum(0)
@@ -269,11 +252,6 @@ class AUSteer(Steerer):
         return self
 
     # ----- selection and apply ---------------------------------------------------------
-    def fitted_state(self) -> AUSteerState:
-        if self.state is None:
-            raise RuntimeError("AUSteer is not fitted: call fit() or AUSteer.load()")
-        return self.state
-
     def selected_units(self) -> tuple[Tensor, Tensor]:
         """(layers, dims): the k selected units, long tensors, in rank order."""
         state = self.fitted_state()
@@ -314,18 +292,10 @@ class AUSteer(Steerer):
         return {layer: edit for layer in per_layer}
 
     # ----- artifacts -----------------------------------------------------------------
-    def tensors(self) -> dict[str, Tensor]:
-        s = self.fitted_state()
-        return {"beta": s.beta.float(), "mean_diff": s.mean_diff.float()}
-
-    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.state = self._check_tensors(tensors)
-
-    def _check_tensors(self, tensors: dict[str, Tensor]) -> AUSteerState:
-        """The state in `tensors`, checked against the fingerprint (if recorded) and `k`."""
-        check_tensor_names(self.method, tensors, ("beta", "mean_diff"))
-        beta = check_finite_tensor("beta", tensors["beta"])
-        mean_diff = check_finite_tensor("mean_diff", tensors["mean_diff"])
+    def _check_state(self, state: AUSteerState) -> AUSteerState:
+        """The loaded state, checked against the recorded model (if any) and `k`."""
+        beta = check_finite_tensor("beta", state.beta)
+        mean_diff = check_finite_tensor("mean_diff", state.mean_diff)
         if self.shape is not None:
             grid = (self.shape.n_layers, self.shape.width(self.component))
             where = f"[n_layers, {self.component} width] of the recorded fingerprint"

@@ -24,23 +24,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.core.activations import read_activations
+from sadi.core.activations import read_pair_activations
 from sadi.core.architectures import decoder_layers, model_shape
-from sadi.core.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
-from sadi.data.pairs import Pair
-from sadi.steerers.artifacts import (
-    check_finite_tensor,
-    check_tensor_names,
-    check_tensor_shape,
+from sadi.core.positions import (
+    ANSWER_POSITIONS,
+    AnswerPositions,
+    PositionPolicy,
+    answer_positions,
 )
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.core.positions import read_offset as check_read_offset
+from sadi.data.pairs import Pair
+from sadi.infra import checks
+from sadi.steerers.artifacts import check_finite_tensor, check_tensor_shape
+from sadi.steerers.base import EditFn, Steerer, check_pairs
+from sadi.steerers.spec import MethodSpec
 
 CaaPositions = AnswerPositions
 CAA_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
@@ -57,7 +60,7 @@ class CAAState:
     vectors: Tensor
 
 
-class CAA(Steerer):
+class CAA(Steerer[CAAState]):
     """Contrastive activation addition on the residual stream of one layer.
 
     Args:
@@ -89,8 +92,16 @@ class CAA(Steerer):
         ...     ...
     """
 
-    method: ClassVar[str] = "caa"
-    apply_params = ("layer", "multiplier", "normalize", "positions")
+    spec = MethodSpec(
+        name="caa",
+        strength="multiplier",
+        identity=0.0,
+        axes=("layer", "multiplier"),
+        # only read_offset changes what fit() computes: every layer has its vector
+        apply_params=("layer", "multiplier", "normalize", "positions"),
+        components=("residual",),
+        default_component="residual",
+    )
     edit_policy: PositionPolicy = "response"
     edit_generated = True
 
@@ -105,43 +116,15 @@ class CAA(Steerer):
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
-        super().__init__(component)
-        if component != "residual":
-            raise ValueError(
-                f"CAA adds its vector to the residual stream (the decoder layer output), so "
-                f"component must be 'residual', got {component!r}; set component=residual"
-            )
-        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-            raise ValueError(
-                f"layer must be a non-negative integer (0-based decoder layer), got {layer!r}; "
-                "e.g. intervention.layer=13"
-            )
-        if isinstance(read_offset, bool) or not isinstance(read_offset, int) or read_offset > 0:
-            raise ValueError(
-                f"read_offset must be an integer <= 0 (0 = last token, -1 = the one before), "
-                f"got {read_offset!r}"
-            )
+        super().__init__(component, batch_size, progress)
+        self.layer = checks.integer("layer", layer, minimum=0, example="intervention.layer=13")
+        self.multiplier = checks.finite("multiplier", multiplier)
+        self.read_offset = check_read_offset(read_offset)
         if not isinstance(normalize, bool):
             raise ValueError(f"normalize must be true or false, got {normalize!r}")
-        positions = answer_positions(positions)
-        self.layer = layer
-        self.multiplier = check_finite("multiplier", multiplier)
-        self.read_offset = read_offset
         self.normalize = normalize
-        self.positions: CaaPositions = positions
-        self.edit_policy = positions
-        self.batch_size = batch_size
-        self.progress = progress
-        self.state: CAAState | None = None
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "multiplier": self.multiplier,
-            "read_offset": self.read_offset,
-            "normalize": self.normalize,
-            "positions": self.positions,
-        }
+        self.positions: CaaPositions = answer_positions(positions)
+        self.edit_policy = self.positions
 
     def _share_fit(self, source: CAA) -> None:
         if self.shape is not None:
@@ -165,31 +148,21 @@ class CAA(Steerer):
         check_pairs(pairs)
         self._check_layer(model_shape(model).n_layers)
         shape = self._remember_model(model, len(pairs))
-        prompts = [p.prompt for p in pairs] * 2
-        completions = [p.positive for p in pairs] + [p.negative for p in pairs]
-        acts = read_activations(
+        pos, neg = read_pair_activations(
             model,
             tokenizer,
-            prompts,
-            completions,
+            pairs,
             "residual",
             shape,
-            policy="last_token",
             offset=self.read_offset,
             batch_size=self.batch_size,
             progress=self.progress,
             desc="CAA fit (residual)",
-        )  # [2 * pairs, layers, d_model]
-        n = len(pairs)
-        self.state = CAAState(vectors=(acts[:n] - acts[n:]).mean(dim=0))  # [layers, d_model]
+        )  # [pairs, layers, d_model] each
+        self.state = CAAState(vectors=(pos - neg).mean(dim=0))  # [layers, d_model]
         return self
 
     # ----- apply ---------------------------------------------------------------------
-    def fitted_state(self) -> CAAState:
-        if self.state is None:
-            raise RuntimeError("CAA is not fitted: call fit() or CAA.load()")
-        return self.state
-
     def steering_vectors(self) -> Tensor:
         """[layers, d_model] float32: the vectors as applied (normalised when `normalize`).
 
@@ -229,16 +202,9 @@ class CAA(Steerer):
         return {self.layer: edit}
 
     # ----- artifacts -----------------------------------------------------------------
-    def tensors(self) -> dict[str, Tensor]:
-        return {"vectors": self.fitted_state().vectors.float()}
-
-    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.state = self._check_tensors(tensors)
-
-    def _check_tensors(self, tensors: dict[str, Tensor]) -> CAAState:
-        """The state in `tensors`, checked against the fingerprint (if recorded) and `layer`."""
-        check_tensor_names(self.method, tensors, ("vectors",))
-        vectors = check_finite_tensor("vectors", tensors["vectors"])
+    def _check_state(self, state: CAAState) -> CAAState:
+        """The loaded state, checked against the recorded model (if any) and `layer`."""
+        vectors = check_finite_tensor("vectors", state.vectors)
         if self.shape is not None:
             expected = (self.shape.n_layers, self.shape.d_model)
             check_tensor_shape(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,17 +42,14 @@ from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.core.activations import read_activations
+from sadi.core.activations import read_pair_activations
 from sadi.core.architectures import model_shape
 from sadi.core.positions import AnswerPositions, PositionPolicy, answer_positions
 from sadi.data.pairs import Pair
-from sadi.steerers.artifacts import (
-    check_finite_tensor,
-    check_mask,
-    check_tensor_names,
-    check_tensor_shape,
-)
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.infra import checks
+from sadi.steerers.artifacts import check_finite_tensor, check_mask, check_tensor_shape
+from sadi.steerers.base import EditFn, Steerer, check_pairs
+from sadi.steerers.spec import MethodSpec
 
 ItiDirection = Literal["mass_mean", "probe"]
 ItiPositions = AnswerPositions
@@ -79,7 +76,7 @@ class ITIState:
     sigma: Tensor
 
 
-class ITI(Steerer):
+class ITI(Steerer[ITIState]):
     """Inference-time intervention on the top-K attention heads by probe accuracy.
 
     Args:
@@ -114,9 +111,17 @@ class ITI(Steerer):
         ...     logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
     """
 
-    method: ClassVar[str] = "iti"
-    # k only chooses heads by the fitted probe accuracies: every k of a grid shares one fit
-    apply_params = ("k", "alpha", "positions")
+    spec = MethodSpec(
+        name="iti",
+        strength="alpha",
+        identity=0.0,
+        size="k",
+        axes=("k", "alpha"),
+        # k only chooses heads by the fitted probe accuracies: every k of a grid shares one fit
+        apply_params=("k", "alpha", "positions"),
+        components=("head",),
+        default_component="head",
+    )
     edit_generated = True
 
     def __init__(
@@ -131,38 +136,16 @@ class ITI(Steerer):
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
-        if component != "head":
-            raise ValueError(
-                f"ITI edits attention heads only, got component={component!r}; use "
-                "component='head' (SADI steers the other components)"
-            )
-        super().__init__(component)
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(
-                f"k must be a positive integer, got {k!r}; e.g. intervention.k=48, or "
-                "ITI.scaled_k(n_layers * n_heads) for a model smaller than 7B"
-            )
-        if direction not in ("mass_mean", "probe"):
-            raise ValueError(f"direction must be 'mass_mean' or 'probe', got {direction!r}")
-        positions = answer_positions(positions)
-        held = check_finite("heldout", heldout)
-        if not 0.0 < held < 1.0:
-            raise ValueError(
-                f"heldout must be a fraction strictly between 0 and 1, got {heldout!r}; "
-                "e.g. heldout=0.2 (the authors hold 20% of the training questions apart)"
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.k = k
-        self.alpha = check_finite("alpha", alpha)
-        self.direction: ItiDirection = direction
-        self.positions: ItiPositions = positions
-        self.edit_policy: PositionPolicy = positions
-        self.heldout = held
-        self.seed = int(seed)
-        self.batch_size = batch_size
-        self.progress = progress
-        self.state: ITIState | None = None
+        super().__init__(component, batch_size, progress)
+        self.k = checks.positive_int(
+            "k", k, "intervention.k=48, or ITI.scaled_k(n_layers * n_heads) below 7B"
+        )
+        self.alpha = checks.finite("alpha", alpha)
+        self.direction: ItiDirection = checks.choice("direction", direction, ("mass_mean", "probe"))
+        self.positions: ItiPositions = answer_positions(positions)
+        self.edit_policy: PositionPolicy = self.positions
+        self.heldout = checks.fraction("heldout", heldout)
+        self.seed = checks.integer("seed", seed)
         # "all": theta and sigma of every head are stored (another k may select from the
         # fit); "selected": an artifact of an older sadi, only its own k heads' (steerer.json)
         self.heads_stored = "all"
@@ -188,16 +171,6 @@ class ITI(Steerer):
         n_train = int(n_pairs * (1.0 - heldout))
         perm = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed))
         return perm[:n_train].sort().values, perm[n_train:].sort().values
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "alpha": self.alpha,
-            "direction": self.direction,
-            "positions": self.positions,
-            "heldout": self.heldout,
-            "seed": self.seed,
-        }
 
     # ----- fit -----------------------------------------------------------------------
     def fit(
@@ -245,19 +218,17 @@ class ITI(Steerer):
                     "int(n_pairs * (1 - heldout)) pairs)"
                 )
 
-        acts = read_activations(
+        pos, neg = read_pair_activations(
             model,
             tokenizer,
-            [p.prompt for p in pairs] * 2,
-            [p.positive for p in pairs] + [p.negative for p in pairs],
+            pairs,
             "head",
             shape,
-            policy="last_token",
             batch_size=self.batch_size,
             progress=self.progress,
             desc="ITI fit (head)",
-        )  # [2 * pairs, layers, heads * head_dim]
-        heads = acts.double().view(2 * n, n_layers, n_heads, head_dim)
+        )  # [pairs, layers, heads * head_dim] each
+        heads = torch.cat([pos, neg]).double().view(2 * n, n_layers, n_heads, head_dim)
         accuracy, coef = self._probe(heads, labels, train, held)  # [L, H], [L, H, d]
 
         mask = self._select(accuracy)
@@ -317,7 +288,7 @@ class ITI(Steerer):
             raise ValueError(f"'heads_stored' must be 'all' or 'selected', got {stored!r}")
         self.heads_stored = stored
 
-    def adopt(self, fitted: Steerer) -> Self:
+    def adopt(self, fitted: Steerer[Any]) -> Self:
         super().adopt(fitted)
         if isinstance(fitted, ITI):
             self.heads_stored = fitted.heads_stored
@@ -344,11 +315,6 @@ class ITI(Steerer):
         return torch.from_numpy(accuracy), torch.from_numpy(coef)
 
     # ----- apply ---------------------------------------------------------------------
-    def fitted_state(self) -> ITIState:
-        if self.state is None:
-            raise RuntimeError("ITI is not fitted: call fit() or ITI.load()")
-        return self.state
-
     def selected_heads(self) -> list[tuple[int, int]]:
         """The selected (layer, head) pairs, in (layer, head) order."""
         return [(int(a), int(b)) for a, b in self.fitted_state().mask.nonzero().tolist()]
@@ -386,25 +352,12 @@ class ITI(Steerer):
         return {layer: edit for layer in self.selected_layers()}
 
     # ----- artifacts -----------------------------------------------------------------
-    def tensors(self) -> dict[str, Tensor]:
-        s = self.fitted_state()
-        return {
-            "accuracy": s.accuracy.float(),
-            "mask": s.mask,
-            "direction": s.direction.float(),
-            "sigma": s.sigma.float(),
-        }
-
-    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.state = self._check_tensors(tensors)
-
-    def _check_tensors(self, tensors: dict[str, Tensor]) -> ITIState:
-        """The state in `tensors`, checked against the fingerprint (if recorded) and `k`."""
-        check_tensor_names(self.method, tensors, ("accuracy", "mask", "direction", "sigma"))
-        accuracy = check_finite_tensor("accuracy", tensors["accuracy"])
-        mask = check_mask("mask", tensors["mask"])
-        direction = check_finite_tensor("direction", tensors["direction"])
-        sigma = check_finite_tensor("sigma", tensors["sigma"])
+    def _check_state(self, state: ITIState) -> ITIState:
+        """The loaded state, checked against the recorded model (if any) and `k`."""
+        accuracy = check_finite_tensor("accuracy", state.accuracy)
+        mask = check_mask("mask", state.mask)
+        direction = check_finite_tensor("direction", state.direction)
+        sigma = check_finite_tensor("sigma", state.sigma)
         if self.shape is not None:
             grid = (self.shape.n_layers, self.shape.n_heads)
             source = "the recorded fingerprint"

@@ -20,26 +20,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.core.activations import read_activations
+from sadi.core.activations import read_pair_activations
 from sadi.core.architectures import model_site
 from sadi.core.hooks import Inputs, LayerHook, hooked
 from sadi.core.positions import BatchLayout, PositionPolicy
 from sadi.core.shadow import shadow_inputs
 from sadi.data.pairs import Pair
-from sadi.steerers.artifacts import (
-    check_finite_tensor,
-    check_mask,
-    check_tensor_names,
-    check_tensor_shape,
-)
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.infra import checks
+from sadi.steerers.artifacts import check_finite_tensor, check_mask, check_tensor_shape
+from sadi.steerers.base import EditFn, Steerer, check_pairs
+from sadi.steerers.spec import MethodSpec
 
 SadiMode = Literal["online", "faithful"]
 SadiVariant = Literal["dynamic", "fixed", "random"]
@@ -63,7 +60,7 @@ class _StopForward(Exception):
     """Raised inside the clean pass once the deepest edited layer has been read."""
 
 
-class SADI(Steerer):
+class SADI(Steerer[SADIState]):
     """Semantics-adaptive dynamic intervention on one component.
 
     Args:
@@ -82,9 +79,16 @@ class SADI(Steerer):
         ...     out = model(**tokenizer(prompts, return_tensors="pt", padding=True))
     """
 
-    method: ClassVar[str] = "sadi"
-    # k only chooses elements from the fitted delta: every k of a grid shares one fit
-    apply_params = ("k", "strength", "mode")
+    spec = MethodSpec(
+        name="sadi",
+        strength="strength",
+        identity=1.0,  # selected elements become 1 * A
+        size="k",
+        axes=("k", "strength"),
+        # k only chooses elements from the fitted delta: every k of a grid shares one fit
+        apply_params=("k", "strength", "mode"),
+        default_component="head",
+    )
     edit_policy: PositionPolicy = "last_prompt"
     edit_generated = False
     # faithful mode: take the clean values from a shadow position in the steered forward
@@ -102,21 +106,14 @@ class SADI(Steerer):
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
-        super().__init__(component)
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}; e.g. intervention.k=4")
-        if mode not in ("online", "faithful"):
-            raise ValueError(f"mode must be 'online' or 'faithful', got {mode!r}")
-        if variant not in ("dynamic", "fixed", "random"):
-            raise ValueError(f"variant must be 'dynamic', 'fixed' or 'random', got {variant!r}")
-        self.k = k
-        self.strength = check_finite("strength", strength)
-        self.mode: SadiMode = mode
-        self.variant: SadiVariant = variant
-        self.seed = seed
-        self.batch_size = batch_size
-        self.progress = progress
-        self.state: SADIState | None = None
+        super().__init__(component, batch_size, progress)
+        self.k = checks.positive_int("k", k, example="intervention.k=4")
+        self.strength = checks.finite("strength", strength)
+        self.mode: SadiMode = checks.choice("mode", mode, ("online", "faithful"))
+        self.variant: SadiVariant = checks.choice(
+            "variant", variant, ("dynamic", "fixed", "random")
+        )
+        self.seed = checks.integer("seed", seed)
         # faithful mode, current batch: the clean pass's activations per edited layer, or
         # the sequence index of the shadow position when the forward carries one
         self._clean: dict[int, Tensor] = {}
@@ -125,15 +122,6 @@ class SADI(Steerer):
     @property
     def delta_s(self) -> float:
         return self.strength - 1.0
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "strength": self.strength,
-            "mode": self.mode,
-            "variant": self.variant,
-            "seed": self.seed,
-        }
 
     # ----- fit -----------------------------------------------------------------------
     def fit(
@@ -144,20 +132,17 @@ class SADI(Steerer):
         shape = self._remember_model(model, len(pairs))
         n_layers, n_elements = shape.grid(self.component)
         self._check_k(n_layers, n_elements)
-        prompts = [p.prompt for p in pairs] * 2
-        completions = [p.positive for p in pairs] + [p.negative for p in pairs]
-        acts = read_activations(
+        pos, neg = read_pair_activations(
             model,
             tokenizer,
-            prompts,
-            completions,
+            pairs,
             self.component,
             shape,
             batch_size=self.batch_size,
             progress=self.progress,
             desc=f"SADI fit ({self.component})",
-        )  # [2 * pairs, layers, width]
-        diff = acts[: len(pairs)] - acts[len(pairs) :]  # [pairs, layers, width]
+        )  # [pairs, layers, width] each
+        diff = pos - neg  # [pairs, layers, width]
         direction = diff.mean(dim=0)  # [layers, width]
         if self.component == "head":
             per_head = diff.view(len(pairs), n_layers, shape.n_heads, shape.head_dim)
@@ -195,11 +180,6 @@ class SADI(Steerer):
         return mask.view_as(delta)
 
     # ----- apply ---------------------------------------------------------------------
-    def fitted_state(self) -> SADIState:
-        if self.state is None:
-            raise RuntimeError("SADI is not fitted: call fit() or SADI.load()")
-        return self.state
-
     def width_mask(self) -> Tensor:
         """[layers, width] bool: the mask expanded to activation coordinates."""
         mask = self.fitted_state().mask
@@ -247,7 +227,7 @@ class SADI(Steerer):
             return []
         return self.selected_layers()
 
-    def _use_clean(self, clean: dict[int, Tensor]) -> None:
+    def use_clean(self, clean: dict[int, Tensor]) -> None:
         self._clean, self._shadow_at = clean, None
 
     def _clean_at(self, layer: int, act: Tensor, rows: Tensor) -> Tensor:
@@ -296,19 +276,11 @@ class SADI(Steerer):
         return out
 
     # ----- artifacts -----------------------------------------------------------------
-    def tensors(self) -> dict[str, Tensor]:
-        s = self.fitted_state()
-        return {"delta": s.delta.float(), "mask": s.mask, "direction": s.direction.float()}
-
-    def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.state = self._check_tensors(tensors)
-
-    def _check_tensors(self, tensors: dict[str, Tensor]) -> SADIState:
-        """The state in `tensors`, checked against the fingerprint (if recorded) and `k`."""
-        check_tensor_names(self.method, tensors, ("delta", "mask", "direction"))
-        delta = check_finite_tensor("delta", tensors["delta"])
-        mask = check_mask("mask", tensors["mask"])
-        direction = check_finite_tensor("direction", tensors["direction"])
+    def _check_state(self, state: SADIState) -> SADIState:
+        """The loaded state, checked against the recorded model (if any) and `k`."""
+        delta = check_finite_tensor("delta", state.delta)
+        mask = check_mask("mask", state.mask)
+        direction = check_finite_tensor("direction", state.direction)
         if self.shape is not None:
             grid = self.shape.grid(self.component)
             where = f"[n_layers, {self.component} elements] of the recorded fingerprint"

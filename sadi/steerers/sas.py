@@ -46,14 +46,15 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
-from sadi.core.activations import read_activations
-from sadi.core.architectures import decoder_layers, model_shape, weights_fingerprint
+from sadi.core.activations import read_pair_activations
+from sadi.core.models import default_cache_dir
 from sadi.core.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolicy, answer_positions
+from sadi.core.positions import read_offset as check_read_offset
 from sadi.data.pairs import Pair
+from sadi.infra import checks
+from sadi.sae import analysis, source
 from sadi.sae.model import (
-    CFG_FILE,
     FEATURES_FILE,
-    WEIGHTS_FILE,
     SAEConfig,
     SparseAutoencoder,
     load_sae,
@@ -61,7 +62,8 @@ from sadi.sae.model import (
     sae_fingerprint,
 )
 from sadi.steerers.artifacts import check_finite_tensor, check_tensor_names, check_tensor_shape
-from sadi.steerers.base import EditFn, Steerer, check_finite, check_pairs
+from sadi.steerers.base import EditFn, Steerer, check_pairs
+from sadi.steerers.spec import MethodSpec
 
 SasMode = Literal["code", "decoder"]
 SAS_MODES: tuple[str, ...] = get_args(SasMode)
@@ -71,8 +73,7 @@ SAS_VARIANTS: tuple[str, ...] = get_args(SasVariant)
 SAS_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
 _STATE = ("freq_pos", "freq_neg", "mean_pos", "mean_neg")
 _SAE_PREFIX = "sae."
-# sae="trained": the TopK SAE `python -m sadi.sae train` makes, with its defaults
-TRAINED = "trained"
+TRAINED = source.TRAINED
 # rows encoded at once while fitting
 _ENCODE_ROWS = 256
 
@@ -118,7 +119,7 @@ def random_features(s: Tensor, seed: int) -> Tensor:
     return torch.zeros_like(s).index_put((latents,), values)
 
 
-class SAS(Steerer):
+class SAS(Steerer[SASState]):
     """Sparse activation steering with an SAE of decoder layer `layer`'s output.
 
     Args:
@@ -154,8 +155,19 @@ class SAS(Steerer):
         ...     out = model.generate(**tokenizer(prompts, return_tensors="pt"))
     """
 
-    method: ClassVar[str] = "sas"
-    apply_params = ("tau", "lam", "mode", "positions", "variant", "seed")
+    spec = MethodSpec(
+        name="sas",
+        strength="lam",
+        identity=0.0,
+        axes=("tau", "lam"),
+        # only read_offset (and the SAE) change what fit() computes
+        apply_params=("tau", "lam", "mode", "positions", "variant", "seed"),
+        components=("residual",),
+        default_component="residual",
+    )
+    # the `sae` argument is kept as its source (a path or "trained"); the loaded SAE is
+    # `sae_module`, and `sae()` returns it
+    param_attributes: ClassVar[dict[str, str]] = {"sae": "sae_source"}
     edit_policy: PositionPolicy = "response"
     edit_generated = True
 
@@ -175,32 +187,9 @@ class SAS(Steerer):
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
-        super().__init__(component)
-        if component != "residual":
-            raise ValueError(
-                f"SAS steers through an SAE of the residual stream (a decoder layer's output), "
-                f"so component must be 'residual', got {component!r}; set component=residual"
-            )
-        if layer is not None and (
-            isinstance(layer, bool) or not isinstance(layer, int) or layer < 0
-        ):
-            raise ValueError(
-                f"layer must be a non-negative integer (0-based decoder layer) or null (the "
-                f"SAE's layer), got {layer!r}"
-            )
-        tau = check_finite("tau", tau)
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(
-                f"tau={tau} is a frequency threshold: choose 0 <= tau <= 1 (e.g. 0.1: a latent "
-                "counts for a side when it fires on at least 10% of that side's examples)"
-            )
-        if mode not in SAS_MODES:
-            raise ValueError(f"mode must be one of {list(SAS_MODES)}, got {mode!r}")
-        if isinstance(read_offset, bool) or not isinstance(read_offset, int) or read_offset > 0:
-            raise ValueError(
-                f"read_offset must be an integer <= 0 (0 = last token, -1 = the one before), "
-                f"got {read_offset!r}"
-            )
+        super().__init__(component, batch_size, progress)
+        if layer is not None:
+            layer = checks.integer("layer", layer, minimum=0, example="null (the SAE's layer)")
         self.sae_source: str | None = (
             None if sae is None or isinstance(sae, SparseAutoencoder) else str(sae)
         )
@@ -208,37 +197,22 @@ class SAS(Steerer):
             sae if isinstance(sae, SparseAutoencoder) else None
         )
         self.layer = layer
-        # plain JSON values (a Hydra config passes DictConfig / ListConfig)
-        self.sae_train: dict[str, Any] = json.loads(json.dumps(dict(sae_train or {}), default=list))
-        if self.sae_train:
-            import dataclasses
-
-            from sadi.sae.train import TrainConfig
-
-            known = {f.name for f in dataclasses.fields(TrainConfig)} - {"layer"}
-            unknown = sorted(set(self.sae_train) - known)
-            if unknown or self.sae_source != TRAINED:
-                raise ValueError(
-                    f"sae_train={self.sae_train} applies to sae='trained' and takes "
-                    f"TrainConfig fields {sorted(known)}"
-                    + (f"; unknown: {unknown}" if unknown else f"; sae={self.sae_source!r}")
-                )
-        self.tau = tau
-        self.lam = check_finite("lam", lam)
-        self.mode: SasMode = mode
-        if variant not in SAS_VARIANTS:
-            raise ValueError(f"variant must be one of {list(SAS_VARIANTS)}, got {variant!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.variant: SasVariant = variant
-        self.seed = seed
-        self.read_offset = read_offset
+        self.sae_train = source.check_overrides(dict(sae_train or {}), self.sae_source)
+        self.tau = checks.finite("tau", tau)
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(
+                f"tau={tau} is a frequency threshold: choose 0 <= tau <= 1 (e.g. 0.1: a latent "
+                "counts for a side when it fires on at least 10% of that side's examples)"
+            )
+        self.lam = checks.finite("lam", lam)
+        self.mode: SasMode = checks.choice("mode", mode, SAS_MODES)
+        self.variant: SasVariant = checks.choice("variant", variant, SAS_VARIANTS)
+        self.seed = checks.integer("seed", seed)
+        self.read_offset = check_read_offset(read_offset)
         self.positions: AnswerPositions = answer_positions(positions)
         self.edit_policy = self.positions
-        self.batch_size = batch_size
-        self.progress = progress
-        self.state: SASState | None = None
         self._sae_cfg: SAEConfig | None = None  # read from steerer.json before the tensors
+        self._sae_expected: str | None = None
         self._examples: dict[str, list[dict[str, Any]]] | None = None
         self._sae_dir: Path | None = (
             Path(self.sae_source) if self.sae_source not in (None, TRAINED) else None
@@ -248,36 +222,9 @@ class SAS(Steerer):
         self._data_dir: str | Path | None = None
 
     def check_files(self) -> None:
-        """The SAE directory holds a readable SAELens config and its weights file (the
-        weights themselves are read at fit time): checked before the model loads."""
-        if self._sae_dir is None:
-            return
-        for name in (CFG_FILE, WEIGHTS_FILE):
-            if not (self._sae_dir / name).is_file():
-                raise ValueError(
-                    f"sae={str(self._sae_dir)!r}: no {name} there; pass a directory in "
-                    f"SAELens' format ({CFG_FILE} + {WEIGHTS_FILE}, e.g. one written by "
-                    "`python -m sadi.sae train`), or sae=trained"
-                )
-        cfg_path = self._sae_dir / CFG_FILE
-        try:
-            parse_cfg(json.loads(cfg_path.read_text(encoding="utf-8")), str(cfg_path))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "sae": self.sae_source,
-            "layer": self.layer,
-            "sae_train": self.sae_train,
-            "tau": self.tau,
-            "lam": self.lam,
-            "mode": self.mode,
-            "variant": self.variant,
-            "seed": self.seed,
-            "read_offset": self.read_offset,
-            "positions": self.positions,
-        }
+        """The SAE directory is one (checked before the model loads)."""
+        if self._sae_dir is not None:
+            source.check_directory(self._sae_dir)
 
     # ----- the SAE ---------------------------------------------------------------------
     def use_paths(self, cache_dir: str | Path, data_dir: str | Path | None) -> None:
@@ -298,66 +245,7 @@ class SAS(Steerer):
             self.sae_module = load_sae(self.sae_source)
         return self.sae_module
 
-    def _train_config(self, model: nn.Module) -> Any:
-        from sadi.sae.train import TrainConfig
-
-        layer = self.layer if self.layer is not None else len(decoder_layers(model)) // 2
-        values: dict[str, Any] = {
-            k: tuple(v) if k == "tasks" else v for k, v in self.sae_train.items()
-        }
-        return TrainConfig(layer=layer, **values)
-
-    def _trained_sae(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-        """sae="trained": train (or take from the cache) the default SAE of the layer."""
-        from sadi.core.models import default_cache_dir
-        from sadi.sae.train import train_sae
-
-        sae, directory, _ = train_sae(
-            model,
-            tokenizer,
-            self._train_config(model),
-            cache_dir=self._cache_dir or default_cache_dir(),
-            data_dir=self._data_dir,
-            progress=self.progress,
-        )
-        self.sae_module, self._sae_dir = sae, directory
-
-    def _resolve_layer(self, model: nn.Module) -> int:
-        sae = self.sae()
-        n_layers = len(decoder_layers(model))
-        d_model = model_shape(model).d_model
-        if sae.cfg.d_in != d_model:
-            raise ValueError(
-                f"the SAE encodes activations of width d_in={sae.cfg.d_in}, but this model's "
-                f"residual stream has d_model={d_model}; use an SAE trained on this model"
-            )
-        if self.layer is None and sae.cfg.layer is None:
-            raise ValueError(
-                f"the SAE's config does not say which layer it reads (hook_name="
-                f"{sae.cfg.hook_name!r}); set layer=<decoder layer> (intervention.layer=...)"
-            )
-        if self.layer is not None and sae.cfg.layer is not None and self.layer != sae.cfg.layer:
-            raise ValueError(
-                f"layer={self.layer} but the SAE reads layer {sae.cfg.layer} (hook_name="
-                f"{sae.cfg.hook_name!r}); drop layer= to use the SAE's, or pass the SAE of "
-                f"layer {self.layer}"
-            )
-        trained_on = sae.cfg.extra.get("sadi_weights_fingerprint")
-        if trained_on is not None and trained_on != weights_fingerprint(model):
-            raise ValueError(
-                f"this SAE was trained by sadi on a model with weights fingerprint {trained_on}, "
-                f"not on this one ({weights_fingerprint(model)}); train one for this model: "
-                f"python -m sadi.sae train model=... layer={sae.cfg.layer}"
-            )
-        layer = self.layer if self.layer is not None else sae.cfg.layer
-        assert layer is not None
-        if not 0 <= layer < n_layers:
-            raise ValueError(
-                f"layer={layer} is out of range: the model has {n_layers} decoder layers"
-            )
-        return layer
-
-    def _share_fit(self, source: SAS) -> None:
+    def _share_fit(self, source: Self) -> None:
         self.sae_module, self._sae_dir = source.sae_module, source._sae_dir
         self._cache_dir, self._data_dir = source._cache_dir, source._data_dir
         self._training_key = source._training_key
@@ -371,23 +259,26 @@ class SAS(Steerer):
         frequencies and non-zero means (deterministic given model, SAE, pairs, offset)."""
         check_pairs(pairs)
         if self.sae_source == TRAINED and self.sae_module is None:
-            self._trained_sae(model, tokenizer)
-        layer = self._resolve_layer(model)
+            cfg = source.train_config(model, self.layer, self.sae_train)
+            cache = self._cache_dir or default_cache_dir()
+            self.sae_module, self._sae_dir = source.train_default(
+                model, tokenizer, cfg, cache, self._data_dir, self.progress
+            )
+        layer = source.resolve_layer(self.sae(), model, self.layer)
         shape = self._remember_model(model, len(pairs))
         self.layer = layer
-        acts = read_activations(
+        pos, neg = read_pair_activations(
             model,
             tokenizer,
-            [p.prompt for p in pairs] * 2,
-            [p.positive for p in pairs] + [p.negative for p in pairs],
+            pairs,
             "residual",
             shape,
-            policy="last_token",
             offset=self.read_offset,
             batch_size=self.batch_size,
             progress=self.progress,
             desc="SAS fit (residual)",
-        )[:, layer]  # [2 * pairs, d_model]
+        )
+        acts = torch.cat([pos, neg])[:, layer]  # [2 * pairs, d_model]
         sae = self.sae()
         with torch.no_grad():
             codes = torch.cat(
@@ -400,27 +291,19 @@ class SAS(Steerer):
         return self
 
     def fit_key(self, model: nn.Module, pairs: Sequence[Pair]) -> dict[str, Any]:
-        """The base key, with the SAE by content (its fingerprint), not by path."""
+        """The base key, with the SAE by content (its fingerprint, or for sae="trained" its
+        training key), not by path."""
         key = super().fit_key(model, pairs)
         key["params"] = {k: v for k, v in key["params"].items() if k != "sae"}
-        if self.sae_source == TRAINED:  # the SAE by what determines it: its training key
-            from sadi.infra.cache import digest
-            from sadi.sae.train import fit_split_texts, sae_key
-
-            cfg = self._train_config(model)
-            texts = fit_split_texts(cfg.tasks, self._data_dir)
-            key["sae_training"] = sae_key(model, digest(texts), cfg)
+        if self.sae_source == TRAINED:
+            cfg = source.train_config(model, self.layer, self.sae_train)
+            key["sae_training"] = source.training_key(model, cfg, self._data_dir)
             self._training_key = key["sae_training"]
         else:
             key["sae_fingerprint"] = sae_fingerprint(self.sae())
         return key
 
     # ----- apply ---------------------------------------------------------------------
-    def fitted_state(self) -> SASState:
-        if self.state is None:
-            raise RuntimeError("SAS is not fitted: call fit() or SAS.load()")
-        return self.state
-
     def selected_layers(self) -> list[int]:
         """[the SAE's layer] (known once fitted or loaded)."""
         if self.layer is None:
@@ -436,7 +319,7 @@ class SAS(Steerer):
         return s
 
     def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
-        layer = self._resolve_layer(model)
+        layer = source.resolve_layer(self.sae(), model, self.layer)
         if self.lam == 0.0:  # the identity: register nothing
             return {}
         sae = self.sae()
@@ -468,52 +351,26 @@ class SAS(Steerer):
 
         return {layer: edit}
 
-    # ----- interpretability ----------------------------------------------------------
+    # ----- interpretability (`sadi.sae.analysis`) --------------------------------------
     def feature_examples(self) -> dict[str, list[dict[str, Any]]] | None:
-        """Each latent's top-activating training tokens, from the `features.json` that
-        `python -m sadi.sae train` writes beside the SAE (None when there is none, e.g. an
-        SAE from the hub, or a steerer loaded without its SAE directory)."""
+        """Each latent's top-activating training tokens, from the SAE directory's
+        `features.json` (None when there is none)."""
         if self._examples is None:
-            path = self._sae_dir / FEATURES_FILE if self._sae_dir is not None else None
-            if path is not None and path.is_file():
-                self._examples = json.loads(path.read_text())["latents"]
+            self._examples = analysis.feature_examples(self._sae_dir)
         return self._examples
 
     def top_features(self, n: int = 20, examples: int = 5) -> list[dict[str, Any]]:
-        """The `n` latents with the largest |s| (ties: lower index first): s, the side
-        ("positive": seen only with the behaviour), per-side frequency and non-zero mean,
-        and up to `examples` top-activating training tokens (None when unknown)."""
+        """The `n` latents with the largest |s|, with per-side statistics and examples."""
         st = self.fitted_state()
-        s = self.vector()
-        order = [c for c in torch.argsort(-s.abs(), stable=True).tolist() if s[c] != 0][:n]
-        known = self.feature_examples()
-        return [
-            {
-                "latent": c,
-                "s": float(s[c]),
-                "side": "positive" if s[c] > 0 else "negative",
-                "freq_pos": float(st.freq_pos[c]),
-                "freq_neg": float(st.freq_neg[c]),
-                "mean_pos": float(st.mean_pos[c]),
-                "mean_neg": float(st.mean_neg[c]),
-                "examples": None if known is None else known.get(str(c), [])[:examples],
-            }
-            for c in order
-        ]
+        stats = {name: getattr(st, name) for name in _STATE}
+        return analysis.top_features(self.vector(), stats, self.feature_examples(), n, examples)
 
     def write_extras(self, directory: Path) -> None:
         """`features.json`: the top features of s (`top_features`) at this tau."""
         if self.state is None:
             return
-        s = self.vector()
-        body = {
-            "tau": self.tau,
-            "n_nonzero": int((s != 0).sum()),
-            "n_positive": int((s > 0).sum()),
-            "n_negative": int((s < 0).sum()),
-            "examples_from": (str(self._sae_dir) if self.feature_examples() is not None else None),
-            "features": self.top_features(),
-        }
+        known = self._sae_dir if self.feature_examples() is not None else None
+        body = analysis.features_file(self.vector(), self.tau, self.top_features(), known)
         (directory / FEATURES_FILE).write_text(json.dumps(body, indent=2) + "\n")
 
     # ----- artifacts -----------------------------------------------------------------
@@ -529,29 +386,24 @@ class SAS(Steerer):
         self._sae_cfg = parse_cfg(meta["sae_cfg"], "'sae_cfg'")
         self._sae_expected = str(meta["sae_fingerprint"])
 
-    def adopt(self, fitted: Steerer) -> Self:
+    def adopt(self, fitted: Steerer[Any]) -> Self:
         if isinstance(fitted, SAS):
             self.sae_module = fitted.sae()
             trained = self._training_key
             if self.sae_source == TRAINED and trained is not None and self._sae_dir is None:
                 # the trained SAE's cache entry, for its feature examples
-                from sadi.core.models import default_cache_dir
-                from sadi.infra.cache import digest
-
-                entry = (self._cache_dir or default_cache_dir()) / "saes" / digest(trained)
-                self._sae_dir = entry if entry.is_dir() else None
+                cache = self._cache_dir or default_cache_dir()
+                self._sae_dir = source.cached_entry(cache, trained)
         return super().adopt(fitted)
 
     def tensors(self) -> dict[str, Tensor]:
+        """The statistics, and the SAE's tensors (it travels inside the artifact)."""
         state = self.fitted_state()
         out = {name: getattr(state, name).float() for name in _STATE}
         out.update({_SAE_PREFIX + k: v for k, v in self.sae().tensors().items()})
         return out
 
     def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        sae_tensors = {
-            k[len(_SAE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_SAE_PREFIX)
-        }
         cfg = self._sae_cfg or (self.sae_module.cfg if self.sae_module is not None else None)
         if cfg is None:
             raise ValueError("no SAE config to read the SAE tensors with (steerer.json 'sae_cfg')")
@@ -561,15 +413,16 @@ class SAS(Steerer):
         check_tensor_names(
             self.method, tensors, [*_STATE, *(_SAE_PREFIX + n for n in expected_sae)]
         )
+        sae_t = {k[len(_SAE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_SAE_PREFIX)}
         sae = SparseAutoencoder(
             cfg,
-            sae_tensors["W_enc"],
-            sae_tensors["b_enc"],
-            sae_tensors["W_dec"],
-            sae_tensors["b_dec"],
-            threshold=sae_tensors.get("threshold"),
+            sae_t["W_enc"],
+            sae_t["b_enc"],
+            sae_t["W_dec"],
+            sae_t["b_dec"],
+            threshold=sae_t.get("threshold"),
         )
-        expected = getattr(self, "_sae_expected", None)
+        expected = self._sae_expected
         if expected is not None and sae_fingerprint(sae) != expected:
             raise ValueError(
                 f"the SAE tensors have fingerprint {sae_fingerprint(sae)}, but steerer.json "
@@ -591,9 +444,10 @@ __all__ = [
     "SAS",
     "SASState",
     "SAS_MODES",
-    "SAS_VARIANTS",
-    "random_features",
     "SAS_POSITIONS",
+    "SAS_VARIANTS",
+    "TRAINED",
     "code_statistics",
+    "random_features",
     "steering_vector",
 ]
