@@ -61,7 +61,7 @@ def test_table1_7b_has_the_authors_austeer_points_and_the_selected_rows(
         assert kv["task.format"] == "ab" and kv["model"] == model
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[*overrides(cmd), "paths.output_dir=/tmp/x"])
-        assert cfg.intervention._target_ == "sadi.steerers.AUSteer"
+        assert cfg.intervention._target_ == "sadi.steerers.austeer.AUSteer"
         assert list(cfg.task.splits) == ["select", "report"]  # a fixed point: reported as is
     assert got == expected
     sweep = next(c for c in cmds if "experiment=austeer" in c)

@@ -16,7 +16,7 @@ import pytest
 
 from sadi.data.tasks import EXAMPLE_DATA
 from sadi.infra.errors import DiskFullError, writing
-from sadi.pipeline.tracking import DamagedFileError
+from sadi.infra.jsonio import DamagedFileError
 from sadi.run import run
 from sadi.select import select
 from tests.test_run import compose_run, tiny_overrides

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+import sadi.pipeline.tracking as tracking
 import sadi.run as run_module
 from sadi.data.tasks import EXAMPLE_DATA
 from sadi.infra.cache import get_or_create
-from sadi.pipeline.tracking import write_json
+from sadi.infra.jsonio import write_json
 from sadi.select import select
 from tests.test_run import compose_run, tiny_overrides
 
@@ -41,13 +42,13 @@ class BrokenTracker:
 def test_a_tracker_failure_loses_no_results(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict: bool
 ) -> None:
-    monkeypatch.setattr(run_module, "make_tracker", lambda *a, **k: BrokenTracker())
+    monkeypatch.setattr(tracking, "make_tracker", lambda *a, **k: BrokenTracker())
     out = tmp_path / "sweep" / "point"
     cfg = compose_run(
         tiny_overrides(tiny_model_dir, out, "task.splits=[select]", f"logger.strict={strict}")
     )
     if strict:
-        with pytest.raises(run_module.TrackerError, match="api_key.*the results are written"):
+        with pytest.raises(tracking.TrackerError, match="api_key.*the results are written"):
             run_module.run(cfg)
     else:
         run_module.run(cfg)
@@ -135,7 +136,7 @@ def test_a_sweep_over_data_paths_keeps_every_point(tiny_model_dir: Path, tmp_pat
 
 
 def test_resume_recomputes_a_point_whose_data_changed(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = tmp_path / "data.jsonl"
     rows = (EXAMPLE_DATA / "tiny_mc.jsonl").read_text().splitlines()
@@ -145,16 +146,19 @@ def test_resume_recomputes_a_point_whose_data_changed(
         o if not o.startswith("task.path=") else f"task.path={data}"
         for o in tiny_overrides(tiny_model_dir, out, "task.splits=[select]")
     ]
+    caplog.set_level("INFO", logger="sadi")
     run_module.run(compose_run(overrides))
     first = json.loads((out / "results.json").read_text())
+    caplog.clear()
     run_module.run(compose_run(overrides))
-    assert "skipping completed point" in capsys.readouterr().out
+    assert "skipping completed point" in caplog.text
     # same path, other content: the point is not complete any more
     edited = [json.loads(r) for r in rows]
     edited[0]["question"] = edited[0]["question"] + " (edited)"
     data.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    caplog.clear()
     run_module.run(compose_run(overrides))
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "skipping" not in printed and "recomputing, its data or model weights changed" in printed
     second = json.loads((out / "results.json").read_text())
     assert second["inputs"]["data"] != first["inputs"]["data"]

@@ -200,13 +200,13 @@ def test_fit_key_holds_the_sae_by_content_not_path(tmp_path: Path) -> None:
 )
 def test_bad_hyperparameters(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        SAS(**kwargs)
+        SAS(**{"sae": None, **kwargs})
 
 
 def test_sae_that_does_not_fit_the_model() -> None:
     model = make_tiny("llama")  # d_model 32, 3 layers
     with pytest.raises(ValueError, match="SAS needs an SAE: pass sae="):
-        SAS().fit(model, byte_tokenizer(), PAIRS)
+        SAS(sae=None).fit(model, byte_tokenizer(), PAIRS)
     with pytest.raises(
         ValueError, match="d_in=16, but this model's residual stream has d_model=32"
     ):
@@ -455,4 +455,4 @@ def test_random_features_ablation_keeps_the_values_on_random_latents() -> None:
     batch = encode(byte_tokenizer(), PROMPTS, CONTS)
     assert not torch.equal(steered(model, ablation, batch), steered(model, sas, batch))
     with pytest.raises(ValueError, match=r"variant must be one of \['sas', 'random'\]"):
-        SAS(variant="shuffled")  # type: ignore[arg-type]
+        SAS(sae=None, variant="shuffled")  # type: ignore[arg-type]

@@ -38,4 +38,16 @@ def set_verbosity(verbose: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-__all__ = ["set_verbosity"]
+def console_notes(level: int = logging.INFO) -> None:
+    """Show sadi's log notes as plain lines on stderr, for the command lines that run outside
+    Hydra (which configures its own); a no-op where the `sadi` logger has a handler."""
+    logger = logging.getLogger("sadi")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+__all__ = ["console_notes", "set_verbosity"]

@@ -4,9 +4,11 @@ fails when the config is composed, not mid-run."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from sadi.infra.cache import digest
+from sadi.steerers.base import Steerer
+from sadi.steerers.registry import class_path, methods
 
 # OmegaConf needs typing.Optional rather than `X | None` in schemas (Python 3.10 support).
 
@@ -57,75 +61,6 @@ class ComponentSchema:
 class InterventionSchema:
     _target_: Optional[str] = None  # None: no steering (baseline only)
     name: str = "none"
-
-
-@dataclass
-class SadiSchema(InterventionSchema):
-    _target_: Optional[str] = "sadi.steerers.SADI"
-    name: str = "sadi"
-    k: int = 4
-    strength: float = 5.0
-    mode: str = "online"  # online | faithful
-    variant: str = "dynamic"  # dynamic | fixed | random
-    seed: int = 0
-    batch_size: int = 16
-
-
-@dataclass
-class ItiSchema(InterventionSchema):
-    _target_: Optional[str] = "sadi.steerers.ITI"
-    name: str = "iti"
-    k: int = 48  # authors' default for 1024 heads; ITI.scaled_k gives the comparable value
-    alpha: float = 15.0
-    direction: str = "mass_mean"  # mass_mean | probe
-    positions: str = "response"  # response (last prompt token on) | all
-    heldout: float = 0.2
-    seed: int = 42
-    batch_size: int = 16
-
-
-@dataclass
-class CaaSchema(InterventionSchema):
-    _target_: Optional[str] = "sadi.steerers.CAA"
-    name: str = "caa"
-    layer: int = 13
-    multiplier: float = 1.0
-    read_offset: int = 0  # 0 = last token of prompt + completion
-    normalize: bool = False
-    positions: str = "response"  # response (last prompt token on) | all
-    batch_size: int = 16
-
-
-@dataclass
-class AUSteerSchema(InterventionSchema):
-    _target_: Optional[str] = "sadi.steerers.AUSteer"
-    name: str = "austeer"
-    k: int = 16  # atomic units steered, across all layers
-    alpha: float = 10.0  # a unit becomes (1 + alpha * beta) * x
-    variant: str = "momentum"  # momentum | random | diff | fixed_strength
-    ties: str = "positive"  # positive (authors' code) | negative (paper's text)
-    seed: int = 0
-    batch_size: int = 16
-
-
-@dataclass
-class SasSchema(InterventionSchema):
-    _target_: Optional[str] = "sadi.steerers.SAS"
-    name: str = "sas"
-    sae: Optional[str] = MISSING  # an SAE directory in SAELens' format, or "trained"
-    # sae=trained: overrides of sadi.sae.train.TrainConfig (e.g. {tokens: 100000})
-    # Any, default None: a Hydra override sets the whole mapping (an empty struct dict would
-    # refuse new keys)
-    sae_train: Any = None
-    layer: Optional[int] = None  # None: the SAE's layer (sae=trained: the middle layer)
-    tau: float = 0.1  # frequency threshold of a latent per side
-    lam: float = 1.0  # lambda, the steering strength
-    mode: str = "code"  # code (edit the code, keep the error term) | decoder
-    variant: str = "sas"  # sas | random (the ablation: s's values on random latents)
-    seed: int = 0  # the random variant's latents
-    read_offset: int = 0
-    positions: str = "response"  # response (last prompt token on) | all
-    batch_size: int = 16
 
 
 @dataclass
@@ -225,7 +160,46 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)
 
 
+# constructor arguments that the run sets, not the intervention config
+_SET_BY_RUN = ("self", "component", "progress")
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The structured-config type of a constructor annotation: int, float, bool and str as
+    they are (Literal choices as str), `X | None` as Optional[X], anything else Any."""
+    if hint in (int, float, bool, str):
+        return hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return str
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        inner = _omegaconf_type(rest[0]) if len(rest) == 1 else Any
+        return Any if inner is Any else Optional[inner]
+    return Any
+
+
+def intervention_schema(cls: type[Steerer[Any]]) -> type:
+    """The structured-config schema of a steering method, generated from its constructor:
+    every argument the config sets, with the constructor's type and default, plus
+    `_target_` (the class) and `name` (its spec's). A typo or a wrong type in an
+    `intervention.*` override fails when the config is composed."""
+    hints = typing.get_type_hints(cls.__init__)
+    items: list[tuple[str, Any, Any]] = [
+        ("_target_", Optional[str], field(default=class_path(cls))),
+        ("name", str, field(default=cls.spec.name)),
+    ]
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in _SET_BY_RUN:
+            continue
+        default = MISSING if p.default is inspect.Parameter.empty else p.default
+        items.append((name, _omegaconf_type(hints.get(name, Any)), field(default=default)))
+    return make_dataclass(f"{cls.__name__}Schema", items, bases=(InterventionSchema,))
+
+
 def register_configs() -> None:
+    """The schemas of every config group in Hydra's ConfigStore: `base_<method>` for every
+    registered steering method, generated from its constructor."""
     register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="base_run", node=RunSchema)
@@ -233,9 +207,6 @@ def register_configs() -> None:
     cs.store(group="task", name="base_task", node=TaskSchema)
     cs.store(group="component", name="base_component", node=ComponentSchema)
     cs.store(group="intervention", name="base_none", node=InterventionSchema)
-    cs.store(group="intervention", name="base_sadi", node=SadiSchema)
-    cs.store(group="intervention", name="base_iti", node=ItiSchema)
-    cs.store(group="intervention", name="base_caa", node=CaaSchema)
-    cs.store(group="intervention", name="base_austeer", node=AUSteerSchema)
-    cs.store(group="intervention", name="base_sas", node=SasSchema)
+    for name, cls in methods().items():
+        cs.store(group="intervention", name=f"base_{name}", node=intervention_schema(cls))
     cs.store(group="logger", name="base_logger", node=LoggerSchema)

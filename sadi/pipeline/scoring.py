@@ -13,13 +13,13 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.architectures import weights_fingerprint
-from sadi.core.models import default_cache_dir
 from sadi.data.chat import chat_prompt
 from sadi.data.tasks import SplitName, Task, load_task
 from sadi.eval.harness import evaluate_split, generate_split, open_ended_prompts
 from sadi.eval.lm import SteeredLM
 from sadi.infra.cache import cached
-from sadi.pipeline.tracking import read_json, read_jsonl, write_json, write_jsonl
+from sadi.infra.jsonio import read_json, read_jsonl, write_json, write_jsonl
+from sadi.pipeline.context import RunContext
 from sadi.pipeline.validate import ConfigError
 from sadi.steerers.base import Steerer
 from sadi.sweep import SweepLM, SweepScores
@@ -28,22 +28,18 @@ from sadi.sweep.plan import condition_name
 Metrics = dict[str, float]
 
 
-def cache_root(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else default_cache_dir()
-
-
 def evaluate(
-    cfg: DictConfig,
+    ctx: RunContext,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
     split: SplitName,
-    steerer: Steerer | None,
-    run_dir: Path,
+    steerer: Steerer[Any] | None,
     engine: SweepScores | None = None,
 ) -> tuple[Metrics, list[dict[str, Any]]]:
     """Score one split; unsteered scores are cached (they are the same for every point).
     With `engine`, lm-eval's log-likelihoods come from its shared-prefix scores."""
+    cfg = ctx.cfg
     lm_kwargs: dict[str, Any] = {
         "tokenizer": tokenizer,
         "batch_size": cfg.model.batch_size,
@@ -90,7 +86,7 @@ def evaluate(
         "items": [[i.id, i.question, list(i.choices), i.label] for i in task.splits[split]],
     }
     stored, _ = cached(
-        cache_root(cfg) / "baselines",
+        ctx.cache_root / "baselines",
         key,
         lambda tmp: score(tmp) and None,
         lambda entry: (read_json(entry / "metrics.json"), read_jsonl(entry / "samples.jsonl")),
@@ -99,21 +95,22 @@ def evaluate(
 
 
 def generate_open_ended(
-    cfg: DictConfig,
+    ctx: RunContext,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
-    conditions: dict[str, Steerer | None],
-    run_dir: Path,
-    timings: dict[str, float],
+    conditions: dict[str, Steerer[Any] | None],
 ) -> None:
+    """Greedy generations on the task's open-ended prompts, per condition (the unsteered
+    ones cached: the same for every point)."""
+    cfg, run_dir, timings = ctx.cfg, ctx.run_dir, ctx.timings
     prompts = open_ended_prompts(task.name, cfg.paths.data_dir)[: cfg.task.limit or None]
     if cfg.task.chat_template:
         prompts = [(i, chat_prompt(text, tokenizer)) for i, text in prompts]
     for condition, st in conditions.items():
         t = time.perf_counter()
 
-        def generate(st: Steerer | None = st) -> list[dict[str, Any]]:
+        def generate(st: Steerer[Any] | None = st) -> list[dict[str, Any]]:
             lm = SteeredLM(
                 model,
                 steerer=st,
@@ -143,7 +140,7 @@ def generate_open_ended(
                 write_jsonl(tmp / "generations.jsonl", generate())
 
             rows, _ = cached(
-                cache_root(cfg) / "generations",
+                ctx.cache_root / "generations",
                 key,
                 create,
                 lambda entry: read_jsonl(entry / "generations.jsonl"),
@@ -174,22 +171,21 @@ def load_side_tasks(cfg: DictConfig) -> list[Task]:
 
 
 def score_side_effect(
-    cfg: DictConfig,
+    ctx: RunContext,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     side: Task,
-    conditions: dict[str, Steerer | None],
-    run_dir: Path,
-    timings: dict[str, float],
+    conditions: dict[str, Steerer[Any] | None],
     engine: SweepScores | None = None,
 ) -> dict[str, Any]:
     """Score a side task's split under every condition (the steerer fitted on the run's
     task); samples go to samples_side_<task>_<split>[_baseline].jsonl."""
+    cfg, run_dir, timings = ctx.cfg, ctx.run_dir, ctx.timings
     split = cast(SplitName, cfg.side_effects.split)
     out: dict[str, Any] = {"split": split, "n_items": len(side.splits[split])}
     for condition, st in conditions.items():
         t = time.perf_counter()
-        out[condition], rows = evaluate(cfg, model, tokenizer, side, split, st, run_dir, engine)
+        out[condition], rows = evaluate(ctx, model, tokenizer, side, split, st, engine)
         timings[f"side_{side.name}_{condition}_s"] = time.perf_counter() - t
         suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
         write_jsonl(run_dir / f"samples_side_{side.name}_{split}{suffix}.jsonl", rows)

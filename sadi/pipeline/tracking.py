@@ -1,88 +1,18 @@
-"""Run-directory outputs and Weights & Biases logging (offline by default)."""
+"""Weights & Biases logging (offline by default): the tracker a run logs its metrics,
+samples and steerer to, or none."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from omegaconf import DictConfig, OmegaConf
+
 from sadi.infra.errors import UserError
-from sadi.infra.files import atomic_open
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically (a crash never leaves a half-written file), umask honoured."""
-    with atomic_open(path) as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    return path
-
-
-DAMAGED_FIX = (
-    "it was cut short (a crash or a full disk mid-write) or edited: move it aside and "
-    "recompute what wrote it"
-)
-
-
-class DamagedFileError(UserError):
-    """A JSON or JSONL file that does not parse: the message names the file, where it
-    breaks, and the fix. A cache treats it as a miss; a results file is named to the user."""
-
-    def __init__(self, path: Path, detail: str, fix: str = DAMAGED_FIX) -> None:
-        super().__init__(f"{path}: {detail}; {fix}")
-        self.path = path
-
-
-def read_json(path: Path, fix: str = DAMAGED_FIX) -> Any:
-    """A JSON file's value; `DamagedFileError` (naming the file and `fix`) if it does not
-    parse."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DamagedFileError(path, f"not valid JSON ({err})", fix) from err
-
-
-RESULTS_FIX = (
-    "it was cut short (a crash or a full disk mid-write) or edited: rerun the command that "
-    "wrote it (a sweep command recomputes only this point and keeps the damaged file aside), "
-    "or delete its run directory"
-)
-
-
-def read_results(path: Path) -> dict[str, Any]:
-    """A run's results.json; `DamagedFileError` naming it and the fix if it does not parse."""
-    results = read_json(path, RESULTS_FIX)
-    if not isinstance(results, dict) or "config" not in results:
-        raise DamagedFileError(path, "not a results.json of sadi (no 'config')", RESULTS_FIX)
-    return results
-
-
-def read_jsonl(path: Path, fix: str = DAMAGED_FIX) -> list[dict[str, Any]]:
-    """A JSONL file's rows (blank lines skipped); `DamagedFileError` naming the line that
-    does not parse."""
-    rows = []
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as err:
-        raise DamagedFileError(path, f"not UTF-8 text ({err})", fix) from err
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise DamagedFileError(path, f"line {number} is not valid JSON ({err})", fix) from err
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write one JSON object per line, atomically, umask honoured."""
-    with atomic_open(path) as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
-
 
 _USER_WANDB_ENV = {k for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR") if k in os.environ}
 
@@ -172,3 +102,85 @@ class WandbTracker:
         # finish() can return before the service has written the last records of an offline
         # run; tearing the service down waits for it, so the .wandb file is complete
         self._wandb.teardown()
+
+
+log = logging.getLogger(__name__)
+
+
+class TrackerError(UserError):
+    """logger.strict=true and the tracker failed; results.json was written all the same."""
+
+
+def make_tracker(cfg: DictConfig, run_dir: Path, name: str, job_type: str) -> Tracker:
+    """The tracker `cfg.logger` names: W&B (offline by default) or none."""
+    if cfg.logger.name == "none":
+        return NoTracker()
+    if cfg.logger.name != "wandb":
+        raise ValueError(f"logger={cfg.logger.name!r} is not one of 'wandb', 'none'")
+    return WandbTracker(
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        project=cfg.logger.project,
+        mode=cfg.logger.mode,
+        group=cfg.logger.group or cfg.sweep_name,
+        entity=cfg.logger.entity,
+        name=name,
+        job_type=job_type,
+    )
+
+
+def tracked(logger: str, call: Callable[[], None], what: str) -> dict[str, Any]:
+    """Run the tracker call `call()`; a failure is reported, never loses what was computed.
+
+    Returns the tracking status recorded in results.json (the run fails afterwards, when
+    `logger.strict=true`, once results.json is written).
+    """
+    try:
+        call()
+    except Exception as err:  # W&B login, network, disk: whatever it is, results are safe
+        message = f"{type(err).__name__}: {err}"
+        warning = (
+            f"logging {what} to {logger} failed ({message}); the results on disk are "
+            "complete. Set logger=none to skip tracking, or logger.strict=true to fail the "
+            "run on a tracker error"
+        )
+        log.warning(warning)
+        return {"logger": logger, "ok": False, "what": what, "error": message}
+    return {"logger": logger, "ok": True, "what": what}
+
+
+def log_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    metrics: dict[str, dict[str, dict[str, float]]],
+    samples: dict[str, list[dict[str, Any]]],
+    steerer_dir: Path | None,
+    job_type: str,
+) -> None:
+    """One tracker run: the metrics (baseline ones under `baseline/`), the per-sample
+    tables, the steerer as an artifact."""
+    tracker = make_tracker(cfg, run_dir, name=run_dir.name, job_type=job_type)
+    try:
+        tracker.log(
+            {
+                f"{'baseline/' if c == 'baseline' else ''}{split}/{name}": value
+                for c, per_split in metrics.items()
+                for split, values in per_split.items()
+                for name, value in values.items()
+            }
+        )
+        for name, rows in samples.items():
+            tracker.log_table(f"samples/{name}", rows)
+        if steerer_dir is not None:
+            tracker.log_artifact(steerer_dir, f"steerer-{cfg.task.name}", "steerer")
+    finally:
+        tracker.finish()
+
+
+def log_fit(cfg: DictConfig, run_dir: Path, path: Path, name: str) -> None:
+    """The fitted steerer as an artifact of a `fit` tracker run."""
+    tracker = make_tracker(cfg, run_dir, name=f"fit-{run_dir.name}", job_type="fit")
+    try:
+        tracker.log_artifact(path, name, "steerer")
+    finally:
+        tracker.finish()

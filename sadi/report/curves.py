@@ -7,8 +7,9 @@ whether the curve is monotonic, and its range.
 A curve sweep scores one split at several strengths of one fitted steerer, every other
 hyperparameter fixed (e.g. CAA's multiplier -4..4 at the layer chosen on select). Its points
 are grouped by (task, model, method, the fixed parameters); the strength axis is the
-method's own (`records.AXES`); the unsteered model is the curve's point at the identity
-strength (1 for SADI, 0 for the others), read from the points' baseline samples. The
+method's own and the unsteered model is the curve's point at the method's identity strength
+(both from the method's spec, which results.json records: SADI's strength 1, CAA's
+multiplier 0, ...), read from the points' baseline samples. The
 bootstrap resamples items jointly for the whole curve (every strength and the baseline
 score the same items), so the range's CI and the share of resamples in which the curve
 stays monotonic account for the pairing.
@@ -29,14 +30,11 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 from sadi.infra.errors import reported
-from sadi.pipeline.tracking import read_jsonl
+from sadi.infra.jsonio import read_jsonl
 from sadi.report.guard import check_not_lost, curve_keys
 from sadi.report.plots import slug
-from sadi.report.records import AXES, RunRecord, load_run, tag_data
+from sadi.report.records import RunRecord, load_run, tag_data
 from sadi.report.stats import Estimate
-
-# the strength at which each method is the unsteered model
-IDENTITY = {"sadi": 1.0, "iti": 0.0, "caa": 0.0, "austeer": 0.0, "sas": 0.0}
 
 
 @dataclass
@@ -118,13 +116,14 @@ def _per_item(rows: list[dict[str, Any]], metric: str, where: Path) -> dict[str,
 
 
 def _axis(rec: RunRecord) -> tuple[str, float]:
-    for prefix, (param, _) in AXES.items():
-        if rec.intervention.startswith(prefix):
-            return param, IDENTITY[prefix]
-    raise ValueError(
-        f"{rec.run_dir}: no strength axis is known for intervention {rec.intervention!r} "
-        f"(known: {sorted(AXES)})"
-    )
+    """The method's strength parameter and the strength at which it is the unsteered model
+    (its spec, from results.json)."""
+    if rec.spec is None:
+        raise ValueError(
+            f"{rec.run_dir}: no strength axis is known for intervention {rec.intervention!r}: "
+            "its results.json records no method (an unsteered run?)"
+        )
+    return rec.spec.strength, rec.spec.identity
 
 
 def _monotonic(means: np.ndarray) -> str:

@@ -17,16 +17,14 @@ from matplotlib.figure import Figure  # no pyplot: no global state; PNGs render 
 from matplotlib.patches import Rectangle
 from safetensors.numpy import load_file
 
-from sadi.report.records import AXES, RunRecord
+from sadi.report.records import RunRecord
 from sadi.report.tables import Row
 
 
 def _axes(points: Sequence[RunRecord]) -> tuple[str | None, list[str]]:
     """The x parameter and the parameters that tell lines apart, for a method's sweep."""
     varying = [k for k in points[0].params if len({repr(p.params.get(k)) for p in points}) > 1]
-    x, line = next(
-        (v for k, v in AXES.items() if points[0].intervention.startswith(k)), (None, None)
-    )
+    x, line = points[0].axes or (None, None)
     numeric = [k for k in varying if all(isinstance(p.params.get(k), int | float) for p in points)]
     if x not in numeric:
         x = max(numeric, key=lambda k: len({p.params[k] for p in points}), default=None)

@@ -9,20 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sadi.pipeline.tracking import read_json, read_jsonl, read_results
+from sadi.infra.jsonio import read_json, read_jsonl
+from sadi.pipeline.results import read_results
+from sadi.steerers.spec import MethodSpec
 
 SELECTION = "selection.json"
 SELECTION_FIX = "rerun `python -m sadi.select <sweep dir>` to write it again"
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
 NON_PARAMS = {"_target_", "name", "seed", "batch_size"}
-# x axis and line parameter of the strength plot, per intervention name prefix
-AXES = {
-    "sadi": ("strength", "k"),
-    "iti": ("alpha", "k"),
-    "caa": ("multiplier", "layer"),
-    "austeer": ("alpha", "k"),
-    "sas": ("lam", "tau"),
-}
 
 
 @dataclass
@@ -47,6 +41,7 @@ class RunRecord:
     side_effects: dict[str, Any] = field(default_factory=dict)
     format: str = "lm_eval"  # the prompt format (task.format)
     data: str = ""  # the data fingerprint the run recorded (results.json inputs.data)
+    spec: MethodSpec | None = None  # the steering method's metadata (results.json method)
     # set by `collect` when records of one task name read different data: told apart by it
     data_tag: str = ""
 
@@ -66,6 +61,11 @@ class RunRecord:
         return f"{self.intervention}-{self.component}" if self.steered else "none"
 
     @property
+    def axes(self) -> tuple[str, str | None] | None:
+        """(strength, line) of the method's strength plots, or None (unsteered, unknown)."""
+        return None if self.spec is None else (self.spec.strength, self.spec.line)
+
+    @property
     def steerer_dir(self) -> Path | None:
         d = self.run_dir / "steerer"
         return d if (d / "steerer.safetensors").exists() else None
@@ -75,8 +75,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
     """Read `results.json` of one run directory."""
     d = Path(run_dir)
     res = read_results(d / "results.json")
-    cfg = res["config"]
-    iv = cfg.get("intervention", {})
+    cfg = res.config
+    iv = res.intervention
     return RunRecord(
         run_dir=d,
         task=cfg["task"]["name"],
@@ -85,13 +85,14 @@ def load_run(run_dir: str | Path) -> RunRecord:
         model=cfg.get("model", {}).get("name", "-"),
         metric=cfg["task"].get("primary_metric") or "acc",
         params={k: v for k, v in iv.items() if k not in NON_PARAMS},
-        metrics=res.get("metrics", {}),
-        baseline_metrics=res.get("baseline_metrics", {}),
-        steered=bool(res.get("steered", iv.get("name", "none") != "none")),
+        metrics=res.metrics,
+        baseline_metrics=res.baseline_metrics,
+        steered=res.steered,
         sample_dirs={"select": d, "report": d},
-        side_effects=res.get("side_effects") or {},
+        side_effects=res.side_effects,
         format=cfg["task"].get("format") or "lm_eval",
-        data=str((res.get("inputs") or {}).get("data") or ""),
+        data=str(res.inputs.get("data") or ""),
+        spec=res.spec(),
     )
 
 

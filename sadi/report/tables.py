@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sadi.pipeline.tracking import read_jsonl
-from sadi.report.records import AXES, RunRecord, load_samples, load_scores, samples_path
+from sadi.infra.jsonio import read_jsonl
+from sadi.report.records import RunRecord, load_samples, load_scores, samples_path
 from sadi.report.stats import Estimate, bootstrap_ci, offset_correct, paired_test, prior_offsets
 
 Row = dict[str, Any]  # one table row: strings, Estimates, the p-value
@@ -41,8 +41,7 @@ def _estimate(rec: RunRecord, split: str, baseline: bool, n: int, seed: int) -> 
 
 
 def _params(rec: RunRecord) -> str:
-    axes = next((v for k, v in AXES.items() if rec.intervention.startswith(k)), None)
-    keys = axes[::-1] if axes else rec.params  # e.g. "k=4, strength=5.0"
+    keys = rec.spec.axes if rec.spec else rec.params  # e.g. "k=4, strength=5.0"
     return ", ".join(f"{k}={rec.params[k]}" for k in keys if k in rec.params)
 
 

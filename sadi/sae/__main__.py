@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sadi.infra.errors import reported
+from sadi.infra.verbosity import console_notes
 
 USAGE = __doc__.split("\n\n")[0]
 
@@ -43,6 +44,7 @@ def parse(argv: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    console_notes()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "train":
         print(f"usage: {USAGE}", file=sys.stderr)

@@ -48,7 +48,7 @@ from sadi.core.architectures import (
 from sadi.core.architectures import site as site_of
 from sadi.core.hooks import LayerHook, hooked
 from sadi.infra.cache import cached, digest
-from sadi.pipeline.tracking import read_json
+from sadi.infra.jsonio import read_json
 from sadi.sae.model import FEATURES_FILE, SAEConfig, SparseAutoencoder, load_sae, save_sae
 
 QUALITY_FILE = "quality.json"

@@ -174,7 +174,8 @@ class SAS(Steerer[SASState]):
     def __init__(
         self,
         component: str = "residual",
-        sae: str | Path | SparseAutoencoder | None = None,
+        *,
+        sae: str | Path | SparseAutoencoder | None,
         layer: int | None = None,
         sae_train: dict[str, Any] | None = None,
         tau: float = 0.1,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from sadi.eval.lm import Request, SteeredLM
 from sadi.infra.cache import digest
 from sadi.infra.errors import writing
-from sadi.pipeline.tracking import DamagedFileError, read_json
+from sadi.infra.jsonio import DamagedFileError, read_json
 from sadi.sweep.prefix import Condition, PrefixScorer, Score, split_request
 
 Tokens = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
