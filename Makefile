@@ -4,7 +4,7 @@ PIP ?= .venv/bin/pip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-latest lock lint bench study
+.PHONY: help setup run test test-fast test-latest lock lint bench study docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ lock: ## rewrite constraints.txt from .venv (after the whole suite passed on it)
 lint: ## ruff and mypy
 	$(PY) -m ruff check sadi tests benchmarks experiments
 	$(PY) -m mypy
+
+docs: ## the documentation site, built strictly (warnings fail) into site/
+	$(PY) -m mkdocs build --strict $(ARGS)
 
 bench: ## benchmarks; figures as JSON under benchmarks/results/
 	$(PY) -m benchmarks.run $(ARGS)
