@@ -7,8 +7,9 @@ import math
 import pytest
 
 from sadi.data.tasks import load_task
-from sadi.eval.harness import evaluate_split, label_probability
+from sadi.eval.harness import evaluate_split
 from sadi.eval.lm import SteeredLM
+from sadi.eval.metrics import label_probability
 from tests.conftest import byte_tokenizer, make_tiny
 
 

@@ -19,8 +19,9 @@ from torch import nn
 from sadi.core.architectures import weights_fingerprint
 from sadi.data.tasks import EXAMPLE_DATA, Item, default_data_dir, load_task, read_jsonl
 from sadi.eval.export import export_tasks, lm_eval_name
-from sadi.eval.harness import evaluate_split, process_mc2, task_config
+from sadi.eval.harness import evaluate_split, task_config
 from sadi.eval.lm import SADI_HELP, SteeredLM, cli
+from sadi.eval.metrics import process_mc2
 from sadi.steerers import SADI
 from sadi.steerers.identity import FingerprintMismatch, WeightsMismatch
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny

@@ -26,6 +26,7 @@ from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
 from sadi.data.tasks import Item, Metric
+from sadi.eval.metrics import METRICS, SCORINGS, label_probability, lm_eval_metric_list
 
 log = logging.getLogger(__name__)
 # lm-eval only ever reads local JSONL files here: never ask the hub about them
@@ -39,13 +40,6 @@ def task_manager() -> TaskManager:
     if _TASK_MANAGER is None:
         _TASK_MANAGER = TaskManager(include_defaults=False)
     return _TASK_MANAGER
-
-
-def process_mc2(doc: dict[str, Any], results: Sequence[tuple[float, bool]]) -> dict[str, float]:
-    """TruthfulQA MC2: normalised probability mass on the correct choices."""
-    probs = [math.exp(ll) for ll, _ in results]
-    true = sum(probs[i] for i in doc["correct"])
-    return {"mc2": true / sum(probs)}
 
 
 def task_config(name: str, data_file: Path, metric: Metric) -> dict[str, Any]:
@@ -63,14 +57,10 @@ def task_config(name: str, data_file: Path, metric: Metric) -> dict[str, Any]:
         "target_delimiter": "",
         "metadata": {"version": 1.0},
     }
-    if metric == "mc2":
-        config["process_results"] = process_mc2
-        config["metric_list"] = [{"metric": "mc2", "aggregation": "mean", "higher_is_better": True}]
-    else:
-        config["metric_list"] = [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ]
+    scoring = SCORINGS[metric]
+    if scoring.process_results is not None:
+        config["process_results"] = scoring.process_results
+    config["metric_list"] = lm_eval_metric_list(metric)
     return config
 
 
@@ -174,11 +164,11 @@ def evaluate_split(
             continue
         name = key.split(",")[0]
         metrics[name] = float(value)
-    if metric == "acc":  # mean of 0/1: the binomial standard error, as lm-eval reports
-        n = len(items)
-        for name in ("acc", "acc_norm"):
-            p = metrics[name]
-            metrics[f"{name}_stderr"] = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
+    reported = SCORINGS[metric].metrics
+    for name in (m for m in reported if METRICS[m].lm_eval and METRICS[m].binary):
+        # mean of 0/1: the binomial standard error, as lm-eval reports
+        n, p = len(items), metrics[name]
+        metrics[f"{name}_stderr"] = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
     samples = []
     for s in sorted(out["samples"][task_name], key=lambda s: s["doc_id"]):
         doc = s["doc"]
@@ -191,27 +181,18 @@ def evaluate_split(
                 "loglikelihoods": lls,
                 "label": doc["label"],
                 "prediction": max(range(len(lls)), key=lambda i: lls[i]),
-                **{k: s[k] for k in ("acc", "acc_norm", "mc2") if k in s},
+                **{k: s[k] for k in reported if k in s},
             }
         )
-        if metric == "acc":
+        if "p_label" in reported:
             samples[-1]["p_label"] = label_probability(lls, doc["label"])
-        else:  # mc2: every true answer, for the report's answer-form references
+        if SCORINGS[metric].records_correct:
             samples[-1]["correct"] = list(doc["correct"])
-    if samples and metric == "acc":
+    if samples and "p_label" in reported:
         values = [s["p_label"] for s in samples]
         metrics["p_label"] = sum(values) / len(values)
         metrics["p_label_stderr"] = _stderr(values)
     return metrics, samples
-
-
-def label_probability(loglikelihoods: Sequence[float], label: int) -> float:
-    """The labelled choice's probability normalised over the item's choices,
-    exp(ll_label) / sum_i exp(ll_i): on the CAA behaviours (label = the answer matching the
-    behaviour) the CAA paper's behaviour-matching probability. Computed stably (max-shift)."""
-    top = max(loglikelihoods)
-    weights = [math.exp(ll - top) for ll in loglikelihoods]
-    return weights[label] / sum(weights)
 
 
 def _stderr(values: Sequence[float]) -> float:

@@ -15,17 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from sadi.core.models import resolve_dtype
 from sadi.data.tasks import check_split_names
+from sadi.eval import metrics
 from sadi.infra.errors import UserError
 
-# what a task of each primary metric reports (p_label: the labelled choice's normalised
-# probability, the CAA behaviours' behaviour-matching probability)
-_ACC = ("acc", "acc_norm", "p_label")
-METRICS = {
-    "acc": _ACC,
-    "acc_norm": _ACC,
-    "p_label": ("p_label", "acc", "acc_norm"),
-    "mc2": ("mc2",),
-}
 # intervention config keys that are not constructor arguments of the steerer
 _NOT_PARAMS = {"_target_", "name"}
 
@@ -37,7 +29,10 @@ class ConfigError(UserError):
 def check_optimized_metric(value: str, primary_metric: str) -> tuple[str, str]:
     """`optimized_metric` must be `select/<a metric the task reports>`; returns (split, name)."""
     split, sep, name = str(value).partition("/")
-    allowed = METRICS.get(primary_metric, (primary_metric,))
+    try:
+        allowed = metrics.allowed(primary_metric)
+    except ValueError as err:
+        raise ConfigError(f"task.primary_metric={primary_metric!r}: {err}") from err
     if split != "select" or not sep:
         raise ConfigError(
             f"optimized_metric={value!r} must read the select split, e.g. "

@@ -10,7 +10,9 @@ from sadi.infra.errors import UserError
 
 SplitName = Literal["fit", "select", "report"]
 PromptFormat = Literal["lm_eval", "ab"]
-Metric = Literal["acc", "mc2"]  # mc2: normalised probability mass on all `correct` choices
+# how a task's items are scored: a key of `sadi.eval.metrics.SCORINGS` ("acc": one label;
+# "mc2": normalised probability mass on all `correct` choices)
+Metric = str
 Record = dict[str, Any]
 
 SPLITS: tuple[SplitName, ...] = ("fit", "select", "report")
@@ -102,6 +104,15 @@ class TaskSpec:
     split_seed: int = 0
     unique_choices: bool = True
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        from sadi.eval.metrics import SCORINGS
+
+        if self.metric not in SCORINGS:
+            raise ValueError(
+                f"task folder {self.folder!r}: metric={self.metric!r} is not a scoring of "
+                f"sadi.eval.metrics.SCORINGS ({sorted(SCORINGS)})"
+            )
 
     @property
     def split_rule(self) -> dict[SplitName, str]:
