@@ -46,8 +46,24 @@ def run(cfg: DictConfig, job_type: str = "eval") -> float:
     return runner.run(RunContext.build(cfg, job_type))
 
 
+def search_dirs(argv: list[str]) -> list[Path] | None:
+    """The config directories options are looked up in: conf/ and every `file://` directory
+    of a `hydra.searchpath=[...]` override (a method or task of the user's own, outside the
+    project); None when a search path is not a directory (then Hydra alone checks)."""
+    dirs = [CONF_DIR]
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "hydra.searchpath":
+            for entry in (e.strip().strip("'\"") for e in value.strip("[]").split(",")):
+                if not entry.startswith("file://"):
+                    return None
+                dirs.append(Path(entry.removeprefix("file://")))
+    return dirs
+
+
 def check_overrides(argv: list[str]) -> None:
     """Fail early on a config-group option that does not exist, suggesting the nearest."""
+    dirs = search_dirs(argv)
     for arg in argv:
         if arg in OPTIONAL_PLUGINS and importlib.util.find_spec(OPTIONAL_PLUGINS[arg][0]) is None:
             raise ConfigError(
@@ -56,16 +72,16 @@ def check_overrides(argv: list[str]) -> None:
             )
         group, sep, value = arg.partition("=")
         group = group.lstrip("+~")
-        if not sep or group not in GROUPS:
+        if not sep or group not in GROUPS or dirs is None:
             continue
-        known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        known = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
         for option in value.split(","):
             if option and option not in known:
                 near = difflib.get_close_matches(option, known, n=3, cutoff=0.4)
                 hint = f" Did you mean {near}?" if near else ""
                 raise ConfigError(
                     f"unknown {group} {option!r}.{hint} Available: {known} "
-                    f"(one YAML per option in {CONF_DIR / group})"
+                    f"(one YAML per option in {', '.join(str(d / group) for d in dirs)})"
                 )
 
 

@@ -111,7 +111,9 @@ class RunSchema:
     model: ModelSchema = MISSING
     task: TaskSchema = MISSING
     component: ComponentSchema = MISSING
-    intervention: InterventionSchema = MISSING
+    # any method: each YAML brings its typed schema (base_<method>) or, for a method of the
+    # user's own outside the registry, just its values (checked before the model loads)
+    intervention: Any = MISSING
     logger: LoggerSchema = MISSING
     paths: PathsSchema = field(default_factory=PathsSchema)
     side_effects: SideEffectsSchema = field(default_factory=SideEffectsSchema)
