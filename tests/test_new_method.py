@@ -150,8 +150,13 @@ def test_a_method_is_one_module_and_one_yaml(tiny_model_dir: Path, tmp_path: Pat
     sadi(["-m", "sadi.select", str(sweep), "--logger", "none"], env, tmp_path)
     (selection,) = sweep.glob("selected/*/selection.json")
     chosen = json.loads(selection.read_text())
-    assert chosen["chosen"]["params"]["name"] == "throwaway"
-    assert "report" in chosen["report"]["metrics"] or chosen["report"]["metrics"]
+    assert chosen["chosen"]["params"]["name"] == "throwaway" and chosen["n_points"] == 3
+    best = max(r["metrics"]["select"]["acc"] for r in results)
+    assert chosen["chosen"]["select"]["acc"] == best
+    tied = [r for r in results if r["metrics"]["select"]["acc"] == best]
+    weakest = min(abs(r["config"]["intervention"]["scale"]) for r in tied)  # spec.identity 0
+    assert abs(chosen["chosen"]["params"]["scale"]) == weakest
+    assert {"acc", "p_label"} <= set(chosen["report"]["metrics"])
 
     # report: the method's rows, its strength axis and params from its spec
     out = tmp_path / "report"
