@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ class SweepScores:
     def __init__(
         self,
         model: nn.Module,
-        conditions: dict[str, Condition],
+        conditions: Mapping[str, Condition],
         *,
         directory: str | Path | None = None,
         progress: bool = False,
