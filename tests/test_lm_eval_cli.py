@@ -20,7 +20,8 @@ from sadi.core.architectures import weights_fingerprint
 from sadi.data.tasks import EXAMPLE_DATA, Item, default_data_dir, load_task, read_jsonl
 from sadi.eval.export import export_tasks, lm_eval_name
 from sadi.eval.harness import evaluate_split, task_config
-from sadi.eval.lm import SADI_HELP, SteeredLM, cli
+from sadi.eval.cli import SADI_HELP, cli
+from sadi.eval.lm import SteeredLM
 from sadi.eval.metrics import process_mc2
 from sadi.steerers import SADI
 from sadi.steerers.identity import FingerprintMismatch, WeightsMismatch
@@ -30,7 +31,7 @@ _SCRIPT = Path(sys.executable).parent / "sadi-lm-eval"  # the console script use
 SADI_LM_EVAL = (
     [str(_SCRIPT)]
     if _SCRIPT.exists()
-    else [sys.executable, "-c", "from sadi.eval.lm import cli; cli()"]
+    else [sys.executable, "-c", "from sadi.eval.cli import cli; cli()"]
 )
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -170,7 +171,7 @@ def test_allow_other_weights_model_arg(other_weights: tuple) -> None:
     lm = SteeredLM.create_from_arg_string(args + ",allow_other_weights=true", extra)
     assert lm.steerer is not None
     assert weights_fingerprint(model) in lm.steerer.accepted_weights
-    with pytest.raises(ValueError, match=r"allow_other_weights='yes'.*pass true or false"):
+    with pytest.raises(ValueError, match=r"allow_other_weights must be true or false, got 'yes'"):
         SteeredLM(model, steerer=steerer_dir, allow_other_weights="yes", tokenizer=byte_tokenizer())
     # a fitted Steerer object: refused, accepted as a copy, the caller's object untouched
     with pytest.raises(WeightsMismatch):
@@ -348,7 +349,7 @@ def test_pickle_cache_options_are_refused(
 
 
 def test_run_without_batch_size_takes_sadis(capsys: pytest.CaptureFixture[str]) -> None:
-    from sadi.eval.lm import _with_batch_size
+    from sadi.eval.cli import _with_batch_size
 
     assert _with_batch_size(["run", "--model", "sadi"])[-2:] == ["--batch_size", "16"]
     assert "no --batch_size given: using 16" in capsys.readouterr().err

@@ -137,7 +137,7 @@ def test_lm_eval_cli_runs_the_sadi_model(setup: tuple, tmp_path) -> None:  # typ
     items = load_task("jsonl", path=EXAMPLE_DATA / "tiny_mc.jsonl").splits["select"]
     data = write_split(items, task_dir / "tiny.jsonl")
     (task_dir / "tiny.yaml").write_text(yaml.safe_dump(task_config("sadi_tiny", data, "acc")))
-    script = [sys.executable, "-c", "from sadi.eval.lm import cli; cli()"]
+    script = [sys.executable, "-c", "from sadi.eval.cli import cli; cli()"]
     out = tmp_path / "out"
     proc = subprocess.run(
         [
