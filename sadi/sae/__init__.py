@@ -4,8 +4,10 @@ and decoding for the standard (ReLU), JumpReLU and TopK architectures.
 
 Modules: ``model`` (the `SparseAutoencoder` module, `load_sae`, `save_sae`,
 `from_pretrained`), ``train`` (offline TopK training with quality figures and a cache;
-`python -m sadi.sae train model=... layer=...`). Nothing here imports SAELens unless
-`from_pretrained` is called.
+`python -m sadi.sae train model=... layer=...`), ``activations`` (the text and activations
+it trains on), ``trainer`` (the TopK trainer), ``source`` (where a steerer's SAE comes
+from), ``analysis`` (what a steering vector in SAE space means). Nothing here imports
+SAELens unless `from_pretrained` is called.
 """
 
 from sadi.sae.model import (
