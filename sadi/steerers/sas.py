@@ -52,7 +52,7 @@ from sadi.core.positions import ANSWER_POSITIONS, AnswerPositions, PositionPolic
 from sadi.core.positions import read_offset as check_read_offset
 from sadi.data.pairs import Pair
 from sadi.infra import checks
-from sadi.sae import analysis, source
+from sadi.sae import analysis, bundle, source
 from sadi.sae.model import (
     FEATURES_FILE,
     SAEConfig,
@@ -72,7 +72,6 @@ SasVariant = Literal["sas", "random"]
 SAS_VARIANTS: tuple[str, ...] = get_args(SasVariant)
 SAS_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
 _STATE = ("freq_pos", "freq_neg", "mean_pos", "mean_neg")
-_SAE_PREFIX = "sae."
 TRAINED = source.TRAINED
 # rows encoded at once while fitting
 _ENCODE_ROWS = 256
@@ -400,35 +399,14 @@ class SAS(Steerer[SASState]):
     def tensors(self) -> dict[str, Tensor]:
         """The statistics, and the SAE's tensors (it travels inside the artifact)."""
         state = self.fitted_state()
-        out = {name: getattr(state, name).float() for name in _STATE}
-        out.update({_SAE_PREFIX + k: v for k, v in self.sae().tensors().items()})
-        return out
+        return {**{n: getattr(state, n).float() for n in _STATE}, **bundle.pack(self.sae())}
 
     def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
         cfg = self._sae_cfg or (self.sae_module.cfg if self.sae_module is not None else None)
         if cfg is None:
             raise ValueError("no SAE config to read the SAE tensors with (steerer.json 'sae_cfg')")
-        expected_sae = ["W_enc", "b_enc", "W_dec", "b_dec"] + (
-            ["threshold"] if cfg.architecture == "jumprelu" else []
-        )
-        check_tensor_names(
-            self.method, tensors, [*_STATE, *(_SAE_PREFIX + n for n in expected_sae)]
-        )
-        sae_t = {k[len(_SAE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_SAE_PREFIX)}
-        sae = SparseAutoencoder(
-            cfg,
-            sae_t["W_enc"],
-            sae_t["b_enc"],
-            sae_t["W_dec"],
-            sae_t["b_dec"],
-            threshold=sae_t.get("threshold"),
-        )
-        expected = self._sae_expected
-        if expected is not None and sae_fingerprint(sae) != expected:
-            raise ValueError(
-                f"the SAE tensors have fingerprint {sae_fingerprint(sae)}, but steerer.json "
-                f"records {expected}: the files do not belong together; re-save the steerer"
-            )
+        check_tensor_names(self.method, tensors, [*_STATE, *bundle.tensor_names(cfg)])
+        sae = bundle.unpack(tensors, cfg, self._sae_expected)
         stats = {name: check_finite_tensor(name, tensors[name]) for name in _STATE}
         for name, t in stats.items():
             check_tensor_shape(name, t, (cfg.d_sae,), "[d_sae] of the SAE")
