@@ -13,19 +13,17 @@ disk, a task's data. Every cache key and every artifact check is built from thes
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from sadi.infra.files import locked, write_text_atomic
 
 WEIGHTS_FINGERPRINT_CHARS = 16
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
@@ -106,17 +104,6 @@ def _short(h: Any) -> str:
     return str(h.hexdigest())[:24]
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -148,12 +135,10 @@ def file_digest(path: Path, index_dir: Path | None = None) -> str:
     after = real.stat()
     if [after.st_size, after.st_mtime_ns] != mark or time.time_ns() - mark[1] < RACY_NS:
         return value  # written while read, or too recently to trust its mtime: no entry
-    with _locked(index_dir / f"{DIGEST_INDEX}.lock"):
+    with locked(index_dir / f"{DIGEST_INDEX}.lock"):
         index = _read_index(index_file)
         index[key] = [*mark, value]
-        tmp = index_file.with_name(f".{DIGEST_INDEX}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, indent=0, sort_keys=True))
-        tmp.replace(index_file)
+        write_text_atomic(index_file, json.dumps(index, indent=0, sort_keys=True))
     return value
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -84,6 +85,11 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 EMBEDDED_PREFIX = "embedded:"
 DEFAULT_MODEL = EMBEDDED_PREFIX + "smollm2-135m-instruct"
+
+
+def model_id(model: nn.Module) -> str:
+    """The model's `config.name_or_path` (its source, as `load_model` sets it; "" if none)."""
+    return str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
 
 
 def default_cache_dir() -> Path:
@@ -249,6 +255,7 @@ __all__ = [
     "embedded_path",
     "load_model",
     "load_model_reused",
+    "model_id",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -12,7 +12,6 @@ umask asks for (a shared cache stays readable to the team).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -20,32 +19,20 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from safetensors import SafetensorError
 
 from sadi.infra.errors import UserError, writing
-from sadi.infra.files import honour_umask
+from sadi.infra.files import honour_umask, locked
 
 
 def digest(obj: Any) -> str:
     """A stable hex digest of a JSON-serialisable object (keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def get_or_create(
@@ -58,7 +45,7 @@ def get_or_create(
     """
     name = digest(key)
     entry = root / name
-    with _locked(root / f"{name}.lock"):
+    with locked(root / f"{name}.lock"):
         remove_stale_temporaries(root, name)
         if (entry / "key.json").exists():
             return entry, True
@@ -86,7 +73,7 @@ def cached(
     """
     name = digest(key)
     entry = root / name
-    with _locked(root / f"{name}.lock"):
+    with locked(root / f"{name}.lock"):
         remove_stale_temporaries(root, name)
         if (entry / "key.json").exists():
             try:

@@ -1,4 +1,4 @@
-"""Atomic writes with the permissions the user's umask asks for.
+"""Atomic writes with the permissions the user's umask asks for, and file locks.
 
 `tempfile` creates files 0600 and directories 0700 whatever the umask, and an atomic write
 renames such a temporary into place: without the chmod here, results, samples and cache
@@ -7,6 +7,7 @@ entries would be unreadable to teammates sharing a cluster directory or a cache.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -54,4 +55,24 @@ def atomic_open(path: Path) -> Iterator[IO[str]]:
             raise
 
 
-__all__ = ["atomic_open", "current_umask", "honour_umask"]
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (`atomic_open`)."""
+    with atomic_open(path) as f:
+        f.write(text)
+    return path
+
+
+@contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `lock_path` (created if missing) while the block runs:
+    the lock parallel jobs (and nodes sharing a file system with flock) take per key."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+__all__ = ["atomic_open", "current_umask", "honour_umask", "locked", "write_text_atomic"]

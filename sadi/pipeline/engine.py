@@ -10,11 +10,11 @@ from typing import Any
 from torch import nn
 
 from sadi.core.fingerprints import weights_fingerprint
+from sadi.core.models import model_id
 from sadi.infra.cache import digest
 from sadi.pipeline.context import RunContext
 from sadi.pipeline.hydra import parse_overrides
 from sadi.steerers.base import Steerer
-from sadi.steerers.identity import model_id
 from sadi.sweep.plan import fit_conditions
 from sadi.sweep.store import SweepScores
 

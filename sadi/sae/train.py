@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.architectures import decoder_layers, model_shape, weights_fingerprint
+from sadi.core.models import model_id
 from sadi.infra.cache import cached, digest
 from sadi.infra.jsonio import read_json
 from sadi.sae.activations import (
@@ -224,7 +225,7 @@ def train_sae(
         )
     texts = fit_split_texts(cfg.tasks, data_dir)
     key = sae_key(model, digest(texts), cfg)
-    model_name = str(getattr(model.config, "name_or_path", "") or "") or None
+    model_name = model_id(model) or None
 
     def create(tmp: Path) -> None:
         t0 = time.perf_counter()

@@ -36,6 +36,7 @@ from typing_extensions import Self
 from sadi.core.architectures import ModelShape, check_component, model_shape
 from sadi.core.fingerprints import weights_fingerprint
 from sadi.core.hooks import Inputs
+from sadi.core.models import model_id
 from sadi.core.positions import SUFFIX_POLICIES, BatchLayout, PositionPolicy
 from sadi.data.pairs import Pair
 from sadi.infra import checks
@@ -319,7 +320,7 @@ class Steerer(ABC, Generic[StateT]):
             "method": self.method,
             "component": self.component,
             "params": params,
-            "model": str(getattr(model.config, "name_or_path", "")),
+            "model": model_id(model),
             "dtype": str(next(model.parameters()).dtype),
             "fingerprint": model_shape(model).as_dict(),
             "weights_fingerprint": weights_fingerprint(model),

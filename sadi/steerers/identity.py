@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from sadi.core.architectures import ModelShape, model_shape, weights_fingerprint
+from sadi.core.models import model_id
 from sadi.infra.errors import UserError
 
 
@@ -24,11 +25,6 @@ class FingerprintMismatch(UserError):
 class WeightsMismatch(FingerprintMismatch):
     """A fitted steerer was applied to, or loaded for, a model of its shape but other weights
     (e.g. the chat variant of the base model it was fitted on)."""
-
-
-def model_id(model: nn.Module) -> str:
-    """The model's `config.name_or_path` ("" when it has none)."""
-    return str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,11 @@ builds the requests (context, continuation, truncation) and computes the metrics
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +31,16 @@ from tqdm.auto import tqdm
 from sadi.eval.lm import Request, SteeredLM
 from sadi.infra.cache import digest
 from sadi.infra.errors import writing
+from sadi.infra.files import locked, write_text_atomic
 from sadi.infra.jsonio import DamagedFileError, read_json
 from sadi.sweep.prefix import Condition, PrefixScorer, Score, split_request
 
 Tokens = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _write_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with writing(path):
-        tmp.write_text(json.dumps(value))
-    tmp.replace(path)
+        write_text_atomic(path, json.dumps(value))
 
 
 def _move_aside(path: Path, why: str) -> Path:
@@ -140,7 +125,7 @@ class SweepScores:
         if folder is None:
             self._fill(key, rows, None, names)
             return
-        with _locked(folder / (f".lock-{wanted}" if own else ".lock")):
+        with locked(folder / (f".lock-{wanted}" if own else ".lock")):
             self._fill(key, rows, folder, names)
 
     def _plan(self, rows: list[Any], folder: Path | None) -> list[list[int]]:
