@@ -71,7 +71,7 @@ class LoggerSchema:
     group: Optional[str] = None
     entity: Optional[str] = None
     # a tracker failure is always reported and never loses results.json; strict: it also
-    # fails the run (exit 1), after the results are written
+    # fails the run (exit 2), after the results are written
     strict: bool = False
 
 
