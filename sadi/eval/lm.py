@@ -25,7 +25,7 @@ From lm-eval's command line: `sadi-lm-eval` (`sadi.eval.cli`).
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -39,6 +39,8 @@ from sadi.core.models import EMBEDDED_PREFIX, embedded_path
 from sadi.core.positions import BatchLayout
 from sadi.infra import checks
 from sadi.steerers.base import Steerer, SteeringHandle, WeightsMismatch
+
+log = logging.getLogger(__name__)
 
 # a row's tokens with trailing pad zeros stripped -> (row length, last context index)
 RowKey = tuple[int, ...]
@@ -218,12 +220,15 @@ class SteeredLM(HFLM):
             len(c) + len(k) - 1 for _, c, k in requests if len(c) + len(k) - 1 > self.max_length
         ]
         if long:
-            print(
-                f"note: {len(long)} of {len(requests)} scored rows are longer than max_length="
-                f"{self.max_length} tokens (the longest {max(long)}): each is scored on its last "
-                f"{self.max_length} tokens (left truncation, as lm-eval does); set "
-                "model.max_length to change it",
-                file=sys.stderr,
+            log.warning(
+                "note: %d of %d scored rows are longer than max_length=%d tokens (the longest "
+                "%d): each is scored on its last %d tokens (left truncation, as lm-eval does); "
+                "set model.max_length to change it",
+                len(long),
+                len(requests),
+                self.max_length,
+                max(long),
+                self.max_length,
             )
 
     def _tail_logits_agree(self) -> bool:
@@ -247,10 +252,10 @@ class SteeredLM(HFLM):
             self._unsteered = False
         agree = all(abs(a[0] - b[0]) <= 1e-3 for a, b in zip(full, tail, strict=True))
         if not agree:
-            print(
-                f"warning: lm-eval {_lm_eval_version()} reads tail-only logits differently "
-                "from 0.4.13; scoring with full logits (memory grows with the longest row)",
-                file=sys.stderr,
+            log.warning(
+                "lm-eval %s reads tail-only logits differently from 0.4.13; scoring with full "
+                "logits (memory grows with the longest row)",
+                _lm_eval_version(),
             )
         return agree
 

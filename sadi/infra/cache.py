@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +27,8 @@ from safetensors import SafetensorError
 
 from sadi.infra.errors import UserError, writing
 from sadi.infra.files import honour_umask, locked
+
+log = logging.getLogger(__name__)
 
 
 def digest(obj: Any) -> str:
@@ -81,11 +83,14 @@ def cached(
             except DAMAGE as err:
                 aside = root / f"damaged-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
                 os.replace(entry, aside)
-                print(
-                    f"cache entry {entry} could not be read ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0] if str(err) else ''}); moved aside to "
-                    f"{aside.name} and computed again",
-                    file=sys.stderr,
+                first = str(err).splitlines()[0] if str(err) else ""
+                log.warning(
+                    "cache entry %s could not be read (%s: %s); moved aside to %s and computed "
+                    "again",
+                    entry,
+                    type(err).__name__,
+                    first,
+                    aside.name,
                 )
         _create(root, name, key, create)
         return read(entry), False

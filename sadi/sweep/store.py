@@ -18,8 +18,8 @@ builds the requests (context, continuation, truncation) and computes the metrics
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +35,8 @@ from sadi.infra.files import locked, write_text_atomic
 from sadi.infra.jsonio import DamagedFileError, read_json
 from sadi.sweep.prefix import Condition, PrefixScorer, Score, split_request
 
+log = logging.getLogger(__name__)
+
 Tokens = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
 
 
@@ -48,10 +50,7 @@ def _move_aside(path: Path, why: str) -> Path:
     deleted) and say so once; the caller computes it again."""
     aside = path.with_name(f"damaged-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, aside)
-    print(
-        f"sweep engine: {path} {why}; moved aside to {aside.name}, computing it again",
-        file=sys.stderr,
-    )
+    log.warning("sweep engine: %s %s; moved aside to %s, computing it again", path, why, aside.name)
     return aside
 
 
