@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from sadi.report.curves import build_curve, collect_curves, curve_table, main
+from sadi.report.figures import caption
 from sadi.report.records import load_run
 
 N = 40
@@ -112,7 +114,33 @@ def test_cli_writes_the_table_json_and_one_plot_per_behaviour(tmp_path: Path) ->
     sas = next(d for d in data if d["method"] == "sas-residual")
     assert [p["strength"] for p in sas["points"]] == [-4.0, 0.0, 4.0]
     assert sas["monotonic"] == "increasing" and sas["identity"] == 0.0
-    assert "Behaviour curves" in (out / "curves.md").read_text()
+    md = (out / "curves.md").read_text()
+    assert "Behaviour curves" in md
+    # the image's alt text is its caption in words, which the PNG holds, not its file name
+    (alt,) = re.findall(r"!\[(.*)\]\(curve_caa_refusal_tiny.png\)", md)
+    assert alt == caption(out / "curve_caa_refusal_tiny.png")
+    assert "caa_refusal (tiny): report p_label against each method's relative strength" in alt
+    assert "caa-residual, sas-residual" in alt and "curve_" not in alt
+
+
+def test_the_curve_title_fits_its_figure(tmp_path: Path) -> None:
+    """A long task and model name: the title wraps to the figure's width (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from sadi.report.curves import curve_chart
+
+    task = "caa_corrigible_neutral_hhh_with_a_long_descriptive_behaviour_name"
+    sweep = curve_sweep(
+        tmp_path / "caa", "caa", "multiplier", [-1.0, 1.0], lambda m, i: 0.5, task=task
+    )
+    curves = collect_curves([sweep])
+    chart = curve_chart(task, "smollm2_135m_instruct_with_a_long_model_name", curves)
+    canvas = FigureCanvasAgg(chart.figure)
+    canvas.draw()
+    (ax,) = chart.figure.axes
+    box, fig = ax.title.get_window_extent(canvas.get_renderer()), chart.figure.bbox
+    assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.x1 and box.y1 <= fig.y1
+    assert "\n" in ax.title.get_text() and task in chart.caption
 
 
 def test_curves_are_not_overwritten_by_fewer(tmp_path: Path) -> None:

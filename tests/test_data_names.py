@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from sadi.data.tasks import EXAMPLE_DATA, load_task
-from sadi.report import collect, table
-from sadi.report.tables import pivot_markdown
+from sadi.report import collect, pivot_markdown, table
 from sadi.run import run
 from tests.test_run import compose_run, tiny_overrides
 

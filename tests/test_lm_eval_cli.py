@@ -18,9 +18,9 @@ from torch import nn
 
 from sadi.core.architectures import weights_fingerprint
 from sadi.data.tasks import EXAMPLE_DATA, Item, default_data_dir, load_task, read_jsonl
+from sadi.eval.cli import SADI_HELP, cli
 from sadi.eval.export import export_tasks, lm_eval_name
 from sadi.eval.harness import evaluate_split, task_config
-from sadi.eval.cli import SADI_HELP, cli
 from sadi.eval.lm import SteeredLM
 from sadi.eval.metrics import process_mc2
 from sadi.steerers import SADI

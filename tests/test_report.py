@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from safetensors.torch import save_file
 
 from sadi.report import (
@@ -29,6 +32,7 @@ from sadi.report import (
     to_markdown,
 )
 from sadi.report.plots import _axes, plot_all
+from sadi.report.records import RunRecord
 
 N_LAYERS, N_HEADS = 6, 4
 
@@ -44,9 +48,10 @@ def scores_pair(n: int, p_base: float, gain: float, seed: int) -> tuple[list[flo
     return steered.tolist(), base.tolist()
 
 
-def _summary(scores: list[float]) -> dict[str, float]:
+def _summary(scores: list[float], metric: str = "acc") -> dict[str, float]:
     x = np.asarray(scores)
-    return {"acc": float(x.mean()), "acc_stderr": float(x.std(ddof=1) / math.sqrt(len(x)))}
+    stderr = float(x.std(ddof=1) / math.sqrt(len(x)))
+    return {metric: float(x.mean()), f"{metric}_stderr": stderr}
 
 
 def _write_steerer(directory: Path, method: str, component: str, k: int, seed: int) -> None:
@@ -76,21 +81,23 @@ def write_run(
     params: dict[str, Any] | None = None,
     task: str = "copa",
     samples: bool = True,
+    metric: str = "acc",
 ) -> Path:
-    """One run directory; `scores` maps split -> (steered, baseline) per-item scores."""
+    """One run directory; `scores` maps split -> (steered, baseline) per-item scores of
+    `metric`, the task's primary metric."""
     run_dir.mkdir(parents=True)
     steered = intervention != "none"
     params = dict(params or {})
     cfg = {
-        "task": {"name": task, "primary_metric": "acc", "splits": list(scores)},
+        "task": {"name": task, "primary_metric": metric, "splits": list(scores)},
         "model": {"name": "tiny"},
         "component": {"name": component},
         "intervention": {"name": intervention, "_target_": "x", "seed": 0, **params},
     }
     results = {
         "config": cfg,
-        "metrics": {s: _summary(st if steered else b) for s, (st, b) in scores.items()},
-        "baseline_metrics": {s: _summary(b) for s, (_, b) in scores.items()},
+        "metrics": {s: _summary(st if steered else b, metric) for s, (st, b) in scores.items()},
+        "baseline_metrics": {s: _summary(b, metric) for s, (_, b) in scores.items()},
         "steered": steered,
         "steerer": str(run_dir / "steerer") if steered else None,
     }
@@ -100,7 +107,7 @@ def write_run(
             continue
         files = {"": st, "_baseline": b} if steered else {"": b}
         for suffix, values in files.items():
-            rows = [{"id": f"{task}-{i}", "label": 0, "acc": v} for i, v in enumerate(values)]
+            rows = [{"id": f"{task}-{i}", "label": 0, metric: v} for i, v in enumerate(values)]
             text = "".join(json.dumps(r) + "\n" for r in rows)
             (run_dir / f"samples_{task}_{split}{suffix}.jsonl").write_text(text)
     if steered:
@@ -264,7 +271,9 @@ def test_table_markdown_html(dirs: list[Path]) -> None:
     assert "66.0 +- 3.4 (CI n/a)" in caa_line
     page = to_html(rows)
     assert page.startswith("<!DOCTYPE html>") and "<td>iti-head</td>" in page
-    assert "<td>66.0 +- 3.4 (CI n/a)</td>" in page and "<style>" in page
+    cells_html = re.findall(r"<td[^>]*>(.*?)</td>", page)
+    assert "66.0 +- 3.4 (CI n/a)" in [re.sub("<[^>]+>", "", c) for c in cells_html]
+    assert "<style>" in page and '<table class="sortable">' in page and "<script>" in page
 
 
 def test_plots_written(dirs: list[Path], tmp_path: Path) -> None:
@@ -383,7 +392,7 @@ def test_collect_names_the_fix_for_an_empty_directory(tmp_path: Path) -> None:
 
 def test_austeer_units_plot_and_axes(tmp_path: Path) -> None:
     """An AUSteer sweep plots select vs alpha (a line per k) and its fitted unit momentum."""
-    from sadi.report.plots import plot_units
+    from sadi.report.heatmaps import plot_units, units_chart
     from sadi.steerers import AUSteer
     from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 
@@ -404,6 +413,11 @@ def test_austeer_units_plot_and_axes(tmp_path: Path) -> None:
     assert rec.steerer_dir is not None
     png = plot_units(rec.steerer_dir, tmp_path / "units.png")
     assert png is not None and png.stat().st_size > 0
+    about = f"{LONG_TASK}, austeer-hidden ({LONG_MODEL})"
+    chart = units_chart(rec.steerer_dir, about)
+    assert chart is not None
+    titles_inside(chart.figure)
+    words(chart.caption, about, "units it steers")
     assert plot_head_heatmap(rec.steerer_dir, tmp_path / "heads.png") is None
     iti_dir = build_dirs(tmp_path / "other")[1] / "steerer"
     assert plot_units(iti_dir, tmp_path / "none.png") is None
@@ -555,6 +569,7 @@ def test_answer_form_measures_chosen_length_and_flatness(tmp_path: Path) -> None
             {"report": ([0.0] * 3, [0.0] * 3)},
             task=task,
             intervention=method,
+            metric="mc2" if task.endswith("mc2") else "acc",
         )
         for suffix, lls, preds in (("", st_ll, st_pred), ("_baseline", base_ll, base_pred)):
             rows = [
@@ -661,12 +676,38 @@ def test_answers_compare_steering_with_a_calibrated_unsteered_model(tmp_path: Pa
     assert cells[9].startswith("-16.7 [") and cells[9].endswith(", p=1")
 
 
-def test_the_delta_heatmap_reads_well() -> None:
-    """Its title fits the figure whole, and every value is legible on its cell (WCAG
-    contrast >= 4.5: white on the dark ends of the scale, black in the middle)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+LONG_TASK = "truthfulqa_mc2_with_a_long_descriptive_task_name"
+LONG_MODEL = "smollm2_135m_instruct_with_a_rather_long_model_name"
 
-    from sadi.report.plots import contrast, delta_figure
+
+def titles_inside(fig: Figure) -> list[str]:
+    """Render `fig` with Agg and assert that each title (every axes title, the suptitle)
+    lies whole inside the figure; return the titles' texts."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    titles = [ax.title for ax in fig.axes if ax.title.get_text()]
+    titles += [t for t in fig.texts if t.get_text()]
+    assert titles, "the figure has no title"
+    for t in titles:
+        box = t.get_window_extent(renderer)
+        inside = box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+        assert inside, f"title {t.get_text()!r} at {box} outside the figure {fig.bbox}"
+    return [t.get_text() for t in titles]
+
+
+def words(caption: str, *names: str) -> None:
+    """A caption is a sentence naming what it shows, never a file name."""
+    assert " " in caption and not caption.endswith(".png") and "_0" not in caption
+    for name in names:
+        assert name in caption, f"{name!r} not in caption {caption!r}"
+
+
+def test_the_delta_heatmap_reads_well() -> None:
+    """Its title fits the figure whole, its caption says what it shows, and every value is
+    legible on its cell (WCAG contrast >= 4.5: white on the dark ends of the scale, black in
+    the middle)."""
+    from sadi.report.heatmaps import contrast, delta_chart
     from sadi.report.stats import Estimate
 
     rows = [
@@ -678,16 +719,128 @@ def test_the_delta_heatmap_reads_well() -> None:
             ("boolq (ab)", "iti-head", -0.01),
         )
     ]
-    fig = delta_figure("smollm2_135m_with_a_long_name", rows)
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    chart = delta_chart("smollm2_135m_with_a_long_name", rows)
+    fig = chart.figure
+    titles_inside(fig)
+    words(chart.caption, "smollm2_135m_with_a_long_name", "2 tasks", "p < 0.05")
     (ax,) = fig.axes[:1]
-    box = ax.title.get_window_extent(renderer)
-    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
     image = ax.images[0]
     for text in ax.texts:
         x, y = text.get_position()
         cell = image.cmap(image.norm(image.get_array()[int(y), int(x)]))
         assert contrast(cell, text.get_color() == "white" and (1, 1, 1) or (0, 0, 0)) >= 4.5
     assert {t.get_color() for t in ax.texts} == {"white", "black"}
+
+
+def long_sweeps(root: Path) -> list[RunRecord]:
+    """A SADI sweep (strength x k) and a CAA sweep (multiplier) on a task of a long name."""
+    grids = {
+        "sadi": ("head", [{"k": k, "strength": s} for k in (2, 4) for s in (1.0, 5.0, 9.0)]),
+        "caa": ("residual", [{"layer": 3, "multiplier": m} for m in (-1.0, 1.0, 2.0)]),
+    }
+    for method, (component, grid) in grids.items():
+        for i, params in enumerate(grid):
+            write_run(
+                root / method / str(i),
+                {"select": scores_pair(60, 0.5, 0.02 * i, i)},
+                intervention=method,
+                component=component,
+                params=params,
+                task=LONG_TASK,
+            )
+    return collect([root / "sadi", root / "caa"])
+
+
+def test_every_figure_keeps_its_title_inside_and_says_what_it_shows(tmp_path: Path) -> None:
+    """Long task and model names: each chart's title wraps to its figure's width, and its
+    caption (saved inside the PNG, read back for the HTML and Markdown) is words naming the
+    task and method, never a file name."""
+    from sadi.report.figures import caption
+    from sadi.report.heatmaps import heads_chart, plot_head_heatmap
+    from sadi.report.plots import methods_chart, side_by_side_chart, strength_chart
+
+    records = long_sweeps(tmp_path / "runs")
+    sadi = next(r for r in records if r.intervention == "sadi")
+    chart = strength_chart(sadi.points, sadi)
+    assert chart is not None
+    assert any(LONG_TASK in t.replace("\n", " ") for t in titles_inside(chart.figure))
+    words(chart.caption, LONG_TASK, "sadi-head", "against strength", "one line per k")
+    chart = side_by_side_chart(records, LONG_TASK)
+    assert chart is not None
+    assert len(titles_inside(chart.figure)) == 3  # a panel per method and the suptitle
+    words(chart.caption, LONG_TASK, "sadi-head against strength", "caa-residual against multip")
+    rows = table(collect(build_dirs(tmp_path / "bars")), n_resamples=50)
+    chart = methods_chart(LONG_TASK, LONG_MODEL, rows)
+    titles_inside(chart.figure)
+    words(chart.caption, LONG_TASK, LONG_MODEL, "sadi-head", "95% bootstrap CI", "hatched")
+    assert sadi.steerer_dir is not None
+    about = f"{LONG_TASK}, sadi-head ({LONG_MODEL})"
+    heads = heads_chart(sadi.steerer_dir, about)
+    assert heads is not None
+    titles_inside(heads.figure)
+    words(heads.caption, about, "outlined")
+    png = plot_head_heatmap(sadi.steerer_dir, tmp_path / "heads_x_0.png", about)
+    assert png is not None and caption(png) == heads.caption
+
+
+def test_no_single_cell_or_empty_drawing(tmp_path: Path) -> None:
+    """A steerer of one head gets no heatmap, a sweep with no select value no strength plot,
+    and a task with a single drawable sweep no side-by-side figure."""
+    from safetensors.numpy import save_file as save_numpy
+
+    from sadi.report.heatmaps import heads_chart
+    from sadi.report.plots import side_by_side_chart, strength_chart
+
+    one = tmp_path / "one_head"
+    one.mkdir()
+    delta = np.array([[0.3]], dtype=np.float32)
+    save_numpy(
+        {"delta": delta, "mask": np.ones((1, 1), dtype=bool)}, str(one / "steerer.safetensors")
+    )
+    meta = {"method": "sadi", "component": "head", "k": 1, "model_id": "tiny"}
+    (one / "steerer.json").write_text(json.dumps(meta))
+    assert heads_chart(one) is None
+    records = long_sweeps(tmp_path / "runs")
+    sadi = next(r for r in records if r.intervention == "sadi")
+    for p in sadi.points:
+        p.metrics["select"] = {}
+    assert strength_chart(sadi.points, sadi) is None
+    assert side_by_side_chart(records, LONG_TASK) is None  # CAA's alone is drawable
+
+
+def test_the_paired_test_follows_the_metric_table(tmp_path: Path) -> None:
+    """Whether a report delta gets McNemar reads `sadi.eval.metrics.METRICS[metric].binary`,
+    not the values: p_label scores that happen to be 0/1 still get the paired bootstrap;
+    a binary metric with a score that is not 0/1 is an error naming it."""
+    from sadi.report.side_effects import side_metric
+
+    pair = {"report": scores_pair(60, 0.5, 0.2, 0)}
+    for metric, test in (("acc", "mcnemar"), ("p_label", "bootstrap")):
+        run = write_run(tmp_path / metric, pair, metric=metric)
+        (row,) = table(collect([run]), n_resamples=100)
+        assert row["metric"] == metric and row["test"] == test
+    with pytest.raises(ValueError, match=r"got 0.5: pass binary=False"):
+        paired_test([1.0, 0.5], [0.0, 1.0], binary=True)
+    assert paired_test([1.0, 0.0], [0.0, 0.0], binary=False).test == "bootstrap"
+    # a side task is shown in the primary metric of the scoring its scores hold
+    assert side_metric({"mc2": 0.4}) == "mc2"
+    assert side_metric({"acc": 0.3, "acc_norm": 0.3, "acc_stderr": 0.01}) == "acc"
+    assert side_metric({"bleu": 0.3}) is None
+
+
+def test_html_cells_and_sections(dirs: list[Path]) -> None:
+    """A value cell sets its number apart from its CI; text that merely opens with a number
+    stays plain text; every section's table is sortable and listed in the page's links."""
+    from sadi.report.blocks import Table
+    from sadi.report.render import table_html
+
+    t = Table("x", ["a", "b", "c"], [["+4.5 [+1.9, +7.2]", "1. " + "word " * 20, "-3.8*"]])
+    got = table_html(t)
+    ci = '<span class="ci"><span class="nw">[+1.9, +7.2]</span></span>'
+    assert f'<td class="num"><span class="v">+4.5</span> {ci}</td>' in got
+    assert '<td class="long">1. word' in got
+    assert '<span class="v">-3.8</span><span class="ci">*</span>' in got
+    rows = table(collect(dirs), n_resamples=50)
+    page = to_html(rows, sections=[t])
+    assert page.count('<table class="sortable">') == 3  # main, pivot, x
+    assert '<a href="#report-deltas-method-x-task">' in page and '<a href="#x">' in page

@@ -9,9 +9,15 @@ directories are grouped by (task, method, model); of a group of several points t
 select split is chosen. The report split never chooses. Writes `report.md`, `report.html`
 (self-contained), and PNGs into `--out`; the markdown is also printed.
 
-Modules: ``records`` (reading directories), ``stats`` (bootstrap CIs, paired tests),
-``tables`` (the table, Markdown, HTML), ``plots`` (PNGs), ``guard`` (never overwriting a
-report with one that drops its rows: `--replace` to do so on purpose); ``main`` is the CLI.
+Modules: ``records`` (reading directories), ``stats`` (bootstrap CIs, paired tests); one
+module per analysis, each returning a ``blocks.Table``: ``main_table`` (per record, select and
+report with CIs, the paired delta), ``pivot`` (method x task deltas), ``answers`` (answer
+priors, the calibrated control), ``answer_form`` (answer length and flatness),
+``side_effects``, ``generations``, ``features`` (SAS latents); ``render`` (Markdown and the
+self-contained, sortable HTML),
+``figures`` (captions, titles that fit), ``plots`` and ``heatmaps`` (PNGs), ``curves``
+(behaviour curves, its own CLI), ``guard`` (never overwriting a report with one that drops
+its rows: `--replace` to do so on purpose); ``main`` is the CLI.
 """
 
 from __future__ import annotations
@@ -21,28 +27,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sadi.report.guard import check_not_lost, report_keys
-from sadi.report.plots import (
-    plot_all,
-    plot_deltas,
-    plot_head_heatmap,
-    plot_methods,
-    plot_strength,
-    plot_units,
-)
-from sadi.report.records import RunRecord, collect, load_run, load_samples, load_scores
-from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
-from sadi.report.tables import (
-    Row,
+from sadi.report.heatmaps import plot_deltas, plot_head_heatmap, plot_units
+from sadi.report.main_table import table
+from sadi.report.plots import plot_all, plot_methods, plot_strength
+from sadi.report.records import Row, RunRecord, collect, load_run, load_samples, load_scores
+from sadi.report.render import (
+    analysis_tables,
     answer_form_section,
     answer_section,
     feature_sections,
     generation_section,
     pivot_markdown,
+    report_markdown,
     side_effect_section,
-    table,
     to_html,
     to_markdown,
 )
+from sadi.report.stats import Estimate, PairedTest, bootstrap_ci, paired_test
 
 __all__ = [
     "Estimate",
@@ -101,14 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         old = report_keys((out / "report.md").read_text())
         check_not_lost(out / "report.md", old, report_keys(md), args.replace)
     images = plot_all(records, rows, out, summary=args.plots == "summary")
-    sections = [("Report deltas, method x task", pivot_markdown(rows))]
-    sections += answer_section(records) + answer_form_section(records)
-    sections += side_effect_section(records) + generation_section(records)
-    sections += feature_sections(records)
-    md_sections = "".join(f"\n## {title}\n\n{body}\n" for title, body in sections)
-    (out / "report.md").write_text(
-        md + "".join(f"\n![{p.stem}]({p.name})\n" for p in images) + md_sections
-    )
-    (out / "report.html").write_text(to_html(rows, images, args.resamples, args.seed, sections))
+    tables = analysis_tables(records)
+    (out / "report.md").write_text(report_markdown(rows, images, tables, args.resamples, args.seed))
+    (out / "report.html").write_text(to_html(rows, images, args.resamples, args.seed, tables))
     print(md + f"\nwrote report.md, report.html and {len(images)} PNGs to {out}", flush=True)
     return 0

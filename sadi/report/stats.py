@@ -47,17 +47,34 @@ def bootstrap_ci(
 
 
 def paired_test(
-    a: ArrayLike, b: ArrayLike, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+    a: ArrayLike,
+    b: ArrayLike,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    binary: bool | None = None,
 ) -> PairedTest:
     """Paired comparison of scores a and b on the same items (two-sided).
 
     0/1 scores get an exact McNemar test on the discordant items; others a paired bootstrap
     (resampled differences shifted to mean 0). The difference's CI is a paired bootstrap.
+    `binary`: whether the scores are 0/1 by their metric's definition
+    (`sadi.eval.metrics.METRICS[name].binary`); None reads it from the values.
+
+    Raises:
+        ValueError: `binary` is True but a score is neither 0 nor 1.
     """
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = x - y
     diff = bootstrap_ci(d, n_resamples, level, seed)
-    if np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all():
+    zero_one = bool(np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all())
+    if binary and not zero_one:
+        odd = next(float(v) for v in np.concatenate([x, y]) if v not in (0.0, 1.0))
+        raise ValueError(
+            f"a binary metric's item scores must be 0 or 1, got {odd}: pass binary=False "
+            "(or fix its entry in sadi.eval.metrics.METRICS) for a metric that is not 0/1"
+        )
+    if zero_one if binary is None else binary:
         n01, n10 = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
         n = n01 + n10
         tail = sum(math.comb(n, i) for i in range(min(n01, n10) + 1))

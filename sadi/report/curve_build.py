@@ -1,0 +1,199 @@
+"""One behaviour curve: a method's metric against its strength on one task, with item
+bootstrap CIs resampled jointly over the whole curve, its monotonicity and its range (see
+`curves` for the command that collects and draws them)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from sadi.infra.jsonio import read_jsonl
+from sadi.report.records import RunRecord
+from sadi.report.stats import Estimate
+
+
+@dataclass
+class Curve:
+    """One method's metric against its strength on one task (report split by default).
+
+    Attributes:
+        strengths: ascending, the identity (unsteered) strength included.
+        values: the mean metric per strength, with a 95% bootstrap CI over items.
+        monotonic: "increasing", "decreasing" (point estimates never go the other way) or
+            "no"; "flat" when every point is equal.
+        monotonic_share: the share of bootstrap resamples whose curve is monotonic in the
+            same direction as the point estimates (0 for "no").
+        spearman: rank correlation of strength and per-strength mean.
+        range: max - min of the per-strength means, with its bootstrap CI.
+        toward: the metric at the largest strength minus the unsteered metric (CI); away:
+            the same at the smallest strength (the most negative steering).
+    """
+
+    task: str
+    model: str
+    method: str
+    param: str
+    identity: float  # the strength at which the method does nothing
+    fixed: dict[str, Any]
+    metric: str
+    split: str
+    n_items: int
+    strengths: list[float]
+    values: list[Estimate]
+    baseline: Estimate
+    monotonic: str
+    monotonic_share: float
+    spearman: float
+    range: Estimate
+    toward: Estimate
+    away: Estimate
+    run_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        fixed = ", ".join(f"{k}={v}" for k, v in self.fixed.items())
+        return f"{self.method} ({fixed})" if fixed else self.method
+
+
+def _samples_file(directory: Path, task: str, split: str, baseline: bool) -> Path:
+    return directory / f"samples_{task}_{split}{'_baseline' if baseline else ''}.jsonl"
+
+
+def _samples(directory: Path, task: str, split: str, baseline: bool) -> list[dict[str, Any]]:
+    path = _samples_file(directory, task, split, baseline)
+    if not path.exists():
+        return []
+    return read_jsonl(path)
+
+
+def scored_split(points: Sequence[RunRecord], split: str = "auto") -> str:
+    """`split`, or for "auto" the split every point scored: report where they all did, else
+    select (a sweep scores select only; `python -m sadi.select` scores report once)."""
+    if split != "auto":
+        return split
+    for candidate in ("report", "select"):
+        if all(_samples_file(p.run_dir, p.task, candidate, False).exists() for p in points):
+            return candidate
+    raise FileNotFoundError(
+        f"{points[0].run_dir}: the points of this curve share no scored split (no samples "
+        "files for report nor for select); pass the directories of a finished curve sweep"
+    )
+
+
+def _per_item(rows: list[dict[str, Any]], metric: str, where: Path) -> dict[str, float]:
+    missing = [r["id"] for r in rows if metric not in r]
+    if missing:
+        raise KeyError(
+            f"{where}: samples have no {metric!r} (e.g. item {missing[0]!r}); choose a metric "
+            f"they hold: {sorted(k for k in rows[0] if isinstance(rows[0][k], int | float))}"
+        )
+    return {str(r["id"]): float(r[metric]) for r in rows}
+
+
+def curve_axis(rec: RunRecord) -> tuple[str, float]:
+    """The method's strength parameter and the strength at which it is the unsteered model
+    (its spec, from results.json)."""
+    if rec.spec is None:
+        raise ValueError(
+            f"{rec.run_dir}: no strength axis is known for intervention {rec.intervention!r}: "
+            "its results.json records no method (an unsteered run?)"
+        )
+    return rec.spec.strength, rec.spec.identity
+
+
+def _monotonic(means: np.ndarray) -> str:
+    steps = np.diff(means)
+    if np.all(steps == 0):
+        return "flat"
+    if np.all(steps >= 0):
+        return "increasing"
+    if np.all(steps <= 0):
+        return "decreasing"
+    return "no"
+
+
+def build_curve(
+    points: Sequence[RunRecord],
+    metric: str = "p_label",
+    split: str = "auto",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Curve:
+    """The curve of `points`: runs of one method and fit that differ only in its strength,
+    on `split` ("auto": report where every point scored it, else select).
+
+    Raises:
+        ValueError: the points differ in anything but the strength, or score other items.
+    """
+    rec = points[0]
+    split = scored_split(points, split)
+    param, identity = curve_axis(rec)
+    fixed = {k: v for k, v in rec.params.items() if k != param}
+    for p in points[1:]:
+        other = {k: v for k, v in p.params.items() if k != param}
+        mine = (p.task_label, p.model, p.method, p.data, other)
+        if mine != (rec.task_label, rec.model, rec.method, rec.data, fixed):
+            raise ValueError(
+                f"{p.run_dir} differs from {rec.run_dir} in more than {param}: a curve varies "
+                "the strength only"
+            )
+    scores: dict[float, dict[str, float]] = {}
+    for p in points:
+        rows = _samples(p.run_dir, p.task, split, baseline=False)
+        if not rows:
+            raise FileNotFoundError(f"{p.run_dir}: no {split} samples; score the {split} split")
+        scores[float(p.params[param])] = _per_item(rows, metric, p.run_dir)
+    base_rows = _samples(rec.run_dir, rec.task, split, baseline=True)
+    base = _per_item(base_rows, metric, rec.run_dir)
+    scores.setdefault(identity, base)
+    ids = sorted(base)
+    for s, got in scores.items():
+        if sorted(got) != ids:
+            raise ValueError(f"the points at {param}={s} and the baseline score other items")
+    strengths = sorted(scores)
+    table = np.array([[scores[s][i] for i in ids] for s in strengths])  # [strengths, items]
+    base_x = np.array([base[i] for i in ids])
+    means = table.mean(axis=1)
+    direction = _monotonic(means)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(ids), size=(n_resamples, len(ids)))
+    boot = table[:, picks].mean(axis=2)  # [strengths, resamples]
+    boot_base = base_x[picks].mean(axis=1)  # [resamples]
+
+    def ci(values: np.ndarray, point: float) -> Estimate:
+        lo, hi = np.quantile(values, [0.025, 0.975])
+        return Estimate(float(point), float(lo), float(hi), n=len(ids))
+
+    shares = [_monotonic(boot[:, r]) for r in range(n_resamples)]
+    same = {"increasing", "flat"} if direction == "increasing" else {"decreasing", "flat"}
+    share = 0.0 if direction in ("no", "flat") else sum(s in same for s in shares) / n_resamples
+    flat = len(strengths) < 3 or direction == "flat"  # no ranks to correlate
+    rho = math.nan if flat else float(spearmanr(strengths, means).statistic)
+    top, low = strengths.index(max(strengths)), strengths.index(min(strengths))
+    return Curve(
+        task=rec.task_label,
+        model=rec.model,
+        method=rec.method,
+        param=param,
+        identity=identity,
+        fixed=fixed,
+        metric=metric,
+        split=split,
+        n_items=len(ids),
+        strengths=strengths,
+        values=[ci(boot[j], float(means[j])) for j in range(len(strengths))],
+        baseline=ci(boot_base, float(base_x.mean())),
+        monotonic=direction,
+        monotonic_share=share,
+        spearman=rho,
+        range=ci(boot.max(axis=0) - boot.min(axis=0), float(means.max() - means.min())),
+        toward=ci(boot[top] - boot_base, float(means[top] - base_x.mean())),
+        away=ci(boot[low] - boot_base, float(means[low] - base_x.mean())),
+        run_dirs=[str(p.run_dir) for p in points],
+    )

@@ -1,0 +1,38 @@
+"""Generations ("Generations"): the first open-ended prompts with the unsteered and the
+steered answer side by side (no judge: saved for reading)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from sadi.report.blocks import Table, text_cell
+from sadi.report.records import RunRecord
+
+TITLE = "Generations"
+COLUMNS = ["task", "method", "prompt", "unsteered", "steered"]
+
+
+def generation_table(records: Sequence[RunRecord], n: int = 3) -> Table | None:
+    """The first `n` prompts of each record that generated on open-ended prompts; None when
+    none did."""
+    note = (
+        f"Greedy answers to the first {n} open-ended prompts, unsteered and steered (all of "
+        "them are in each report run's generations_<task>*.jsonl)."
+    )
+    out = Table(TITLE, list(COLUMNS), note=[note])
+    for rec in records:
+        d = rec.sample_dirs.get("report", rec.run_dir)
+        steered, base = (
+            d / f"generations_{rec.task}.jsonl",
+            d / f"generations_{rec.task}_baseline.jsonl",
+        )
+        if not (steered.exists() and base.exists()):
+            continue
+        a = [json.loads(x) for x in steered.read_text().splitlines() if x.strip()]
+        b = {r["id"]: r for r in (json.loads(x) for x in base.read_text().splitlines() if x)}
+        for row in a[:n]:
+            other = b.get(row["id"], {}).get("generation", "")
+            cells = [text_cell(row["prompt"], 160), text_cell(other), text_cell(row["generation"])]
+            out.rows.append([rec.task_label, rec.method, *cells])
+    return out if out.rows else None
