@@ -1,9 +1,15 @@
-"""Tiny random models of every supported architecture, and a byte-level tokenizer."""
+"""Tiny random models of every supported architecture, and a byte-level tokenizer.
+
+`TINY` holds the seven families the `family` fixture runs most tests on; `MORE_TINY` the
+architectures beyond them (Gemma 2 and Qwen 3, AUSteer's backbones), which the steerer
+contract suite (`tests/steerers/test_contract.py`) covers too. `make_tiny` builds either.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +19,8 @@ from transformers import (
     BloomForCausalLM,
     FalconConfig,
     FalconForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     GPT2Config,
@@ -25,6 +33,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from sadi.data.pairs import Pair
@@ -33,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 VOCAB = 260  # 256 bytes + specials
-_LLAMA_KW = dict(
+_LLAMA_KW: dict[str, Any] = dict(
     vocab_size=VOCAB,
     hidden_size=32,
     intermediate_size=48,
@@ -68,9 +78,20 @@ TINY: dict[str, Callable[[], PreTrainedModel]] = {
 }
 
 
+# the architectures beyond the seven: built by `make_tiny`, not run by the `family` fixture
+MORE_TINY: dict[str, Callable[[], PreTrainedModel]] = {
+    "gemma2": lambda: Gemma2ForCausalLM(
+        Gemma2Config(**{**_LLAMA_KW, "num_key_value_heads": 1}, head_dim=16)
+    ),
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**_LLAMA_KW, head_dim=8)),
+}
+ALL_FAMILIES = sorted(TINY) + sorted(MORE_TINY)
+
+
 def make_tiny(family: str, seed: int = 0) -> PreTrainedModel:
+    """The tiny random model of `family` (one of `TINY` or `MORE_TINY`), in eval mode."""
     torch.manual_seed(seed)
-    model = TINY[family]()
+    model = {**TINY, **MORE_TINY}[family]()
     # Random init gives near-zero activations; scale weights so edits visibly move logits.
     with torch.no_grad():
         for p in model.parameters():

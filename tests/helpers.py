@@ -1,4 +1,5 @@
-"""Helpers shared by the steerer tests: forwards, steered forwards, activation recording."""
+"""Helpers shared by the steerer tests: forwards, steered forwards, activation recording,
+teacher-forced generation."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Any
 import torch
 from lm_eval.api.instance import Instance
 from torch import Tensor, nn
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from sadi.core.activations import EncodedBatch, position_ids
 from sadi.core.architectures import architecture_of, model_shape, site
 from sadi.core.hooks import LayerHook, hooked
+from sadi.eval.lm import SteeredLM
 from sadi.steerers import Steerer
 
 PROMPTS = ["The sky is", "Water is wet and", "Hi"]
@@ -55,6 +58,62 @@ def recording(model: nn.Module, component: str) -> Iterator[dict[int, Tensor]]:
 
 def count_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class Force(LogitsProcessor):
+    """Teacher forcing inside `generate`: step i can only pick `targets[:, i]`."""
+
+    def __init__(self, targets: Tensor, start: int) -> None:
+        self.targets, self.start = targets, start  # [batch, n], prompt length
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        step = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, -torch.inf)
+        rows = torch.arange(scores.shape[0])
+        forced[rows, self.targets[:, step]] = 0.0
+        return forced
+
+
+def generated_logprob(
+    model: nn.Module, steerer: Steerer | None, context: list[int], continuation: list[int]
+) -> float:
+    """log P(continuation | context) as `generate` sees it, with its KV cache, one new token
+    per step (the raw logits of each step, before the forcing processor)."""
+    ids = torch.tensor([context])
+    targets = torch.tensor([continuation])
+    n = len(continuation)
+    kwargs = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        pad_token_id=0,
+        use_cache=True,
+        logits_processor=LogitsProcessorList([Force(targets, ids.shape[1])]),
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        if steerer is None:
+            out = model.generate(ids, **kwargs)
+        else:
+            with steerer.apply(model):
+                out = model.generate(ids, **kwargs)
+    assert torch.equal(out.sequences[0, ids.shape[1] :], targets[0]), "forcing failed"
+    logp = torch.stack(out.logits, dim=1).float().log_softmax(-1)[0]  # [n, vocab]
+    return float(logp.gather(1, targets[0][:, None]).sum())
+
+
+def steered_lm(
+    model: nn.Module,
+    steerer: Steerer | None,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int | str = 4,
+) -> SteeredLM:
+    """The lm-eval model `sadi` on `model` (on the CPU), steered by `steerer` (None: not)."""
+    return SteeredLM(
+        model, steerer=steerer, tokenizer=tokenizer, batch_size=batch_size, device="cpu"
+    )
 
 
 def loglikelihood_requests(pairs: Sequence[tuple[str, str]]) -> list[Instance]:

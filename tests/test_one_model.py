@@ -1,9 +1,12 @@
 """A steered model is one model: scoring a continuation and generating it edit the same cells.
 
-For every family and method, the steered log-likelihood lm-eval's `loglikelihood` gets for
-a continuation equals the log-probability the same steered model assigns when `generate`
-produces that continuation token by token with its real KV cache (teacher-forced); and on
-one-token answers every method changes the scores.
+The steered log-likelihood lm-eval's `loglikelihood` gets for a continuation equals the
+log-probability the same steered model assigns when `generate` produces that continuation
+token by token with its real KV cache (teacher-forced), and every continuation (a one-token
+answer included) moves. The contract suite (`tests/steerers/test_contract.py`) checks this
+for each registered method's default configuration (`DEFAULTS` below); here the other
+components, positions and modes (`VARIANTS`) on every family, and the methods on the
+embedded SmolLM2 (slow). `METHODS` (both) serves the sweep engine's tests too.
 """
 
 from __future__ import annotations
@@ -12,15 +15,14 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch import Tensor, nn
-from transformers import LogitsProcessor, LogitsProcessorList
+from torch import nn
 
 from sadi.data.pairs import Pair
 from sadi.eval.lm import SteeredLM
 from sadi.sae import SparseAutoencoder
 from sadi.steerers import CAA, ITI, SADI, SAS, AUSteer, Steerer
 from tests.conftest import PAIRS, TINY, byte_tokenizer, make_tiny
-from tests.helpers import loglikelihood_requests
+from tests.helpers import generated_logprob, loglikelihood_requests, steered_lm
 
 
 def _sae() -> SparseAutoencoder:
@@ -30,9 +32,18 @@ def _sae() -> SparseAutoencoder:
     return random_sae("topk", d_in=32, d_sae=64, k=8, layer=1)
 
 
-# (name, steerer factory): fitted once per family, then varied by apply parameters
-METHODS: dict[str, Callable[[], Steerer]] = {
+# (name, steerer factory): fitted once per family, then varied by apply parameters.
+# Each method's default component, positions and mode (the contract suite checks scoring =
+# generation on these, with its own k and strength):
+DEFAULTS: dict[str, Callable[[], Steerer]] = {
     "sadi-head-online": lambda: SADI("head", k=3, strength=4.0, progress=False),
+    "iti-response": lambda: ITI(k=3, alpha=8.0, progress=False),
+    "caa-response": lambda: CAA(layer=1, multiplier=3.0, progress=False),
+    "austeer-head": lambda: AUSteer("head", k=6, alpha=6.0, progress=False),
+    "sas-code": lambda: SAS(sae=_sae(), tau=0.0, lam=4.0, progress=False),
+}
+# the other components, positions and modes
+VARIANTS: dict[str, Callable[[], Steerer]] = {
     "sadi-head-faithful": lambda: SADI("head", k=3, strength=4.0, mode="faithful", progress=False),
     "sadi-neuron-faithful": lambda: SADI(
         "neuron", k=8, strength=6.0, mode="faithful", progress=False
@@ -41,20 +52,17 @@ METHODS: dict[str, Callable[[], Steerer]] = {
     "sadi-residual-fixed": lambda: SADI(
         "residual", k=6, strength=5.0, variant="fixed", progress=False
     ),
-    "iti-response": lambda: ITI(k=3, alpha=8.0, progress=False),
     "iti-all": lambda: ITI(k=3, alpha=8.0, positions="all", progress=False),
-    "caa-response": lambda: CAA(layer=1, multiplier=3.0, progress=False),
     "caa-all": lambda: CAA(layer=1, multiplier=3.0, positions="all", progress=False),
-    "austeer-head": lambda: AUSteer("head", k=6, alpha=6.0, progress=False),
     "austeer-hidden-fixed": lambda: AUSteer(
         "hidden", k=6, alpha=3.0, variant="fixed_strength", progress=False
     ),
     "austeer-residual": lambda: AUSteer("residual", k=6, alpha=6.0, progress=False),
-    "sas-code": lambda: SAS(sae=_sae(), tau=0.0, lam=4.0, progress=False),
     "sas-decoder-all": lambda: SAS(
         sae=_sae(), tau=0.0, lam=4.0, mode="decoder", positions="all", progress=False
     ),
 }
+METHODS = {**DEFAULTS, **VARIANTS}
 CASES = [
     ("The sky is", " blue"),
     ("Water is wet and", "A"),  # one token: only the last context position can change it
@@ -71,60 +79,10 @@ def fitted(family: str, method: str) -> tuple[nn.Module, Steerer]:
     return _FITTED[key]
 
 
-def lm_for(model: nn.Module, steerer: Steerer | None, batch_size: int | str = 4) -> SteeredLM:
-    return SteeredLM(
-        model, steerer=steerer, tokenizer=byte_tokenizer(), batch_size=batch_size, device="cpu"
-    )
-
-
-class Force(LogitsProcessor):
-    """Teacher forcing inside `generate`: step i can only pick `targets[:, i]`."""
-
-    def __init__(self, targets: Tensor, start: int) -> None:
-        self.targets, self.start = targets, start  # [batch, n], prompt length
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        step = input_ids.shape[1] - self.start
-        forced = torch.full_like(scores, -torch.inf)
-        rows = torch.arange(scores.shape[0])
-        forced[rows, self.targets[:, step]] = 0.0
-        return forced
-
-
-def generated_logprob(
-    model: nn.Module, steerer: Steerer | None, context: list[int], continuation: list[int]
-) -> float:
-    """log P(continuation | context) as `generate` sees it, with its KV cache, one new token
-    per step (the raw logits of each step, before the forcing processor)."""
-    ids = torch.tensor([context])
-    targets = torch.tensor([continuation])
-    n = len(continuation)
-    kwargs = dict(
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=n,
-        min_new_tokens=n,
-        do_sample=False,
-        pad_token_id=0,
-        use_cache=True,
-        logits_processor=LogitsProcessorList([Force(targets, ids.shape[1])]),
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    with torch.no_grad():
-        if steerer is None:
-            out = model.generate(ids, **kwargs)
-        else:
-            with steerer.apply(model):
-                out = model.generate(ids, **kwargs)
-    assert torch.equal(out.sequences[0, ids.shape[1] :], targets[0]), "forcing failed"
-    logp = torch.stack(out.logits, dim=1).float().log_softmax(-1)[0]  # [n, vocab]
-    return float(logp.gather(1, targets[0][:, None]).sum())
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(VARIANTS))
 def test_scored_loglikelihood_equals_teacher_forced_generation(family: str, method: str) -> None:
     model, steerer = fitted(family, method)
-    lm = lm_for(model, steerer)
+    lm = steered_lm(model, steerer, byte_tokenizer())
     reqs = loglikelihood_requests(CASES)
     scored = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
     generated = [generated_logprob(model, steerer, *lm._encode_pair(c, k)) for c, k in CASES]
@@ -133,21 +91,6 @@ def test_scored_loglikelihood_equals_teacher_forced_generation(family: str, meth
     base = [generated_logprob(model, None, *lm._encode_pair(c, k)) for c, k in CASES]
     for case, s, b in zip(CASES, scored, base):
         assert abs(s - b) > 1e-4, f"{method} did not move {case} ({s} vs unsteered {b})"
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_one_token_answers_change(method: str) -> None:
-    """On an A/B-style task (one-token choices after the context), steering moves the
-    scores: the cell that predicts the answer is edited."""
-    model, steerer = fitted("llama", method)
-    lm = lm_for(model, steerer, batch_size=1)
-    contexts = ["Is fire hot? Answer:", "The sky is green. True or false?", "Pick one:"]
-    reqs = loglikelihood_requests([(c, k) for c in contexts for k in ("A", "B")])
-    assert all(len(lm._encode_pair(*r.arguments)[1]) == 1 for r in reqs)
-    got = torch.tensor([ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)])
-    plain = lm_for(model, None)
-    base = torch.tensor([ll for ll, _ in plain.loglikelihood(reqs, disable_tqdm=True)])
-    assert bool(((got - base).abs() > 1e-4).all()), (got - base).tolist()
 
 
 # ----- the embedded model ----------------------------------------------------------------

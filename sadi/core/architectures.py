@@ -50,6 +50,10 @@ class Architecture:
     # SADI can run in one forward with a shadow position (sadi/core/shadow.py); ALiBi models
     # derive positions from the 2D mask and cannot
     shadow: bool = True
+    # components inside a block whose output passes a norm before the residual add (Gemma 2
+    # and 3's post-attention and post-feedforward norms): the norm divides out a uniform
+    # scale of every element of one layer's component, so such an edit does (almost) nothing
+    normed_blocks: tuple[str, ...] = ()
 
 
 _LLAMA_LIKE: dict[str, Any] = dict(
@@ -61,6 +65,8 @@ _LLAMA_LIKE: dict[str, Any] = dict(
     d_model_attr="hidden_size",
     final_norm="model.norm",
 )
+# every component inside Gemma's attention and MLP blocks (not the residual stream)
+_GEMMA_NORMED = ("head", "neuron", "neuron_down", "hidden")
 _BLOOM_LIKE: dict[str, Any] = dict(
     layers="transformer.h",
     attn_out="self_attention.dense",
@@ -76,8 +82,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("llama", ("llama",), **_LLAMA_LIKE),
         Architecture("mistral", ("mistral",), **_LLAMA_LIKE),
         Architecture("qwen2", ("qwen2",), **_LLAMA_LIKE),
-        Architecture("gemma3", ("gemma3_text",), **_LLAMA_LIKE),
-        Architecture("gemma2", ("gemma2",), **_LLAMA_LIKE),
+        Architecture("gemma3", ("gemma3_text",), normed_blocks=_GEMMA_NORMED, **_LLAMA_LIKE),
+        Architecture("gemma2", ("gemma2",), normed_blocks=_GEMMA_NORMED, **_LLAMA_LIKE),
         Architecture("qwen3", ("qwen3",), **_LLAMA_LIKE),
         Architecture(
             "gpt2",

@@ -18,6 +18,7 @@ delta_s = strength - 1 (the authors' code sets selected elements to strength * A
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +29,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.core.activations import read_pair_activations
-from sadi.core.architectures import model_site
+from sadi.core.architectures import architecture_of, model_site
 from sadi.core.hooks import Inputs, LayerHook, hooked
 from sadi.core.positions import BatchLayout, PositionPolicy
 from sadi.core.shadow import shadow_inputs
@@ -38,6 +39,9 @@ from sadi.steerers.artifacts import check_finite_tensor, check_mask, check_tenso
 from sadi.steerers.base import EditFn, Steerer, check_pairs
 from sadi.steerers.spec import MethodSpec
 
+log = logging.getLogger(__name__)
+# (component, k, layers, family) already warned about (`SADI._warn_cancelled`): once a process
+_WARNED: set[tuple[Any, ...]] = set()
 SadiMode = Literal["online", "faithful"]
 SadiVariant = Literal["dynamic", "fixed", "random"]
 
@@ -150,7 +154,33 @@ class SADI(Steerer[SADIState]):
         else:
             delta = direction
         self.state = SADIState(delta=delta, mask=self._select(delta), direction=direction)
+        self._warn_cancelled(model)
         return self
+
+    def cancelled_layers(self, model: nn.Module) -> list[int]:
+        """The layers whose every element of the component this steerer scales where the
+        architecture normalises the block's output before the residual add (Gemma 2 and 3):
+        the norm divides that uniform scale out, so those layers' edits do (almost) nothing.
+        Only the scaling variants ("dynamic", "random"); "fixed" adds a vector."""
+        if self.variant == "fixed" or self.component not in architecture_of(model).normed_blocks:
+            return []
+        mask = self.fitted_state().mask
+        return [int(layer) for layer in range(mask.shape[0]) if bool(mask[layer].all())]
+
+    def _warn_cancelled(self, model: nn.Module) -> None:
+        layers = self.cancelled_layers(model)
+        key = (self.component, self.k, tuple(layers), architecture_of(model).family)
+        if layers and key not in _WARNED:
+            _WARNED.add(key)
+            log.warning(
+                "SADI (k=%d) selects every %s element of layer(s) %s of this %s model, whose "
+                "norm after that block divides a uniform scale out: those edits do (almost) "
+                "nothing; another k selects a part of the layer",
+                self.k,
+                self.component,
+                layers,
+                architecture_of(model).family,
+            )
 
     def _check_k(self, n_layers: int, n_elements: int) -> None:
         if self.k > n_layers * n_elements:
@@ -191,6 +221,7 @@ class SADI(Steerer[SADIState]):
         return [int(i) for i in self.fitted_state().mask.any(dim=1).nonzero().flatten()]
 
     def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
+        self._warn_cancelled(model)
         masks = self.width_mask()
         direction = self.fitted_state().direction
         ds = self.delta_s

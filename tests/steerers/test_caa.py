@@ -1,4 +1,9 @@
-"""CAA on tiny random models of every architecture: exact arithmetic, positions, parity."""
+"""CAA on tiny random models of every architecture: exact arithmetic, positions, the read
+offset, normalisation, a layer sweep on one fit, errors, parity with steering-vectors.
+
+What every method owes (hooks, identity, determinism, save / load, `with_params`, batching,
+scoring = generation) is checked in `test_contract.py` on CAA's default positions
+("response"); the tests here add positions="all" where it takes another code path."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from torch import Tensor, nn
 from sadi.core.activations import encode, join_completion
 from sadi.core.architectures import model_shape
 from sadi.data.pairs import Pair
-from sadi.steerers import FingerprintMismatch, Steerer
+from sadi.steerers import Steerer
 from sadi.steerers.caa import CAA, CAAState
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
 from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
@@ -34,13 +39,6 @@ def fitted(family: str, read_offset: int = 0, **kw: object) -> tuple[nn.Module, 
         _FITS[key] = (model, caa.fit(model, byte_tokenizer(), PAIRS))
     model, caa = _FITS[key]
     return model, caa.with_params(**kw)
-
-
-def test_multiplier_zero_is_bit_identical(family: str) -> None:
-    model, caa = fitted(family, multiplier=0.0, positions="all")
-    batch = encode(byte_tokenizer(), PROMPTS, CONTS)
-    assert caa._edit_fns(model) == {}
-    assert torch.equal(steered(model, caa, batch), forward(model, batch))
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -89,9 +87,9 @@ def test_old_continuation_name_reads_as_response() -> None:
     assert caa.positions == caa.edit_policy == "response"
 
 
-@pytest.mark.parametrize("positions", POSITIONS)
-def test_left_and_right_padding_equal_one_by_one(family: str, positions: str) -> None:
-    model, caa = fitted(family, multiplier=3.0, positions=positions)
+def test_all_positions_left_and_right_padding_equal_one_by_one(family: str) -> None:
+    """positions="all" edits every real token, none of the pads, wherever they are."""
+    model, caa = fitted(family, multiplier=3.0, positions="all")
     tok = byte_tokenizer()
     singles = [steered(model, caa, encode(tok, [p], [c]))[0] for p, c in zip(PROMPTS, CONTS)]
     for side in ("left", "right"):
@@ -127,23 +125,11 @@ def test_generate_edits_generated_tokens(family: str, positions: str) -> None:
     assert out.shape == (2, batch.input_ids.shape[1] + 3)
 
 
-def test_no_hook_remains_after_exit_or_exception(family: str) -> None:
-    model, caa = fitted(family)
-    n0 = count_hooks(model)
-    steered(model, caa, encode(byte_tokenizer(), PROMPTS, CONTS))
-    assert count_hooks(model) == n0
-    with pytest.raises(RuntimeError, match="boom"):
-        with caa.apply(model):
-            assert count_hooks(model) > n0
-            raise RuntimeError("boom")
-    assert count_hooks(model) == n0
-
-
-def test_fit_is_deterministic_and_reads_the_offset_token(family: str) -> None:
+def test_fit_reads_the_offset_token(family: str) -> None:
+    """The vectors are the mean differences of the residual stream at the read offset,
+    recomputed from single-row forwards."""
     read_offset = -1  # the authors' token -2; offset 0 is covered by the parity tests
     model, a = fitted(family, read_offset=read_offset)
-    b = CAA(layer=1, read_offset=read_offset, progress=False).fit(model, byte_tokenizer(), PAIRS)
-    assert torch.equal(a.fitted_state().vectors, b.fitted_state().vectors)
     tok = byte_tokenizer()
     diffs = []
     for p in PAIRS:  # independent recomputation from single-row forwards
@@ -183,35 +169,21 @@ def test_with_params_serves_a_layer_sweep() -> None:
     assert torch.equal(steered(model, moved, batch), steered(model, direct, batch))
     with pytest.raises(ValueError, match="layer=3 is out of range: the model has 3"):
         caa.with_params(layer=3)
-    with pytest.raises(ValueError, match="fit a new CAA with read_offset=-1"):
-        caa.with_params(read_offset=-1)
 
 
-def test_artifact_round_trip(tmp_path: Path) -> None:
+def test_artifact_restores_positions_normalize_and_offset(tmp_path: Path) -> None:
+    """Loaded, a CAA edits where it was saved to (positions="all": every token, generated
+    ones included), normalised, and steerer.json records layer and read offset."""
     model, caa = fitted("gemma3", normalize=True, positions="all", read_offset=-1)
     caa.save(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"steerer.safetensors", "steerer.json"}
     loaded = Steerer.load(tmp_path, model)
-    assert isinstance(loaded, CAA)
-    assert loaded.params() == caa.params() and loaded.metadata() == caa.metadata()
+    assert isinstance(loaded, CAA) and loaded.normalize
     assert loaded.edit_policy == "all" and loaded.edit_generated
-    assert torch.equal(loaded.fitted_state().vectors, caa.fitted_state().vectors)
-    batch = encode(byte_tokenizer(), PROMPTS, CONTS)
-    assert torch.equal(steered(model, loaded, batch), steered(model, caa, batch))
+    assert torch.equal(loaded.steering_vectors(), caa.steering_vectors())
     meta = json.loads((tmp_path / "steerer.json").read_text())
     assert meta["method"] == "caa" and meta["component"] == "residual"
     assert meta["layer"] == 1 and meta["read_offset"] == -1 and meta["n_pairs"] == len(PAIRS)
-
-
-def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
-    _, caa = fitted("llama")
-    caa.save(tmp_path)
-    other = make_tiny("gpt2")
-    with pytest.raises(FingerprintMismatch, match="architecture"):
-        Steerer.load(tmp_path, other)
-    with pytest.raises(FingerprintMismatch, match="refit"):
-        with caa.apply(other):
-            pass
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,9 @@
-"""ITI on tiny random models of every architecture: exact arithmetic, positions, selection."""
+"""ITI on tiny random models of every architecture: exact arithmetic, positions, probes and
+selection recomputed independently, another k from one fit, errors.
+
+What every method owes (hooks, identity, determinism, save / load, `with_params`, batching,
+scoring = generation) is checked in `test_contract.py` on ITI's default positions
+("response"); the tests here add positions="all" where it takes another code path."""
 
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ from torch import Tensor, nn
 from sadi.core.activations import encode
 from sadi.core.architectures import model_shape
 from sadi.data.pairs import Pair
-from sadi.steerers import FingerprintMismatch, Steerer
+from sadi.steerers import Steerer
 from sadi.steerers.iti import ITI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
-from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
+from tests.helpers import CONTS, PROMPTS, forward, recording, steered
 
 # 12 pairs: the default heldout 0.2 puts 9 in the train part and 3 in the held-apart part
 ITI_PAIRS = PAIRS + [
@@ -32,7 +37,7 @@ ITI_PAIRS = PAIRS + [
 ]
 ALPHA = 3.0
 
-# fit does not depend on alpha or positions (asserted in test_fit_is_deterministic...), so
+# fit does not depend on alpha or positions (asserted in test_fit_is_independent...), so
 # each (family, fit setting) is fitted once and its state reused by instances that differ
 # only in how they apply it
 _FITTED: dict[tuple[object, ...], dict[str, Tensor]] = {}
@@ -71,14 +76,6 @@ def last_token_heads(model: nn.Module, pairs: list[Pair]) -> tuple[Tensor, Tenso
 
 
 # ----- arithmetic and positions ---------------------------------------------------------
-@pytest.mark.parametrize("positions", ["response", "all"])
-def test_alpha_zero_is_bit_identical(family: str, positions: str) -> None:
-    model, iti = fitted(family, alpha=0.0, positions=positions)
-    assert iti._edit_fns(model) == {}
-    batch = encode(byte_tokenizer(), PROMPTS, CONTS)
-    assert torch.equal(steered(model, iti, batch), forward(model, batch))
-
-
 @pytest.mark.parametrize("positions", ["response", "all"])
 def test_edited_elements_equal_the_formula_and_nothing_else_moves(
     family: str, positions: str
@@ -122,9 +119,9 @@ def test_prompt_untouched_before_its_last_token_under_response(family: str) -> N
         assert not torch.equal(out_all[row, :n_prompt], base[row, :n_prompt])
 
 
-@pytest.mark.parametrize("positions", ["response", "all"])
-def test_left_and_right_padding_equal_one_by_one(family: str, positions: str) -> None:
-    model, iti = fitted(family, positions=positions)
+def test_all_positions_left_and_right_padding_equal_one_by_one(family: str) -> None:
+    """positions="all" edits every real token, none of the pads, wherever they are."""
+    model, iti = fitted(family, positions="all")
     tok = byte_tokenizer()
     singles = [steered(model, iti, encode(tok, [p], [c]))[0] for p, c in zip(PROMPTS, CONTS)]
     for side in ("left", "right"):
@@ -173,20 +170,10 @@ def test_generate_edits_every_generated_token(family: str, positions: str) -> No
         assert calls == [(batch.input_ids.shape[1], 2)] + decode_steps
 
 
-def test_no_hook_remains_after_exit_or_exception(family: str) -> None:
-    model, iti = fitted(family)
-    n0 = count_hooks(model)
-    steered(model, iti, encode(byte_tokenizer(), PROMPTS, CONTS))
-    assert count_hooks(model) == n0
-    with pytest.raises(RuntimeError, match="boom"):
-        with iti.apply(model):
-            assert count_hooks(model) > n0
-            raise RuntimeError("boom")
-    assert count_hooks(model) == n0
-
-
 # ----- fit ------------------------------------------------------------------------------
-def test_fit_is_deterministic_and_independent_of_how_it_is_applied(family: str) -> None:
+def test_fit_is_independent_of_how_it_is_applied(family: str) -> None:
+    """A fit with another alpha and positions="all" gives the tensors of the cached one
+    (alpha 3, "response"): how a fit is applied is no part of it."""
     _, cached = fitted(family)
     model = make_tiny(family)
     again = ITI(k=4, alpha=-2.0, positions="all", progress=False)
@@ -288,13 +275,17 @@ def test_scaled_k() -> None:
 
 # ----- artifacts ------------------------------------------------------------------------
 @pytest.mark.parametrize("direction", ["mass_mean", "probe"])
-def test_artifact_round_trip(tmp_path: Path, direction: str) -> None:
+def test_artifact_holds_every_heads_direction_and_restores_positions(
+    tmp_path: Path, direction: str
+) -> None:
+    """The saved state covers the whole head grid: the mask (bool), and accuracy, theta and
+    sigma (float32) of every head, so that another k selects from it; loaded, the steerer
+    edits where it was saved to (positions="all", generated tokens included)."""
     model, iti = fitted("gemma3", direction=direction, positions="all")
     iti.save(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"steerer.safetensors", "steerer.json"}
     loaded = ITI.load(tmp_path, model)
-    assert isinstance(loaded, ITI) and isinstance(Steerer.load(tmp_path, model), ITI)
-    assert loaded.params() == iti.params() and loaded.metadata() == iti.metadata()
+    assert isinstance(loaded, ITI) and loaded.direction == direction
     assert loaded.edit_policy == "all" and loaded.edit_generated
     shape = model_shape(model)
     grid = (shape.n_layers, shape.n_heads)
@@ -302,27 +293,12 @@ def test_artifact_round_trip(tmp_path: Path, direction: str) -> None:
     assert set(back) == {"accuracy", "mask", "direction", "sigma"}
     assert back["mask"].dtype == torch.bool and back["mask"].shape == grid
     assert back["direction"].shape == (*grid, shape.head_dim)
-    for name, tensor in iti.tensors().items():
-        assert torch.equal(back[name], tensor), name
-        if name != "mask":
-            assert back[name].dtype == torch.float32
-    batch = encode(byte_tokenizer(), PROMPTS, CONTS)
-    assert torch.equal(steered(model, loaded, batch), steered(model, iti, batch))
+    for name in ("accuracy", "direction", "sigma"):
+        assert back[name].dtype == torch.float32, name
     meta = loaded.metadata()
     assert meta["method"] == "iti" and meta["component"] == "head"
     assert meta["fingerprint"]["architecture"] == "Gemma3ForCausalLM"
     assert meta["n_pairs"] == len(ITI_PAIRS) and meta["direction"] == direction
-
-
-def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
-    _, iti = fitted("llama")
-    iti.save(tmp_path)
-    other = make_tiny("gpt2")
-    with pytest.raises(FingerprintMismatch, match="architecture"):
-        ITI.load(tmp_path, other)
-    with pytest.raises(FingerprintMismatch, match="refit"):
-        with iti.apply(other):
-            pass
 
 
 # ----- errors ---------------------------------------------------------------------------
