@@ -3,9 +3,11 @@ prefix, and back, checked against the fingerprint the artifact records."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from sadi.sae.model import SAEConfig, SparseAutoencoder, sae_fingerprint
+from sadi.sae.model import SAEConfig, SparseAutoencoder, parse_cfg, sae_fingerprint
 
 PREFIX = "sae."
 
@@ -40,4 +42,18 @@ def unpack(
     return sae
 
 
-__all__ = ["PREFIX", "pack", "tensor_names", "unpack"]
+def metadata(sae: SparseAutoencoder) -> dict[str, Any]:
+    """What the carrying artifact's JSON records of the SAE: its config and fingerprint."""
+    return {"sae_cfg": sae.cfg.to_json(), "sae_fingerprint": sae_fingerprint(sae)}
+
+
+def read_metadata(meta: dict[str, Any]) -> tuple[SAEConfig, str]:
+    """(config, fingerprint) back from `metadata`'s keys in `meta`; ValueError if absent."""
+    if "sae_cfg" not in meta or "sae_fingerprint" not in meta:
+        raise ValueError(
+            "no 'sae_cfg' / 'sae_fingerprint': a SAS steerer records its SAE; re-save it"
+        )
+    return parse_cfg(meta["sae_cfg"], "'sae_cfg'"), str(meta["sae_fingerprint"])
+
+
+__all__ = ["PREFIX", "metadata", "pack", "read_metadata", "tensor_names", "unpack"]

@@ -14,7 +14,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.architectures import decoder_layers, model_shape, weights_fingerprint
 from sadi.infra.cache import digest
-from sadi.sae.model import CFG_FILE, WEIGHTS_FILE, SparseAutoencoder, parse_cfg
+from sadi.sae.model import CFG_FILE, WEIGHTS_FILE, SparseAutoencoder, load_sae, parse_cfg
 
 # sae="trained": the TopK SAE `python -m sadi.sae train` makes, with its defaults
 TRAINED = "trained"
@@ -35,6 +35,21 @@ def check_directory(directory: Path) -> None:
         parse_cfg(json.loads(cfg_path.read_text(encoding="utf-8")), str(cfg_path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
+
+
+def load(source: str | None) -> SparseAutoencoder:
+    """The SAE in directory `source`; a clear error for none, and for "trained" (made by
+    the steerer's fit, not loadable by name)."""
+    if source is None:
+        raise ValueError(
+            "SAS needs an SAE: pass sae=<directory in SAELens' format> (e.g. "
+            "intervention.sae=/path/to/sae, one written by `python -m sadi.sae train`)"
+            ", sae=trained (sadi trains one offline for this model) or a loaded "
+            "sadi.sae.SparseAutoencoder"
+        )
+    if source == TRAINED:
+        raise RuntimeError("sae=trained: the SAE is trained by fit(); call fit() first")
+    return load_sae(source)
 
 
 def check_overrides(overrides: dict[str, Any], source: str | None) -> dict[str, Any]:
@@ -133,6 +148,7 @@ __all__ = [
     "cached_entry",
     "check_directory",
     "check_overrides",
+    "load",
     "resolve_layer",
     "train_config",
     "train_default",

@@ -53,14 +53,7 @@ from sadi.core.positions import read_offset as check_read_offset
 from sadi.data.pairs import Pair
 from sadi.infra import checks
 from sadi.sae import analysis, bundle, source
-from sadi.sae.model import (
-    FEATURES_FILE,
-    SAEConfig,
-    SparseAutoencoder,
-    load_sae,
-    parse_cfg,
-    sae_fingerprint,
-)
+from sadi.sae.model import FEATURES_FILE, SAEConfig, SparseAutoencoder, sae_fingerprint
 from sadi.steerers.artifacts import check_finite_tensor, check_tensor_names, check_tensor_shape
 from sadi.steerers.base import EditFn, Steerer, check_pairs
 from sadi.steerers.spec import MethodSpec
@@ -233,16 +226,7 @@ class SAS(Steerer[SASState]):
     def sae(self) -> SparseAutoencoder:
         """The SAE, loaded from `sae` on first use (sae="trained": made by `fit`)."""
         if self.sae_module is None:
-            if self.sae_source is None:
-                raise ValueError(
-                    "SAS needs an SAE: pass sae=<directory in SAELens' format> (e.g. "
-                    "intervention.sae=/path/to/sae, one written by `python -m sadi.sae train`)"
-                    ", sae=trained (sadi trains one offline for this model) or a loaded "
-                    "sadi.sae.SparseAutoencoder"
-                )
-            if self.sae_source == TRAINED:
-                raise RuntimeError("sae=trained: the SAE is trained by fit(); call fit() first")
-            self.sae_module = load_sae(self.sae_source)
+            self.sae_module = source.load(self.sae_source)
         return self.sae_module
 
     def _share_fit(self, source: Self) -> None:
@@ -375,16 +359,10 @@ class SAS(Steerer[SASState]):
 
     # ----- artifacts -----------------------------------------------------------------
     def extra_metadata(self) -> dict[str, Any]:
-        sae = self.sae()
-        return {"sae_cfg": sae.cfg.to_json(), "sae_fingerprint": sae_fingerprint(sae)}
+        return bundle.metadata(self.sae())
 
     def _read_extra_metadata(self, meta: dict[str, Any]) -> None:
-        if "sae_cfg" not in meta or "sae_fingerprint" not in meta:
-            raise ValueError(
-                "no 'sae_cfg' / 'sae_fingerprint': a SAS steerer records its SAE; re-save it"
-            )
-        self._sae_cfg = parse_cfg(meta["sae_cfg"], "'sae_cfg'")
-        self._sae_expected = str(meta["sae_fingerprint"])
+        self._sae_cfg, self._sae_expected = bundle.read_metadata(meta)
 
     def adopt(self, fitted: Steerer[Any]) -> Self:
         if isinstance(fitted, SAS):
