@@ -17,7 +17,7 @@ from lm_eval.api.instance import Instance
 from torch import Tensor, nn
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
-from sadi.core.activations import EncodedBatch, position_ids
+from sadi.core.activations import EncodedBatch, encode, position_ids
 from sadi.core.architectures import architecture_of, model_shape, site
 from sadi.core.hooks import LayerHook, hooked
 from sadi.eval.lm import SteeredLM
@@ -39,6 +39,21 @@ def steered(model: nn.Module, steerer: Steerer, batch: EncodedBatch) -> Tensor:
     with steerer.apply(model) as handle:
         handle.set_layout(batch.layout)
         return forward(model, batch)
+
+
+def assert_padding_free(model: nn.Module, steerer: Steerer, tokenizer: Any) -> None:
+    """Each row of a left- and of a right-padded batch of PROMPTS + CONTS, steered, equals
+    the same text steered alone: padding moves neither what is read nor what is edited."""
+    pairs = zip(PROMPTS, CONTS)
+    alone = [steered(model, steerer, encode(tokenizer, [p], [c]))[0] for p, c in pairs]
+    for side in ("left", "right"):
+        batch = encode(tokenizer, PROMPTS, CONTS, padding_side=side)
+        out = steered(model, steerer, batch)
+        starts = batch.layout.starts()
+        for row, single in enumerate(alone):
+            s = int(starts[row])
+            got = out[row, s : s + single.shape[0]]
+            torch.testing.assert_close(got, single, atol=1e-5, rtol=1e-5)
 
 
 @contextmanager

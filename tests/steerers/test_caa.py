@@ -22,7 +22,15 @@ from sadi.data.pairs import Pair
 from sadi.steerers import Steerer
 from sadi.steerers.caa import CAA, CAAState
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
-from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
+from tests.helpers import (
+    CONTS,
+    PROMPTS,
+    assert_padding_free,
+    count_hooks,
+    forward,
+    recording,
+    steered,
+)
 
 POSITIONS = ["response", "all"]
 
@@ -90,16 +98,7 @@ def test_old_continuation_name_reads_as_response() -> None:
 def test_all_positions_left_and_right_padding_equal_one_by_one(family: str) -> None:
     """positions="all" edits every real token, none of the pads, wherever they are."""
     model, caa = fitted(family, multiplier=3.0, positions="all")
-    tok = byte_tokenizer()
-    singles = [steered(model, caa, encode(tok, [p], [c]))[0] for p, c in zip(PROMPTS, CONTS)]
-    for side in ("left", "right"):
-        batch = encode(tok, PROMPTS, CONTS, padding_side=side)
-        out = steered(model, caa, batch)
-        starts = batch.layout.starts()
-        for row, single in enumerate(singles):
-            s = int(starts[row])
-            got = out[row, s : s + single.shape[0]]
-            torch.testing.assert_close(got, single, atol=1e-5, rtol=1e-5)
+    assert_padding_free(model, caa, byte_tokenizer())
 
 
 @pytest.mark.parametrize("positions", POSITIONS)

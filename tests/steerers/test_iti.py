@@ -24,7 +24,7 @@ from sadi.data.pairs import Pair
 from sadi.steerers import Steerer
 from sadi.steerers.iti import ITI
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
-from tests.helpers import CONTS, PROMPTS, forward, recording, steered
+from tests.helpers import CONTS, PROMPTS, assert_padding_free, forward, recording, steered
 
 # 12 pairs: the default heldout 0.2 puts 9 in the train part and 3 in the held-apart part
 ITI_PAIRS = PAIRS + [
@@ -122,16 +122,7 @@ def test_prompt_untouched_before_its_last_token_under_response(family: str) -> N
 def test_all_positions_left_and_right_padding_equal_one_by_one(family: str) -> None:
     """positions="all" edits every real token, none of the pads, wherever they are."""
     model, iti = fitted(family, positions="all")
-    tok = byte_tokenizer()
-    singles = [steered(model, iti, encode(tok, [p], [c]))[0] for p, c in zip(PROMPTS, CONTS)]
-    for side in ("left", "right"):
-        batch = encode(tok, PROMPTS, CONTS, padding_side=side)
-        out = steered(model, iti, batch)
-        starts = batch.layout.starts()
-        for row, single in enumerate(singles):
-            s = int(starts[row])
-            got = out[row, s : s + single.shape[0]]
-            torch.testing.assert_close(got, single, atol=1e-5, rtol=1e-5)
+    assert_padding_free(model, iti, byte_tokenizer())
 
 
 @pytest.mark.parametrize("positions", ["response", "all"])

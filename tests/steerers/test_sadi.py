@@ -21,7 +21,15 @@ from sadi.core.shadow import supports_shadow
 from sadi.data.pairs import Pair
 from sadi.steerers import SADI, Steerer
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
-from tests.helpers import CONTS, PROMPTS, count_hooks, forward, recording, steered
+from tests.helpers import (
+    CONTS,
+    PROMPTS,
+    assert_padding_free,
+    count_hooks,
+    forward,
+    recording,
+    steered,
+)
 
 COMPONENTS = ["head", "neuron", "neuron_down", "hidden", "residual"]
 # every (component, mode) but the default (head, online), which the contract suite checks
@@ -90,16 +98,7 @@ def test_faithful_left_and_right_padding_equal_one_by_one(family: str, component
     shadow position after the padded rows, or a clean pass): padding moves neither the read
     nor the edit."""
     model, sadi = fitted(family, component, k=4, strength=3.0, mode="faithful")
-    tok = byte_tokenizer()
-    singles = [steered(model, sadi, encode(tok, [p], [c]))[0] for p, c in zip(PROMPTS, CONTS)]
-    for side in ("left", "right"):
-        batch = encode(tok, PROMPTS, CONTS, padding_side=side)
-        out = steered(model, sadi, batch)
-        starts = batch.layout.starts()
-        for row, single in enumerate(singles):
-            s = int(starts[row])
-            got = out[row, s : s + single.shape[0]]
-            torch.testing.assert_close(got, single, atol=1e-5, rtol=1e-5)
+    assert_padding_free(model, sadi, byte_tokenizer())
 
 
 def test_default_layout_from_attention_mask_edits_last_token(family: str) -> None:
