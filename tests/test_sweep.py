@@ -250,7 +250,7 @@ def test_a_killed_sweep_resumes_without_losing_completed_points(
     after = completed(tmp_path)
     assert len(after) == 6
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # untouched
-    assert again.stdout.count("skipping completed point") == len(before)
+    assert again.stderr.count("skipping completed point") == len(before)
 
 
 def test_wandb_offline_run_is_read_back(

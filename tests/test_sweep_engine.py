@@ -358,7 +358,7 @@ def test_a_hydra_sweep_uses_the_engine_and_gives_the_per_point_numbers(
     (tmp_path / "b").mkdir()
     engine = _sweep(tiny_model_dir, tmp_path / "a", *grid)
     assert engine.returncode == 0, engine.stderr[-3000:]
-    assert engine.stdout.count("3 point(s) of one fit and the baseline") == 3
+    assert engine.stderr.count("3 point(s) of one fit and the baseline") == 3
     per_point = _sweep(tiny_model_dir, tmp_path / "b", *grid, "sweep.engine=false")
     assert per_point.returncode == 0, per_point.stderr[-3000:]
     a, b = _samples(tmp_path / "a" / "sweep"), _samples(tmp_path / "b" / "sweep")
@@ -380,8 +380,8 @@ def test_a_sweep_mixing_methods_scores_each_on_its_prefixes(
 ) -> None:
     proc = _sweep(tiny_model_dir, tmp_path, "intervention=sadi,austeer", "intervention.k=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "austeer edits positions='all'" in proc.stdout
-    assert "each point runs its own steered prefix" in proc.stdout
+    assert "austeer edits positions='all'" in proc.stderr
+    assert "each point runs its own steered prefix" in proc.stderr
     engines = {
         r["config"]["intervention"]["name"]: r["sweep_engine"]
         for r in (json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json"))

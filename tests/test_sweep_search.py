@@ -35,7 +35,7 @@ def test_optuna_trials_score_select_only_and_the_study_resumes(
     assert first.returncode == 0, first.stderr[-3000:]
     # variant is no apply parameter of SADI: the run says each new value costs a fit
     assert "varies intervention.variant, which changes the fit: each new value costs a fit" in (
-        first.stdout
+        first.stderr
     )
     storage = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
     assert len(optuna.load_study(study_name="test", storage=storage).trials) == 2
