@@ -103,6 +103,7 @@ def test_two_runs_started_together_never_share_a_directory(
     # the last thing a run prints is where its results are, not buried under library chatter
     for stdout, stderr in outs:
         assert "already-initialized model" not in stdout + stderr  # lm-eval's, quieted
+        assert "not a git repository" not in stderr  # lm-eval asks git; tmp_path is no checkout
         last = stdout.strip().splitlines()[-2:]
         assert last[0].startswith("results: ") and last[1].startswith("run directory: ")
         assert Path(last[0].removeprefix("results: ")).exists()

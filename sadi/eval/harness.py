@@ -91,6 +91,44 @@ def _env_info_once() -> Iterator[None]:
         collect_env.get_pretty_env_info = original
 
 
+_GIT_HASH: list[str | None] = []
+
+
+def _quiet_git_hash() -> str | None:
+    """The commit `git describe --always` names here, None outside a repository or without
+    git, with git's own complaint kept off the user's terminal; asked once per process."""
+    import subprocess
+
+    if not _GIT_HASH:
+        try:
+            out = subprocess.run(
+                ["git", "describe", "--always"], capture_output=True, text=True, check=True
+            )
+            _GIT_HASH.append(out.stdout.strip() or None)
+        except (OSError, subprocess.CalledProcessError):
+            _GIT_HASH.append(None)
+    return _GIT_HASH[0]
+
+
+@contextmanager
+def _quiet_git() -> Iterator[None]:
+    """lm-eval's `simple_evaluate` records the git commit of the working directory by running
+    git with its stderr on the terminal, so every evaluation outside a checkout prints "fatal:
+    not a git repository": ask once, quietly. If lm-eval moves the function, nothing is
+    changed."""
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:
+        yield
+        return
+    evaluator.get_git_commit_hash = _quiet_git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
 @contextmanager
 def _no_request_bar() -> Iterator[None]:
     """lm-eval builds a task's requests under a progress bar with no label (one per split
@@ -112,7 +150,7 @@ def _no_request_bar() -> Iterator[None]:
 
 
 def _simple_evaluate(lm: LM, config: dict[str, Any], seed: int) -> dict[str, Any]:
-    with _env_info_once(), _no_request_bar():
+    with _env_info_once(), _quiet_git(), _no_request_bar():
         out = simple_evaluate(
             model=lm,
             tasks=[config],
