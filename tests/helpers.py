@@ -20,8 +20,24 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokeniz
 from sadi.core.activations import EncodedBatch, encode, position_ids
 from sadi.core.architectures import architecture_of, model_shape, site
 from sadi.core.hooks import LayerHook, hooked
+from sadi.data.tasks import EXAMPLE_DATA
 from sadi.eval.lm import SteeredLM
 from sadi.steerers import Steerer
+
+
+def tiny_run(model_dir: Path) -> list[str]:
+    """The overrides of a quiet run on a tiny random model (its directory) and the project's
+    own tiny JSONL task with 8 pairs, no tracker."""
+    return [
+        f"model.source={model_dir}",
+        "model.name=tiny",
+        "task=jsonl",
+        f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}",
+        "task.n_pairs=8",
+        "logger=none",
+        "progress=false",
+    ]
+
 
 PROMPTS = ["The sky is", "Water is wet and", "Hi"]
 CONTS = [" blue today", " cold", " there friend"]

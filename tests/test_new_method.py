@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sadi.data.tasks import EXAMPLE_DATA
+from tests.helpers import tiny_run
 
 # The whole method: the mean difference of one layer's residual stream between positive
 # and negative completions, added `scale` times at the last prompt token.
@@ -114,13 +114,7 @@ def test_a_method_is_one_module_and_one_yaml(tiny_model_dir: Path, tmp_path: Pat
     sweep = tmp_path / "sweep"
     common = [
         f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-        f"model.source={tiny_model_dir}",
-        "model.name=tiny",
-        "task=jsonl",
-        f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}",
-        "task.n_pairs=8",
-        "logger=none",
-        "progress=false",
+        *tiny_run(tiny_model_dir),
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
     # run: a sweep over the method's strength, scored on the engine's shared prefixes

@@ -116,6 +116,23 @@ def write_run(
     return run_dir
 
 
+def write_grids(
+    root: Path, grids: dict[str, tuple[str, list[dict[str, Any]]]], n: int, task: str = "copa"
+) -> None:
+    """A sweep per method under root/<method>/<i>: `grids` maps method -> (component, the
+    points' params); point i gains 0.02 * i over the baseline on the select split."""
+    for method, (component, grid) in grids.items():
+        for i, params in enumerate(grid):
+            write_run(
+                root / method / str(i),
+                {"select": scores_pair(n, 0.5, 0.02 * i, i)},
+                intervention=method,
+                component=component,
+                params=params,
+                task=task,
+            )
+
+
 def build_dirs(root: Path, layout: Literal["select", "flat", "none"] = "select") -> list[Path]:
     """Synthetic runs; returns [SADI sweep, ITI run, CAA run, unsteered run].
 
@@ -367,16 +384,8 @@ def test_strength_axes_per_method(tmp_path: Path) -> None:
         "caa": ("residual", [{"layer": la, "multiplier": m} for la in (2, 3) for m in (-1, 1)]),
         "iti": ("head", [{"k": k, "alpha": a} for k in (4, 8) for a in (5.0, 15.0)]),
     }
-    for method, (component, grid) in grids.items():
-        for i, params in enumerate(grid):
-            run = tmp_path / method / str(i)
-            write_run(
-                run,
-                {"select": scores_pair(50, 0.5, 0.02 * i, i)},
-                intervention=method,
-                component=component,
-                params=params,
-            )
+    write_grids(tmp_path, grids, 50)
+    for method in grids:
         (rec,) = collect([tmp_path / method])
         assert len(rec.points) == 4
         assert (
@@ -432,16 +441,7 @@ def test_sas_and_caa_on_one_behaviour_side_by_side(tmp_path: Path) -> None:
         "sas": ("residual", [{"lam": la, "tau": t} for la in (-2, 2, 4) for t in (0.1, 0.2)]),
         "caa": ("residual", [{"layer": 15, "multiplier": m} for m in (-1, 1, 2)]),
     }
-    for method, (component, grid) in grids.items():
-        for i, params in enumerate(grid):
-            write_run(
-                tmp_path / method / str(i),
-                {"select": scores_pair(50, 0.5, 0.02 * i, i)},
-                intervention=method,
-                component=component,
-                params=params,
-                task="caa_sycophancy",
-            )
+    write_grids(tmp_path, grids, 50, task="caa_sycophancy")
     records = collect([tmp_path / "sas", tmp_path / "caa"])
     sas = next(r for r in records if r.intervention == "sas")
     assert _axes(sas.points) == ("lam", ["tau"])
@@ -738,16 +738,7 @@ def long_sweeps(root: Path) -> list[RunRecord]:
         "sadi": ("head", [{"k": k, "strength": s} for k in (2, 4) for s in (1.0, 5.0, 9.0)]),
         "caa": ("residual", [{"layer": 3, "multiplier": m} for m in (-1.0, 1.0, 2.0)]),
     }
-    for method, (component, grid) in grids.items():
-        for i, params in enumerate(grid):
-            write_run(
-                root / method / str(i),
-                {"select": scores_pair(60, 0.5, 0.02 * i, i)},
-                intervention=method,
-                component=component,
-                params=params,
-                task=LONG_TASK,
-            )
+    write_grids(root, grids, 60, task=LONG_TASK)
     return collect([root / "sadi", root / "caa"])
 
 

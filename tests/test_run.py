@@ -11,10 +11,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from sadi.data.tasks import EXAMPLE_DATA
 from sadi.pipeline.validate import ConfigError
 from sadi.run import CONF_DIR, check_overrides, run
 from tests.conftest import byte_tokenizer, make_tiny
+from tests.helpers import tiny_run
 
 
 def options(group: str) -> list[str]:
@@ -82,15 +82,9 @@ def tiny_overrides(model_dir: Path, out: Path, *extra: str) -> list[str]:
     """A run of SADI on a tiny random model and the project's own tiny JSONL task."""
     return [
         f"paths.cache_dir={out.parent / 'cache'}",
-        f"model.source={model_dir}",
-        "model.name=tiny",
-        "task=jsonl",
-        f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}",
-        "task.n_pairs=8",
+        *tiny_run(model_dir),
         "intervention.k=3",
         "intervention.strength=4.0",
-        "logger=none",
-        "progress=false",
         f"paths.output_dir='{out}'",
         *extra,
     ]

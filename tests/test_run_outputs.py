@@ -19,6 +19,7 @@ from sadi.data.tasks import EXAMPLE_DATA
 from sadi.infra.cache import get_or_create
 from sadi.infra.jsonio import write_json
 from sadi.select import select
+from tests.helpers import tiny_run
 from tests.test_run import compose_run, tiny_overrides
 
 
@@ -68,13 +69,7 @@ def _sadi_run(model_dir: Path, *extra: str) -> list[str]:
         sys.executable,
         "-m",
         "sadi.run",
-        f"model.source={model_dir}",
-        "model.name=tiny",
-        "task=jsonl",
-        f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}",
-        "task.n_pairs=8",
-        "logger=none",
-        "progress=false",
+        *tiny_run(model_dir),
         *extra,
     ]
 

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 
 import sadi.pipeline.scoring as scoring
 import sadi.run as run_module
-from sadi.data.tasks import EXAMPLE_DATA
 from sadi.infra.cache import get_or_create
 from sadi.pipeline.wandb_offline import read_offline_run
 from sadi.select import select
 from sadi.steerers import SADI
+from tests.helpers import tiny_run
 from tests.test_run import compose_run, tiny_overrides
 
 
@@ -178,14 +178,8 @@ def sweep_command(model_dir: Path, tmp: Path, *extra: str) -> list[str]:
         "-m",
         "sadi.run",
         "-m",
-        f"model.source={model_dir}",
-        "model.name=tiny",
-        "task=jsonl",
-        f"task.path={EXAMPLE_DATA / 'tiny_mc.jsonl'}",
-        "task.n_pairs=8",
+        *tiny_run(model_dir),
         "task.splits=[select]",
-        "logger=none",
-        "progress=false",
         f"paths.cache_dir={tmp / 'cache'}",
         "sweep_name=test",
         f"hydra.sweep.dir={tmp / 'sweep'}",
