@@ -112,7 +112,10 @@ def test_a_damaged_engine_chunk_or_plan_is_recomputed(tiny_model_dir: Path, tmp_
     third = tmp_path / "c"
     run(compose_run(tiny_overrides(tiny_model_dir, third, engine)))
     assert lls(third) == lls(first)
-    assert list(plan.parent.parent.glob(f"damaged-{plan.parent.name}-*"))
+    (aside,) = plan.parent.parent.glob(f"damaged-{plan.parent.name}-*")
+    # the folder's lock lies beside it, so the lock a waiting job holds is the one it moved
+    assert not list(aside.glob(".lock*"))
+    assert (plan.parent.parent / f"{plan.parent.name}.lock").exists()
 
 
 # ----- a multirun tries every point and lists the failures --------------------------------

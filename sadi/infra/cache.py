@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 from safetensors import SafetensorError
 
 from sadi.infra.errors import UserError, writing
-from sadi.infra.files import honour_umask, locked
+from sadi.infra.files import honour_umask, locked, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +80,7 @@ def cached(
             try:
                 return read(entry), True
             except DAMAGE as err:
-                aside = root / f"damaged-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(entry, aside)
+                aside = move_aside(entry)
                 first = str(err).splitlines()[0] if str(err) else ""
                 log.warning(
                     "cache entry %s could not be read (%s: %s); moved aside to %s and computed "

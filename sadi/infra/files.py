@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,14 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def move_aside(path: Path) -> Path:
+    """Rename a damaged file or folder to `damaged-<name>-<time>` beside it (kept, never
+    deleted) and return the new path; the caller says so and computes it again."""
+    aside = path.with_name(f"damaged-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    return aside
+
+
 @contextmanager
 def locked(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive `flock` on `lock_path` (created if missing) while the block runs:
@@ -75,4 +84,11 @@ def locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["atomic_open", "current_umask", "honour_umask", "locked", "write_text_atomic"]
+__all__ = [
+    "atomic_open",
+    "current_umask",
+    "honour_umask",
+    "locked",
+    "move_aside",
+    "write_text_atomic",
+]

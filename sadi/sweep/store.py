@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,7 @@ from tqdm.auto import tqdm
 
 from sadi.eval.lm import Request, SteeredLM
 from sadi.infra.cache import digest
-from sadi.infra.errors import writing
-from sadi.infra.files import locked, write_text_atomic
+from sadi.infra.files import locked, move_aside, write_text_atomic
 from sadi.infra.jsonio import DamagedFileError, read_json
 from sadi.sweep.prefix import Condition, PrefixScorer, Score, split_request
 
@@ -41,17 +38,14 @@ Tokens = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
 
 
 def _write_atomic(path: Path, value: Any) -> None:
-    with writing(path):
-        write_text_atomic(path, json.dumps(value))
+    write_text_atomic(path, json.dumps(value))
 
 
-def _move_aside(path: Path, why: str) -> Path:
-    """Rename a damaged file or folder to `damaged-<name>-<time>` beside it (kept, never
-    deleted) and say so once; the caller computes it again."""
-    aside = path.with_name(f"damaged-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, aside)
+def _move_aside(path: Path, why: str) -> None:
+    """Move a damaged chunk file or folder aside (`move_aside`) and say so once; the caller
+    computes it again."""
+    aside = move_aside(path)
     log.warning("sweep engine: %s %s; moved aside to %s, computing it again", path, why, aside.name)
-    return aside
 
 
 def _read_chunk(path: Path, n: int) -> list[Score] | None:
@@ -124,7 +118,9 @@ class SweepScores:
         if folder is None:
             self._fill(key, rows, None, names)
             return
-        with locked(folder / (f".lock-{wanted}" if own else ".lock")):
+        # the lock lies beside the folder, not in it: a damaged plan moves the folder aside
+        # while the lock is held, and a waiting job must still wait on the same lock
+        with locked(folder.with_name(f"{key}.lock-{wanted}" if own else f"{key}.lock")):
             self._fill(key, rows, folder, names)
 
     def _plan(self, rows: list[Any], folder: Path | None) -> list[list[int]]:
