@@ -142,6 +142,21 @@ def test_weights_fingerprint_covers_every_weight(family: str) -> None:
         fingerprint = changed
 
 
+def test_weights_fingerprint_sees_a_dense_edit_through_data() -> None:
+    """A merged low-rank delta written through `.data` (PEFT's LoRA merge), which bumps no
+    version counter, still changes a fingerprint remembered before it."""
+    model = make_tiny("llama")
+    fingerprint = weights_fingerprint(model)
+    weight = model.model.layers[1].self_attn.q_proj.weight  # [out, in], a middle layer
+    g = torch.Generator().manual_seed(0)
+    b, a = (
+        torch.randn(weight.shape[0], 2, generator=g),
+        torch.randn(2, weight.shape[1], generator=g),
+    )
+    weight.data += 1e-3 * (b @ a)
+    assert weights_fingerprint(model) != fingerprint
+
+
 # ----- fingerprints at fit, load, apply and in the fit cache ------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_saved_metadata_holds_the_fingerprints(tmp_path: Path, method: str) -> None:

@@ -32,6 +32,7 @@ DIGEST_INDEX = "file_digests.json"
 # system's clock can leave size and mtime equal (git's "racy" rule)
 RACY_NS = 2 * 10**9
 _CHUNK = 1 << 24  # elements hashed per step: bounds the float32 copy of a large tensor
+_SAMPLE = 16  # elements of each tensor whose values the memo's stamp holds
 
 # model -> (stamp of its tensors when hashed, fingerprint)
 _MEMO: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], str]] = (
@@ -46,14 +47,20 @@ def _named_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
 
 
 def _stamp(tensors: list[tuple[str, Tensor]]) -> tuple[Any, ...] | None:
-    """What changes when a tensor is replaced or edited in place; None where this torch does
-    not expose version counters (then nothing is remembered)."""
-    stamp = []
+    """What changes when a tensor is replaced or edited in place: its storage and version
+    counter, and the values of _SAMPLE evenly spaced elements of it (an edit through `.data`,
+    as PEFT's LoRA merge does, bumps no version counter but moves a dense delta's sampled
+    values); None where this torch does not expose version counters (nothing is remembered)."""
+    stamp: list[Any] = []
+    samples = []
     for name, t in tensors:
         version = getattr(t, "_version", None)
         if not isinstance(version, int):
             return None
         stamp.append((name, t.data_ptr(), version, t.dtype, str(t.device), tuple(t.shape)))
+        flat = t.detach().reshape(-1)
+        samples.append(flat[:: max(1, flat.numel() // _SAMPLE)].to("cpu", torch.float32))
+    stamp.append(torch.cat(samples).numpy().tobytes() if samples else b"")
     return tuple(stamp)
 
 
@@ -65,7 +72,9 @@ def weights_fingerprint(model: nn.Module) -> str:
     chunk). Equal weights give equal fingerprints in any dtype they are held in exactly (a
     bf16 checkpoint loaded in bf16 or float32); a lossy cast gives another fingerprint.
     The result is remembered per model until one of its tensors changes (in-place edits
-    bump a tensor's version counter; edits through `.data` do not: pass a fresh model then).
+    bump a tensor's version counter; an edit through `.data` does not, and is seen when it
+    moves one of the 16 sampled values of a tensor, as a dense delta such as a merged LoRA
+    does: after a sparse edit through `.data`, pass a fresh model).
 
     Raises:
         ValueError: a weight is on the meta device (not materialised, e.g. offloaded).
