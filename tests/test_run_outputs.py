@@ -267,3 +267,33 @@ def test_a_run_cache_dir_does_not_convert_its_own_copy_of_the_embedded_model(
     assert (out / "results.json").exists()
     assert not (tmp_path / "cache" / "models").exists()
     assert (default_cache_dir() / "models" / "smollm2-135m-instruct" / "config.json").exists()
+
+
+def test_unsteered_engine_scores_are_kept_apart_per_dtype(tmp_path: Path) -> None:
+    """A bfloat16 checkpoint loaded in bfloat16 and in float32 holds its weights exactly in
+    both (one weights fingerprint), not their scores: the engine's unsteered chunks live in
+    one folder per dtype."""
+    import torch
+
+    from tests.conftest import byte_tokenizer, make_tiny
+
+    tiny_model_dir = tmp_path / "model"
+    make_tiny("llama").to(torch.bfloat16).save_pretrained(tiny_model_dir)
+    byte_tokenizer().save_pretrained(tiny_model_dir)
+    directories = []
+    for dtype in ("bfloat16", "float32"):
+        out = tmp_path / dtype
+        overrides = [
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            *tiny_run(tiny_model_dir),
+            "intervention=none",
+            "sweep.engine=true",
+            f"model.dtype={dtype}",
+            "task.splits=[select]",
+            f"paths.output_dir='{out}'",
+        ]
+        run_module.run(compose_run(overrides))
+        results = json.loads((out / "results.json").read_text())
+        assert results["sweep_engine"]["used"]
+        directories.append(results["sweep_engine"]["directory"])
+    assert directories[0] != directories[1]

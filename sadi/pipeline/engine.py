@@ -95,7 +95,11 @@ def build_engine(
             "its own steered prefix",
             len(own),
         )
-    group = fit_key or {"model": model_id(model), "weights": weights_fingerprint(model)}
+    group = fit_key or {
+        "model": model_id(model),
+        "dtype": str(next(model.parameters()).dtype),  # weights held exactly in two dtypes
+        "weights": weights_fingerprint(model),  # share a fingerprint, not their scores
+    }
     sweep = ctx.cfg.sweep
     scores = SweepScores(
         model,

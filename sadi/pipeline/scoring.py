@@ -5,6 +5,7 @@ and side-effect tasks scored with and without the run's steerer."""
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
@@ -83,7 +84,7 @@ def evaluate(
         "max_length": cfg.model.max_length,
         "task": task.name,
         "metric": task.metric,
-        "items": [[i.id, i.question, list(i.choices), i.label] for i in task.splits[split]],
+        "items": [asdict(i) for i in task.splits[split]],  # every field, `correct` included
     }
     stored, _ = cached(
         ctx.cache_root / "baselines",
