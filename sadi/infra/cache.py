@@ -39,19 +39,13 @@ def digest(obj: Any) -> str:
 def get_or_create(
     root: Path, key: dict[str, Any], create: Callable[[Path], None]
 ) -> tuple[Path, bool]:
-    """The entry directory for `key`, calling `create(tmp_dir)` to fill it on a miss.
+    """The entry directory for `key`, calling `create(tmp_dir)` to fill it on a miss
+    (`cached`, reading nothing).
 
     Returns:
         (entry directory, hit): hit is False when this call created the entry.
     """
-    name = digest(key)
-    entry = root / name
-    with locked(root / f"{name}.lock"):
-        remove_stale_temporaries(root, name)
-        if (entry / "key.json").exists():
-            return entry, True
-        _create(root, name, key, create)
-    return entry, False
+    return cached(root, key, create, lambda entry: entry)
 
 
 T = TypeVar("T")
@@ -63,7 +57,8 @@ DAMAGE = (UserError, OSError, KeyError, ValueError, SafetensorError)
 def cached(
     root: Path, key: dict[str, Any], create: Callable[[Path], None], read: Callable[[Path], T]
 ) -> tuple[T, bool]:
-    """`read(entry)` of the entry for `key`, creating it on a miss (as `get_or_create`).
+    """`read(entry)` of the entry for `key`, calling `create(tmp_dir)` to fill it on a miss
+    (under the key's lock, renamed into place when complete).
 
     An entry that cannot be read (cut short by a crash or a full disk, or edited) is a miss:
     it is moved aside to `<root>/damaged-<name>-<time>/` (kept, never deleted), said once
