@@ -91,9 +91,10 @@ class HookSession:
             st.use_clean(handle.clean)
             return None
         if kind.decoding:
-            rows = torch.arange(kind.batch).repeat_interleave(kind.length)
-            pos = torch.arange(kind.length).repeat(kind.batch)
-            self.cells = (rows, pos) if st.edit_generated else None
+            self.cells = None
+            if st.edit_generated:
+                rows = torch.arange(kind.batch).repeat_interleave(kind.length)
+                self.cells = (rows, torch.arange(kind.length).repeat(kind.batch))
             return None
         layout = handle.layout or self._layout_of(kwargs, kind.batch, kind.length)
         if (layout.batch_size, layout.padded_length) != (kind.batch, kind.length):

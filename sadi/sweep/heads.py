@@ -13,10 +13,11 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from sadi.core.activations import position_ids
 from sadi.core.architectures import model_site
 from sadi.core.hooks import LayerHook, hooked
 from sadi.sweep.protocol import Condition
-from sadi.sweep.rows import PAD, Shared, micro_batches, takes
+from sadi.sweep.rows import PAD, Shared, micro_batches
 
 
 class HeadForwards:
@@ -29,6 +30,7 @@ class HeadForwards:
     prefix_tokens: int
     shared_min: int
     _base_cache_kw: str
+    _base_positions: bool
 
     def kv_bytes_per_token(self) -> float:
         raise NotImplementedError
@@ -134,8 +136,8 @@ class HeadForwards:
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache()
         call: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
-        if takes(self.base.forward, "position_ids"):
-            call["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
+        if self._base_positions:
+            call["position_ids"] = position_ids(mask)
         clean = self._run(call, cache, wanted, steerer)
         self.counts["prefix_tokens"] += int(mask.sum())
         keep = mask[:, : length - 1].bool()[:, None, :, None]
@@ -167,8 +169,8 @@ class HeadForwards:
             ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in past]
         )
         call: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
-        if takes(self.base.forward, "position_ids"):
-            call["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)[:, common:]
+        if self._base_positions:
+            call["position_ids"] = position_ids(mask)[:, common:]
         clean = self._run(call, cache, wanted, None)
         self.counts["prefix_tokens"] += sum(rest)
         # row i's cache, right-aligned in `out` positions: the shared part, then its

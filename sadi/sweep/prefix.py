@@ -96,6 +96,7 @@ class PrefixScorer(HeadForwards, SuffixForwards):
         self._lm_cache_kw = cache_keyword(model.forward)
         self._base_cache_kw = cache_keyword(self.base.forward)
         self._positions = takes(model.forward, "position_ids")
+        self._base_positions = takes(self.base.forward, "position_ids")
         self._kv_bytes: float | None = None
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
