@@ -62,9 +62,10 @@ def fit_steerer(
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[Pair],
     fit_errors: list[dict[str, Any]],
-) -> Steerer[Any]:
-    """Fit the steerer, or take its state from the fit cache; a tracker failure while
-    logging the fit is appended to `fit_errors` (the fit itself is kept)."""
+) -> tuple[Steerer[Any], dict[str, Any]]:
+    """Fit the steerer, or take its state from the fit cache; returns it and its fit key
+    (what the fit cache and the sweep engine key on). A tracker failure while logging the
+    fit is appended to `fit_errors` (the fit itself is kept)."""
     cfg, timings = ctx.cfg, ctx.timings
     t = time.perf_counter()
 
@@ -80,9 +81,10 @@ def fit_steerer(
         if not status["ok"]:
             fit_errors.append(status)
 
+    key = steerer.fit_key(model, pairs)
     fitted, hit = cached(
         ctx.cache_root / "fits",
-        steerer.fit_key(model, pairs),
+        key,
         create,
         lambda entry: Steerer.load(entry, model),
     )
@@ -92,7 +94,7 @@ def fit_steerer(
     timings["fit_s"] = time.perf_counter() - t
     timings["fit_cache_hit"] = float(hit)
     steerer.save(ctx.run_dir / "steerer")
-    return steerer
+    return steerer, key
 
 
 __all__ = ["build_steerer", "fit_steerer", "misfit"]

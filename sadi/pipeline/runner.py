@@ -101,14 +101,14 @@ def run(ctx: RunContext) -> float:
 
     pairs: list[Any] = []
     tracker_errors: list[dict[str, Any]] = []
+    fit_key = None
     if steerer is not None:
         pairs = make_pairs(task.splits["fit"], n_pairs=cfg.task.n_pairs, seed=cfg.seed)
         save_pairs(pairs, run_dir / "pairs.jsonl")
         if len(pairs) < cfg.task.n_pairs:
             log.info("note: the fit split has %d pairs, fewer than task.n_pairs", len(pairs))
-        steerer = fit_steerer(ctx, steerer, model, tokenizer, pairs, tracker_errors)
+        steerer, fit_key = fit_steerer(ctx, steerer, model, tokenizer, pairs, tracker_errors)
 
-    fit_key = None if steerer is None else steerer.fit_key(model, pairs)
     engine, engine_info = build_engine(ctx, model, steerer, fit_key)
     conditions: dict[str, Steerer[Any] | None] = {"baseline": None}
     if steerer is not None:

@@ -29,12 +29,15 @@ def heads_chart(steerer_dir: str | Path, about: str | None = None) -> Chart | No
     """
     d = Path(steerer_dir)
     meta = json.loads((d / "steerer.json").read_text())
-    t = load_file(str(d / "steerer.safetensors"))
     method = meta["method"]
+    sadi_heads = method.startswith("sadi") and meta.get("component") == "head"
+    if not (method.startswith("iti") or sadi_heads):
+        return None  # read no tensors of a steerer that has no per-head scores
+    t = load_file(str(d / "steerer.safetensors"))
     if method.startswith("iti") and "accuracy" in t:
         scores, cmap, label, edge = t["accuracy"], "viridis", "probe accuracy", "red"
         vmin, vmax = float(scores.min()), float(scores.max())
-    elif method.startswith("sadi") and meta.get("component") == "head" and "delta" in t:
+    elif sadi_heads and "delta" in t:
         scores, cmap, edge = t["delta"], "RdBu_r", "black"
         label, vmax = "mean activation difference (pos - neg)", float(np.abs(t["delta"]).max())
         vmin = -vmax
