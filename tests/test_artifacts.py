@@ -333,6 +333,23 @@ def test_unknown_method(tmp_path: Path) -> None:
         Steerer.load(directory)
 
 
+def test_loading_never_imports_code_outside_sadi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A steerer.json naming a class in some module on the path: the module is not imported
+    (importing runs its code); the error says to import it first."""
+    code = tmp_path / "code"
+    code.mkdir()
+    marker = tmp_path / "imported"
+    (code / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(code))
+    _, _, directory = saved("caa", tmp_path)
+    path = edit_meta(directory, lambda m: m.update(method="planted", **{"class": "planted.X"}))
+    with artifact_error(path, "defined in 'planted', which is not imported; import it first"):
+        Steerer.load(directory)
+    assert not marker.exists()
+
+
 def test_another_method_than_the_class_asked_for(tmp_path: Path) -> None:
     _, _, directory = saved("caa", tmp_path)
     with artifact_error(directory / META_FILE, "holds a 'caa' steerer, not 'sadi'"):

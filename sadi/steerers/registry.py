@@ -1,7 +1,8 @@
 """Every steering method, found without a list: a `Steerer` subclass that sets `spec`
 registers itself when its class is created. The modules of this package are imported on the
 first lookup; a method defined elsewhere registers when its module is imported (its config's
-`_target_` does that, and a saved steerer records its class's import path)."""
+`_target_` does that). A saved steerer records its class's import path, but loading one never
+imports code outside `sadi` by itself: an artifact is data, and must not choose what runs."""
 
 from __future__ import annotations
 
@@ -51,12 +52,19 @@ def methods() -> dict[str, type[Steerer[Any]]]:
 
 
 def method(name: str, path: str | None = None) -> type[Steerer[Any]]:
-    """The method called `name`; `path` (`module.Class`) is imported first if it is not
-    registered yet (a saved steerer of a method outside this package)."""
+    """The method called `name`. `path` (`module.Class`, as a saved steerer records it)
+    names where an unregistered method lives: inside `sadi` it is imported; elsewhere the
+    error asks to import it first (loading an artifact never imports outside code)."""
     if name not in _METHODS:
         _import_builtin()
     if name not in _METHODS and path:
         module, _, _cls = path.rpartition(".")
+        if module != "sadi" and not module.startswith("sadi."):
+            raise ValueError(
+                f"steering method {name!r} is defined in {module!r}, which is not imported; "
+                f"import it first (e.g. `import {module}`): loading a saved steerer never "
+                "imports code outside sadi by itself"
+            )
         try:
             importlib.import_module(module)
         except ImportError as err:
