@@ -83,6 +83,18 @@ def test_export_jsonl_example_in_ab_format(tmp_path: Path) -> None:
     assert load_yaml(exported.yaml)["tag"] == ["sadi_ab_report"]
 
 
+def test_export_names_the_users_data_as_a_run_does(tmp_path: Path) -> None:
+    """With path=, any unregistered name names the data (as task.name does for sadi.run); a
+    registered name with other data is refused."""
+    path = EXAMPLE_DATA / "tiny_mc.jsonl"
+    (exported,) = export_tasks(tmp_path, ["xcopa_it"], splits=["report"], path=path)
+    assert exported.name == "sadi_xcopa_it_report"
+    with pytest.raises(ValueError, match=r"'copa' is a registered task"):
+        export_tasks(tmp_path, ["copa"], path=path)
+    with pytest.raises(ValueError, match=r"gives one dataset"):
+        export_tasks(tmp_path, ["jsonl", "mine"], path=path)
+
+
 def test_export_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown task 'copaa'.*Did you mean \['copa'\]"):
         export_tasks(tmp_path, ["copaa"])

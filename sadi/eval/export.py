@@ -94,22 +94,33 @@ def task_yaml(config: dict[str, Any]) -> str:
 
 
 def _check_tasks(tasks: Sequence[str], path: str | Path | None) -> list[str]:
+    """The task names, checked: registered ones, or with `path` the one name of the user's
+    data (`load_task` then checks it, as for `sadi.run`'s task.name)."""
     known = [*TASKS, JSONL_TASK]
     if not tasks:
         raise ValueError(f"no tasks given; name at least one of {known} (or omit tasks: all)")
-    for name in tasks:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-            hint = f" Did you mean {close}?" if close else ""
-            raise ValueError(f"unknown task {name!r}.{hint} Known tasks: {known}")
-    if (JSONL_TASK in tasks) != (path is not None):
-        raise ValueError(
-            "the jsonl task and path= go together: give path= (--path FILE) to a canonical "
-            f"JSONL file or a folder with fit/select/report.jsonl for the task {JSONL_TASK!r}, "
-            f"and name it in tasks (--tasks {JSONL_TASK}); got tasks={list(tasks)}, path={path!r}"
-        )
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks={list(tasks)} names a task twice; name each once")
+    if path is not None:
+        if len(tasks) != 1:
+            raise ValueError(
+                f"path={str(path)!r} gives one dataset: name it once (--tasks {JSONL_TASK}, or "
+                f"a name of your own that is not a registered task); got tasks={list(tasks)}"
+            )
+        return list(tasks)
+    for name in tasks:
+        if name == JSONL_TASK:
+            raise ValueError(
+                f"the task {JSONL_TASK!r} is your own data: give path= (--path FILE) to a "
+                "canonical JSONL file or a folder with fit/select/report.jsonl"
+            )
+        if name not in TASKS:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            hint = f" Did you mean {close}?" if close else ""
+            raise ValueError(
+                f"unknown task {name!r}.{hint} Known tasks: {known}; for your own data give "
+                "path= (--path FILE)"
+            )
     return list(tasks)
 
 
@@ -130,7 +141,8 @@ def export_tasks(
         directory: Where to write (created if missing); files of the same names are
             overwritten. The YAMLs hold the data files' absolute paths: export again after
             moving it. Its path must not contain glob characters (`*?[]`).
-        tasks: Keys of `sadi.data.tasks.TASKS`, or `"jsonl"` with `path=`; default all of `TASKS`.
+        tasks: Keys of `sadi.data.tasks.TASKS`, or with `path=` one name for that data
+            (`"jsonl"` or any unregistered name, as `task.name`); default all of `TASKS`.
         format: `"lm_eval"` or `"ab"`, as `load_task`.
         splits: Splits to export, default select and report (where `sadi.run` scores).
         data_dir, limit, seed, path: As `load_task`; `limit` and `seed` pick and order the
@@ -162,7 +174,7 @@ def export_tasks(
             format=format,
             limit=limit,
             seed=seed,
-            path=path if task_name == JSONL_TASK else None,
+            path=path,
         )
         for task_name in names
     ]
@@ -215,7 +227,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=None,
         metavar="TASK",
         help=f"space or comma separated; default all registered: {', '.join(TASKS)}; "
-        f"or {JSONL_TASK} with --path",
+        f"or with --path one name for that data ({JSONL_TASK} or your own)",
     )
     export.add_argument(
         "--format",
@@ -248,7 +260,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="orders the items, as sadi.run's seed (default 0)"
     )
     export.add_argument(
-        "--path", type=Path, default=None, help="the data of the jsonl task (file or folder)"
+        "--path",
+        type=Path,
+        default=None,
+        help="your own data (file or folder), exported under the one name --tasks gives",
     )
     return parser
 
