@@ -285,3 +285,23 @@ def test_every_experiment_composes_with_its_grid() -> None:
             assert FIXED_COMPONENT.get(cfg.intervention.name, cfg.component.name) == (
                 cfg.component.name
             )
+
+
+def test_a_primary_metric_the_task_does_not_report_fails_before_the_model_loads(
+    tmp_path: Path,
+) -> None:
+    """copa is scored by acc (acc, acc_norm, p_label): mc2 is named with the choices before
+    any model loads (a model source that does not exist is never reached)."""
+    cfg = compose_run(
+        [
+            "task=copa",
+            "task.primary_metric=mc2",
+            f"model.source={tmp_path / 'no-model'}",
+            "logger=none",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    with pytest.raises(
+        ConfigError, match=r"primary_metric='mc2'.*\['acc', 'acc_norm', 'p_label'\]"
+    ):
+        run(cfg)

@@ -16,6 +16,7 @@ from sadi.core.models import load_model_reused
 from sadi.data.chat import apply_chat_template
 from sadi.data.pairs import make_pairs, save_pairs
 from sadi.data.tasks import SplitName, Task, load_task, split_ids
+from sadi.eval.metrics import SCORINGS
 from sadi.infra.jsonio import write_json, write_jsonl
 from sadi.infra.verbosity import set_verbosity
 from sadi.pipeline.context import RunContext
@@ -31,7 +32,7 @@ from sadi.pipeline.scoring import (
     score_side_effect,
 )
 from sadi.pipeline.tracking import TrackerError, log_run, tracked
-from sadi.pipeline.validate import check_optimized_metric, check_run_config
+from sadi.pipeline.validate import ConfigError, check_optimized_metric, check_run_config
 from sadi.steerers.base import Steerer
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ def optimized_value(ctx: RunContext, metrics: dict[str, Metrics]) -> float:
 
 
 def load_run_task(ctx: RunContext) -> Task:
+    """The run's task, its data checked, and `task.primary_metric` one its scoring reports."""
     cfg = ctx.cfg
-    return load_task(
+    task = load_task(
         cfg.task.name,
         data_dir=cfg.paths.data_dir,
         format=cfg.task.format,
@@ -59,6 +61,13 @@ def load_run_task(ctx: RunContext) -> Task:
         seed=cfg.seed,
         path=cfg.task.path,
     )
+    reported = SCORINGS[task.metric].metrics
+    if cfg.task.primary_metric not in reported:
+        raise ConfigError(
+            f"task.primary_metric={cfg.task.primary_metric!r}: {task.name} is scored by "
+            f"{task.metric!r}, which reports {list(reported)}; choose one of them"
+        )
+    return task
 
 
 def run(ctx: RunContext) -> float:
