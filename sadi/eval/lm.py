@@ -83,6 +83,25 @@ def _strip_pad(tokens: Sequence[int]) -> RowKey:
     return tuple(tokens[:end])
 
 
+# HFLM's attributes SteeredLM reads or sets (lm-eval 0.4.13): its batch size, which the
+# grouping within batch_tokens changes per group, and its autocast dtype, which the
+# tail-logits forward applies as HFLM's own forward does
+_HFLM_ATTRIBUTES = ("batch_size_per_gpu", "mixed_precision_dtype")
+
+
+def _check_hflm_attributes(lm: Any) -> None:
+    """Fail loudly where this lm-eval's HFLM lacks an attribute SteeredLM relies on (a
+    rename would otherwise drop the memory bound or mixed precision without a word)."""
+    missing = [a for a in _HFLM_ATTRIBUTES if not hasattr(lm, a)]
+    if missing:
+        import lm_eval
+
+        raise RuntimeError(
+            f"lm-eval {getattr(lm_eval, '__version__', '?')}'s HFLM has no {missing}, which "
+            "sadi's SteeredLM reads; install the tested lm-eval (constraints.txt)"
+        )
+
+
 @register_model("sadi")
 class SteeredLM(HFLM):
     """HFLM whose forward passes run under a fitted steerer (or unsteered when None).
@@ -127,6 +146,7 @@ class SteeredLM(HFLM):
         if isinstance(pretrained, str) and pretrained.startswith(EMBEDDED_PREFIX):
             pretrained = str(embedded_path(pretrained[len(EMBEDDED_PREFIX) :]))
         super().__init__(pretrained=pretrained, **kwargs)
+        _check_hflm_attributes(self)
         if isinstance(steerer, str | Path):
             steerer = Steerer.load(steerer, self.model, allow_other_weights=allow)
         elif steerer is not None:
@@ -180,7 +200,7 @@ class SteeredLM(HFLM):
         for members, table in passes:
             for size, group in self._by_batch_size(members, table, requests):
                 self._rows = table
-                fixed = getattr(self, "batch_size_per_gpu", None)
+                fixed = self.batch_size_per_gpu  # type: ignore[has-type]
                 if size is not None:
                     self.batch_size_per_gpu = size
                 try:
@@ -201,7 +221,7 @@ class SteeredLM(HFLM):
         """Requests grouped by the batch size that keeps rows x length within batch_tokens
         (lm-eval batches a group's rows longest first, so its first batch is its widest);
         one group at the set batch size where no row needs fewer (or batch_size=auto)."""
-        fixed = getattr(self, "batch_size_per_gpu", None)
+        fixed = self.batch_size_per_gpu
         if not isinstance(fixed, int) or isinstance(fixed, bool):
             return [(None, members)]
         groups: dict[int, list[int]] = {}
@@ -322,7 +342,7 @@ class SteeredLM(HFLM):
 
     def _logits(self, inps: torch.Tensor, keep: int) -> torch.Tensor:
         """[rows, keep, vocab]: the logits of the last `keep` positions (HFLM's forward)."""
-        dtype = getattr(self, "mixed_precision_dtype", None)
+        dtype = self.mixed_precision_dtype
         with (
             torch.no_grad(),
             torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None),
