@@ -268,3 +268,15 @@ def test_a_50000_character_item_stays_within_a_few_gigabytes(tmp_path: Path) -> 
     peak_mb = int(proc.stdout.strip().splitlines()[-1])
     assert peak_mb < 6000, peak_mb
     assert "longer than max_length=8192" in proc.stderr  # said, not silent
+
+
+def test_an_hflm_without_the_attributes_sadi_reads_fails_loudly() -> None:
+    """Were lm-eval to rename HFLM's batch size or autocast dtype, SteeredLM stops at once
+    instead of silently losing its memory bound or mixed precision."""
+    from types import SimpleNamespace
+
+    from sadi.eval.lm import _check_hflm_attributes
+
+    _check_hflm_attributes(SimpleNamespace(batch_size_per_gpu=16, mixed_precision_dtype=None))
+    with pytest.raises(RuntimeError, match=r"no \['mixed_precision_dtype'\].*constraints.txt"):
+        _check_hflm_attributes(SimpleNamespace(batch_size_per_gpu=16))
