@@ -29,6 +29,19 @@ from sadi.sweep.plan import condition_name
 Metrics = dict[str, float]
 
 
+def _lm_kwargs(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The lm-eval model's settings from `model.*`, the same for scoring and generation."""
+    kwargs: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "batch_size": cfg.model.batch_size,
+        "batch_tokens": cfg.model.batch_tokens,
+        "progress": cfg.progress,
+    }
+    if cfg.model.max_length:
+        kwargs["max_length"] = cfg.model.max_length
+    return kwargs
+
+
 def evaluate(
     ctx: RunContext,
     model: PreTrainedModel,
@@ -41,14 +54,7 @@ def evaluate(
     """Score one split; unsteered scores are cached (they are the same for every point).
     With `engine`, lm-eval's log-likelihoods come from its shared-prefix scores."""
     cfg = ctx.cfg
-    lm_kwargs: dict[str, Any] = {
-        "tokenizer": tokenizer,
-        "batch_size": cfg.model.batch_size,
-        "batch_tokens": cfg.model.batch_tokens,
-        "progress": cfg.progress,
-    }
-    if cfg.model.max_length:
-        lm_kwargs["max_length"] = cfg.model.max_length
+    lm_kwargs = _lm_kwargs(cfg, tokenizer)
 
     def score(out: Path | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
         lm = (
@@ -112,13 +118,7 @@ def generate_open_ended(
         t = time.perf_counter()
 
         def generate(st: Steerer[Any] | None = st) -> list[dict[str, Any]]:
-            lm = SteeredLM(
-                model,
-                steerer=st,
-                tokenizer=tokenizer,
-                batch_size=cfg.model.batch_size,
-                progress=cfg.progress,
-            )
+            lm = SteeredLM(model, steerer=st, **_lm_kwargs(cfg, tokenizer))
             return generate_split(
                 lm,
                 prompts,
@@ -133,6 +133,7 @@ def generate_open_ended(
                 "weights": weights_fingerprint(model),
                 "dtype": cfg.model.dtype,
                 "prompts": prompts,
+                "max_length": cfg.model.max_length,  # the context a prompt is cut to
                 "max_gen_toks": cfg.task.max_gen_toks,
                 "seed": cfg.seed,
             }
