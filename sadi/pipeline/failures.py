@@ -9,7 +9,6 @@ Rerunning the same command retries the failed points (finished points are skippe
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
@@ -20,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sadi.infra.errors import UserError
+from sadi.infra.jsonio import read_json, write_json
 
 FAILED = "failed.json"
 
@@ -35,8 +35,7 @@ def record_failure(run_dir: Path, overrides: list[str], err: BaseException) -> P
         "traceback": "".join(traceback.format_exception(err)),
         "time": time.time(),
     }
-    path = run_dir / FAILED
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = write_json(run_dir / FAILED, record)
     first = str(err).splitlines()[0] if str(err) else ""
     print(f"point {run_dir.name} failed: {type(err).__name__}: {first}", file=sys.stderr)
     return path
@@ -52,8 +51,8 @@ def failures_since(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
     found = []
     for path in sorted(sweep_dir.rglob(FAILED)):
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = read_json(path)
+        except (OSError, ValueError):  # DamagedFileError is a ValueError
             continue
         if float(record.get("time", 0)) >= since:
             found.append({**record, "run_dir": str(path.parent)})

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from sadi.core.architectures import WEIGHTS_FINGERPRINT_CHARS, ModelShape
 from sadi.infra.errors import UserError
+from sadi.infra.jsonio import write_json
 from sadi.steerers import registry
 from sadi.steerers.identity import ModelRecord
 
@@ -153,7 +154,7 @@ def save(steerer: Steerer[Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in steerer.tensors().items()}
     save_file(tensors, str(out / TENSORS_FILE))
-    (out / META_FILE).write_text(json.dumps(metadata(steerer), indent=2) + "\n")
+    write_json(out / META_FILE, metadata(steerer))  # atomic: never a half-written file
     steerer.write_extras(out)
     return out
 
