@@ -220,10 +220,6 @@ class Steerer(ABC, Generic[StateT]):
         return frozenset() if self.record is None else self.record.accepted
 
     @property
-    def model_id(self) -> str | None:
-        return None if self.record is None else self.record.model_id
-
-    @property
     def n_pairs(self) -> int:
         return 0 if self.record is None else self.record.n_pairs
 
