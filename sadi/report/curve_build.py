@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from sadi.infra.jsonio import read_jsonl
-from sadi.report.records import RunRecord
+from sadi.report.records import RunRecord, load_samples, samples_path
 from sadi.report.stats import Estimate
 
 
@@ -61,24 +60,13 @@ class Curve:
         return f"{self.method} ({fixed})" if fixed else self.method
 
 
-def _samples_file(directory: Path, task: str, split: str, baseline: bool) -> Path:
-    return directory / f"samples_{task}_{split}{'_baseline' if baseline else ''}.jsonl"
-
-
-def _samples(directory: Path, task: str, split: str, baseline: bool) -> list[dict[str, Any]]:
-    path = _samples_file(directory, task, split, baseline)
-    if not path.exists():
-        return []
-    return read_jsonl(path)
-
-
 def scored_split(points: Sequence[RunRecord], split: str = "auto") -> str:
     """`split`, or for "auto" the split every point scored: report where they all did, else
     select (a sweep scores select only; `python -m sadi.select` scores report once)."""
     if split != "auto":
         return split
     for candidate in ("report", "select"):
-        if all(_samples_file(p.run_dir, p.task, candidate, False).exists() for p in points):
+        if all(samples_path(p, candidate).exists() for p in points):
             return candidate
     raise FileNotFoundError(
         f"{points[0].run_dir}: the points of this curve share no scored split (no samples "
@@ -145,11 +133,11 @@ def build_curve(
             )
     scores: dict[float, dict[str, float]] = {}
     for p in points:
-        rows = _samples(p.run_dir, p.task, split, baseline=False)
+        rows = load_samples(p, split) or []
         if not rows:
             raise FileNotFoundError(f"{p.run_dir}: no {split} samples; score the {split} split")
         scores[float(p.params[param])] = _per_item(rows, metric, p.run_dir)
-    base_rows = _samples(rec.run_dir, rec.task, split, baseline=True)
+    base_rows = load_samples(rec, split, baseline=True) or []
     base = _per_item(base_rows, metric, rec.run_dir)
     scores.setdefault(identity, base)
     ids = sorted(base)

@@ -3,9 +3,9 @@ steered answer side by side (no judge: saved for reading)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
+from sadi.infra.jsonio import read_jsonl
 from sadi.report.blocks import Table, text_cell
 from sadi.report.records import RunRecord
 
@@ -29,8 +29,8 @@ def generation_table(records: Sequence[RunRecord], n: int = 3) -> Table | None:
         )
         if not (steered.exists() and base.exists()):
             continue
-        a = [json.loads(x) for x in steered.read_text().splitlines() if x.strip()]
-        b = {r["id"]: r for r in (json.loads(x) for x in base.read_text().splitlines() if x)}
+        a = read_jsonl(steered)
+        b = {r["id"]: r for r in read_jsonl(base)}
         for row in a[:n]:
             other = b.get(row["id"], {}).get("generation", "")
             cells = [text_cell(row["prompt"], 160), text_cell(other), text_cell(row["generation"])]
