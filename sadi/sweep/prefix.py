@@ -40,7 +40,7 @@ from transformers import DynamicCache
 
 from sadi.sweep.heads import HeadForwards
 from sadi.sweep.protocol import Condition
-from sadi.sweep.rows import PAD, Row, Score, cache_keyword, split_request, takes
+from sadi.sweep.rows import Row, Score, cache_keyword, split_request, takes
 from sadi.sweep.suffix import SuffixForwards
 
 
@@ -169,4 +169,4 @@ class PrefixScorer(HeadForwards, SuffixForwards):
         return {name: out[name] for name in conditions}
 
 
-__all__ = ["PAD", "Condition", "PrefixScorer", "Row", "Score", "cache_keyword", "split_request"]
+__all__ = ["Condition", "PrefixScorer", "Row", "Score", "split_request"]
