@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
@@ -64,7 +64,6 @@ SAS_MODES: tuple[str, ...] = get_args(SasMode)
 SasVariant = Literal["sas", "random"]
 SAS_VARIANTS: tuple[str, ...] = get_args(SasVariant)
 SAS_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
-_STATE = ("freq_pos", "freq_neg", "mean_pos", "mean_neg")
 TRAINED = source.TRAINED
 # rows encoded at once while fitting
 _ENCODE_ROWS = 256
@@ -82,6 +81,9 @@ class SASState:
     freq_neg: Tensor
     mean_pos: Tensor
     mean_neg: Tensor
+
+
+_STATE = tuple(f.name for f in fields(SASState))
 
 
 def code_statistics(codes: Tensor) -> tuple[Tensor, Tensor]:
@@ -376,16 +378,22 @@ class SAS(Steerer[SASState]):
 
     def tensors(self) -> dict[str, Tensor]:
         """The statistics, and the SAE's tensors (it travels inside the artifact)."""
-        state = self.fitted_state()
-        return {**{n: getattr(state, n).float() for n in _STATE}, **bundle.pack(self.sae())}
+        return {**super().tensors(), **bundle.pack(self.sae())}
 
     def _load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """The SAE from its prefixed tensors (checked against its recorded fingerprint),
+        then the statistics as every steerer's state."""
         cfg = self._sae_cfg or (self.sae_module.cfg if self.sae_module is not None else None)
         if cfg is None:
             raise ValueError("no SAE config to read the SAE tensors with (steerer.json 'sae_cfg')")
         check_tensor_names(self.method, tensors, [*_STATE, *bundle.tensor_names(cfg)])
-        sae = bundle.unpack(tensors, cfg, self._sae_expected)
-        stats = {name: check_finite_tensor(name, tensors[name]) for name in _STATE}
+        self.sae_module = bundle.unpack(tensors, cfg, self._sae_expected)
+        super()._load_tensors({n: t for n, t in tensors.items() if n in _STATE})
+
+    def _check_state(self, state: SASState) -> SASState:
+        """Finite [d_sae] statistics of an SAE that reads this model's residual stream."""
+        cfg = self.sae().cfg
+        stats = {name: check_finite_tensor(name, getattr(state, name)) for name in _STATE}
         for name, t in stats.items():
             check_tensor_shape(name, t, (cfg.d_sae,), "[d_sae] of the SAE")
         if self.shape is not None and cfg.d_in != self.shape.d_model:
@@ -393,8 +401,7 @@ class SAS(Steerer[SASState]):
                 f"the SAE has d_in={cfg.d_in} but the recorded model has d_model="
                 f"{self.shape.d_model}"
             )
-        self.sae_module = sae
-        self.state = SASState(**stats)
+        return SASState(**stats)
 
 
 __all__ = [
