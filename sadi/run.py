@@ -33,7 +33,7 @@ from sadi.pipeline.hydra import in_multirun, task_overrides
 from sadi.pipeline.validate import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "task", "component", "intervention", "logger", "experiment")
+GROUPS = ("model", "task", "component", "prompt", "intervention", "logger", "experiment")
 # options whose Hydra plugin is an optional extra: (plugin module, how to install it)
 OPTIONAL_PLUGINS = {
     "hydra/launcher=ray_local": ("hydra_plugins.hydra_ray_launcher", "pip install -e '.[ray]'"),

@@ -6,32 +6,58 @@ and the requests lm-eval scores see exactly the same text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.data.tasks import Item, Task
 from sadi.infra.errors import UserError
 
-_ANSWER_CUE = "\nAnswer:"
+ANSWER_CUE = "\nAnswer:"
 
 
-def chat_prompt(text: str, tokenizer: PreTrainedTokenizerBase, system: str | None = None) -> str:
-    """`text` as the user turn, followed by the start of the assistant turn."""
-    messages = [{"role": "user", "content": text}]
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
+class Shot(NamedTuple):
+    """A solved example shown as an earlier exchange: the user's turn and the answer."""
+
+    user: str
+    assistant: str
+
+
+def chat_prompt(
+    text: str,
+    tokenizer: PreTrainedTokenizerBase,
+    system: str | None = None,
+    shots: Sequence[Shot] = (),
+) -> str:
+    """`text` as the user turn, after the system message and the shots' turns, followed by
+    the start of the assistant turn."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for shot in shots:
+        messages += [
+            {"role": "user", "content": shot.user},
+            {"role": "assistant", "content": shot.assistant},
+        ]
+    messages.append({"role": "user", "content": text})
     context = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert isinstance(context, str)
     return context
 
 
-def chat_item(item: Item, tokenizer: PreTrainedTokenizerBase, system: str | None = None) -> Item:
+def user_turn(question: str) -> str:
+    """A task question as a user turn: the assistant turn replaces the plain-text cue."""
+    return question[: -len(ANSWER_CUE)] if question.endswith(ANSWER_CUE) else question
+
+
+def chat_item(
+    item: Item,
+    tokenizer: PreTrainedTokenizerBase,
+    system: str | None = None,
+    shots: Sequence[Shot] = (),
+) -> Item:
     """The item's question as the user turn; choices continue the assistant turn."""
-    question = item.question
-    if question.endswith(_ANSWER_CUE):  # the assistant turn replaces the plain-text cue
-        question = question[: -len(_ANSWER_CUE)]
-    context = chat_prompt(question, tokenizer, system)
+    context = chat_prompt(user_turn(item.question), tokenizer, system, shots)
     choices = tuple(c.lstrip() for c in item.choices)  # the turn starts on a fresh line
     return replace(item, question=context, choices=choices)
 

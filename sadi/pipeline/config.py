@@ -53,6 +53,16 @@ class TaskSchema:
 
 
 @dataclass
+class PromptSchema:
+    """A prompting arm (`sadi.data.prompts`), composable with any intervention."""
+
+    name: str = "none"  # none | instruction | few_shot
+    k: int = 0  # few_shot: solved examples from the fit split
+    seed: int = 0  # few_shot: which examples are drawn
+    instruction_file: Optional[str] = None  # instruction: null = conf/task/instructions/<task>
+
+
+@dataclass
 class ComponentSchema:
     name: str = MISSING  # head | neuron | neuron_down | hidden | residual
 
@@ -111,6 +121,7 @@ class RunSchema:
     model: ModelSchema = MISSING
     task: TaskSchema = MISSING
     component: ComponentSchema = MISSING
+    prompt: PromptSchema = field(default_factory=PromptSchema)
     # any method: each YAML brings its typed schema (base_<method>) or, for a method of the
     # user's own outside the registry, just its values (checked before the model loads)
     intervention: Any = MISSING
@@ -208,6 +219,7 @@ def register_configs() -> None:
     cs.store(group="model", name="base_model", node=ModelSchema)
     cs.store(group="task", name="base_task", node=TaskSchema)
     cs.store(group="component", name="base_component", node=ComponentSchema)
+    cs.store(group="prompt", name="base_prompt", node=PromptSchema)
     cs.store(group="intervention", name="base_none", node=InterventionSchema)
     for name, cls in methods().items():
         cs.store(group="intervention", name=f"base_{name}", node=intervention_schema(cls))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import asdict
 from typing import Any, cast
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from sadi.core.models import load_model_reused
 from sadi.data.chat import apply_chat_template
 from sadi.data.pairs import make_pairs, save_pairs
+from sadi.data.prompts import Prompt, render_task
 from sadi.data.tasks import SplitName, Task, load_task, split_ids
 from sadi.eval.metrics import SCORINGS
 from sadi.infra.jsonio import write_json, write_jsonl
@@ -70,6 +72,17 @@ def load_run_task(ctx: RunContext) -> Task:
     return task
 
 
+def run_prompt(ctx: RunContext) -> Prompt:
+    """The run's prompting arm (`prompt=`), checked before the model loads."""
+    p = ctx.cfg.get("prompt") or {}
+    return Prompt(
+        name=p.get("name", "none"),
+        k=int(p.get("k", 0)),
+        seed=int(p.get("seed", 0)),
+        instruction_file=p.get("instruction_file"),
+    )
+
+
 def run(ctx: RunContext) -> float:
     """Fit on the fit split, score the configured splits with and without steering.
 
@@ -84,6 +97,7 @@ def run(ctx: RunContext) -> float:
     check_run_config(cfg)
     seed_everything(cfg.seed)
     steerer = build_steerer(ctx)  # unfitted: its constructor has checked its values
+    run_prompt(ctx)
     t0 = time.perf_counter()
     task = load_run_task(ctx)
     side_tasks = load_side_tasks(cfg)
@@ -105,8 +119,9 @@ def run(ctx: RunContext) -> float:
         cfg.model.source, dtype=cfg.model.dtype, device=cfg.model.device
     )
     timings["load_model_s"] = time.perf_counter() - t0
-    if cfg.task.chat_template:
-        task = apply_chat_template(task, tokenizer)
+    task, rendering = render_task(task, run_prompt(ctx), tokenizer, cfg.task.chat_template)
+    if rendering.shots:
+        write_json(run_dir / "shots.json", [asdict(s) for s in rendering.shots])
 
     pairs: list[Any] = []
     tracker_errors: list[dict[str, Any]] = []
@@ -135,7 +150,7 @@ def run(ctx: RunContext) -> float:
             write_jsonl(run_dir / f"samples_{task.name}_{split}{suffix}.jsonl", rows)
             samples[f"{split}{suffix}"] = rows
     if cfg.task.open_ended:
-        generate_open_ended(ctx, model, tokenizer, task, conditions)
+        generate_open_ended(ctx, model, tokenizer, task, conditions, rendering)
     side_effects = {}
     for side in side_tasks:
         if cfg.task.chat_template:
@@ -199,4 +214,11 @@ def print_table(task: str, metrics: dict[str, dict[str, Metrics]], splits: Any) 
     print("\n".join(rows))
 
 
-__all__ = ["load_run_task", "optimized_value", "print_table", "run", "seed_everything"]
+__all__ = [
+    "load_run_task",
+    "optimized_value",
+    "print_table",
+    "run",
+    "run_prompt",
+    "seed_everything",
+]

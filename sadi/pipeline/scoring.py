@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.architectures import weights_fingerprint
-from sadi.data.chat import chat_prompt
+from sadi.data.prompts import Rendering
 from sadi.data.tasks import SplitName, Task, load_task
 from sadi.eval.harness import evaluate_split, generate_split, open_ended_prompts
 from sadi.eval.lm import SteeredLM
@@ -107,13 +107,15 @@ def generate_open_ended(
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
     conditions: dict[str, Steerer[Any] | None],
+    rendering: Rendering,
 ) -> None:
-    """Greedy generations on the task's open-ended prompts, per condition (the unsteered
+    """Greedy generations on the task's open-ended prompts, rendered as the task's items are
+    (chat template, the prompting arm's instruction or shots), per condition (the unsteered
     ones cached: the same for every point)."""
     cfg, run_dir, timings = ctx.cfg, ctx.run_dir, ctx.timings
     prompts = open_ended_prompts(task.name, cfg.paths.data_dir)[: cfg.task.limit or None]
-    if cfg.task.chat_template:
-        prompts = [(i, chat_prompt(text, tokenizer)) for i, text in prompts]
+    if rendering.chat or rendering.system or rendering.shots:
+        prompts = [(i, rendering.render(text)) for i, text in prompts]
     for condition, st in conditions.items():
         t = time.perf_counter()
 
