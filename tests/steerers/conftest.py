@@ -4,8 +4,8 @@ A method is built with its default constructor: its `spec.default_component`,
 `progress=False`, and its strength (`spec.strength`) set `STRENGTH_STEP` away from its
 identity so that edits are visible. A new method needs an entry in `FACTORIES` only if its
 constructor needs arguments (SAS: an SAE) or its defaults do not fit the tiny models (3
-layers, 4 heads, d_model 32: CAA's layer 13, ITI's k=48; SADI's k=4, a whole layer of heads,
-which a Gemma 2 norm cancels); every other registered method is
+layers, 4 heads, d_model 32: CAA's layer 13, LoReFT's 15, ITI's k=48; SADI's k=4, a whole
+layer of heads, which a Gemma 2 norm cancels); every other registered method is
 picked up from `sadi.steerers.registry.methods()` without an edit here.
 """
 
@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from sadi.steerers import CAA, ITI, SADI, SAS, Steerer
+from sadi.steerers.reft import LoReFT
 from sadi.steerers.registry import methods
 from tests.test_sae import random_sae
 
@@ -33,6 +34,7 @@ FACTORIES: dict[str, Factory] = {
         component, sae=random_sae("topk", d_in=32, d_sae=64, k=8, layer=1), **kw
     ),
     "caa": lambda component, **kw: CAA(component, layer=1, **kw),  # default layer 13
+    "reft": lambda component, **kw: LoReFT(component, layer=1, **kw),  # default layer 15
     "iti": lambda component, **kw: ITI(component, k=4, **kw),  # default k=48 of 12 heads
     # default k=4 selects all four heads of one layer of the tiny Gemma 2, whose post-attention
     # norm divides that uniform scale out (tested and warned about: tests/steerers/test_sadi.py)
