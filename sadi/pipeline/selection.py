@@ -72,8 +72,10 @@ def points(sweep_dir: Path) -> list[Path]:
 
 def group_of(config: dict[str, Any], across_components: bool = False) -> str:
     """The group a point is chosen in: task, model, component (or `sites` when the
-    component is chosen like any other hyperparameter) and method."""
+    component is chosen like any other hyperparameter), method and prompting arm (a prompt
+    is an arm of its own, never a hyperparameter of the method it is combined with)."""
     component = "sites" if across_components else config["component"]["name"]
+    prompt = (config.get("prompt") or {}).get("name") or "none"
     return "_".join(
         str(x)
         for x in (
@@ -81,6 +83,7 @@ def group_of(config: dict[str, Any], across_components: bool = False) -> str:
             config["model"]["name"],
             component,
             config["intervention"]["name"],
+            *([] if prompt == "none" else [prompt]),
         )
     )
 

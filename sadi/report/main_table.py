@@ -42,7 +42,8 @@ def _estimate(rec: RunRecord, split: str, baseline: bool, n: int, seed: int) -> 
 
 
 def _params(rec: RunRecord) -> str:
-    keys = rec.spec.axes if rec.spec else rec.params  # e.g. "k=4, strength=5.0"
+    axes = rec.spec.axes if rec.spec else [k for k in rec.params if k != "shots"]
+    keys = [*axes, "shots"]  # e.g. "k=4, strength=5.0", "shots=3" (few_shot)
     return ", ".join(f"{k}={rec.params[k]}" for k in keys if k in rec.params)
 
 

@@ -44,6 +44,7 @@ class RunRecord:
     spec: MethodSpec | None = None  # the steering method's metadata (results.json method)
     # set by `collect` when records of one task name read different data: told apart by it
     data_tag: str = ""
+    prompt: str = "none"  # the prompting arm (`prompt.name`): none, instruction, few_shot
 
     @property
     def task_label(self) -> str:
@@ -57,8 +58,13 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        """Intervention name + component, e.g. "sadi-head"; "none" when unsteered."""
-        return f"{self.intervention}-{self.component}" if self.steered else "none"
+        """The arm: intervention name + component, e.g. "sadi-head"; "none" when unsteered;
+        a prompting arm by its name ("few_shot"), before the steerer it is combined with
+        ("few_shot + caa-residual")."""
+        steering = f"{self.intervention}-{self.component}" if self.steered else "none"
+        if self.prompt == "none":
+            return steering
+        return f"{self.prompt} + {steering}" if self.steered else self.prompt
 
     @property
     def axes(self) -> tuple[str, str | None] | None:
@@ -77,6 +83,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
     res = read_results(d / "results.json")
     cfg = res.config
     iv = res.intervention
+    prompt = cfg.get("prompt") or {}
+    shots = {"shots": prompt.get("k")} if prompt.get("name") == "few_shot" else {}
     return RunRecord(
         run_dir=d,
         task=cfg["task"]["name"],
@@ -84,7 +92,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         component=cfg.get("component", {}).get("name", "-"),
         model=cfg.get("model", {}).get("name", "-"),
         metric=cfg["task"].get("primary_metric") or "acc",
-        params={k: v for k, v in iv.items() if k not in NON_PARAMS},
+        params={**{k: v for k, v in iv.items() if k not in NON_PARAMS}, **shots},
         metrics=res.metrics,
         baseline_metrics=res.baseline_metrics,
         steered=res.steered,
@@ -93,6 +101,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         format=cfg["task"].get("format") or "lm_eval",
         data=str(res.inputs.get("data") or ""),
         spec=res.spec(),
+        prompt=str(prompt.get("name") or "none"),
     )
 
 
