@@ -27,7 +27,10 @@ def compose_run(overrides: list[str]) -> DictConfig:
 
 
 # ITI steers attention heads and CAA the residual stream; other methods take any component
-FIXED_COMPONENT = {"iti": "head", "caa": "residual", "sas": "residual", "sas_random": "residual"}
+FIXED_COMPONENT = {
+    "iti": "head",
+    **{m: "residual" for m in ("caa", "caa_pca", "caa_random", "reft", "sas", "sas_random")},
+}
 
 
 @pytest.mark.slow  # ~200 compositions

@@ -14,6 +14,13 @@ is edited from its last prompt token on; `generate` edits the prefill's last tok
 the whole prefill under "all") and every token decoded with the KV cache, so the
 log-likelihood of a continuation equals the one teacher-forced generation assigns.
 
+Direction (`direction`): "mean_diff" (CAA); two controls, ablations the way SADI's are:
+"pca", the first principal component of the pair differences (RepE / repeng's PCA of
+differences), and "random", a seeded Gaussian direction; both norm-matched to the mean
+difference of their layer and signed along it, so a multiplier means the same vector size.
+The fit also records, per layer, the consistency of the pair differences (Braun et al.
+2025): the mean cosine of each pair's difference to their mean (`consistency`).
+
 Read position: `read_offset` counts back from the last token of prompt + completion, so 0
 reads the last token and -1 the one before it. The authors read token -2 because their
 completions end in the answer letter followed by ")" (e.g. "(A)"): that is read_offset=-1.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +55,8 @@ from sadi.steerers.spec import MethodSpec
 
 CaaPositions = AnswerPositions
 CAA_POSITIONS: tuple[str, ...] = ANSWER_POSITIONS
+CaaDirection = Literal["mean_diff", "pca", "random"]
+CAA_DIRECTIONS: tuple[str, ...] = get_args(CaaDirection)
 
 
 @dataclass
@@ -54,7 +64,8 @@ class CAAState:
     """Fitted CAA state.
 
     vectors: [layers, d_model] float32, mean difference (pos - neg) of the decoder layer
-        outputs at the read position, unnormalised, one row per layer.
+        outputs at the read position, unnormalised, one row per layer (or the control
+        direction of `direction`, norm-matched to it).
     """
 
     vectors: Tensor
@@ -78,11 +89,15 @@ class CAA(Steerer[CAAState]):
         positions: "response" (the last prompt token and every continuation / generated
             token, the paper's setting) or "all" (every real position, prompt included, as
             lm-eval's `steered` model). "continuation", the old name, is read as "response".
+        direction: "mean_diff" (CAA), or the controls "pca" (first principal component of
+            the pair differences) and "random" (seeded), norm-matched to the mean difference.
+        seed: seeds the "random" direction.
         batch_size: batch size of the fitting passes.
         progress: show a progress bar while fitting.
 
-    Only `read_offset` changes what `fit` computes; `layer`, `multiplier`, `normalize` and
-    `positions` act at steering time, so `with_params` derives variants of one fit.
+    Only `read_offset`, `direction` and `seed` change what `fit` computes; `layer`,
+    `multiplier`, `normalize` and `positions` act at steering time, so `with_params` derives
+    variants of one fit.
 
     Example:
         >>> caa = CAA(layer=13, multiplier=1.5).fit(model, tokenizer, pairs)
@@ -113,10 +128,16 @@ class CAA(Steerer[CAAState]):
         read_offset: int = 0,
         normalize: bool = False,
         positions: CaaPositions = "response",
+        direction: CaaDirection = "mean_diff",
+        seed: int = 0,
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
         super().__init__(component, batch_size, progress)
+        self.direction: CaaDirection = checks.choice("direction", direction, CAA_DIRECTIONS)
+        self.seed = checks.integer("seed", seed, minimum=0, example="intervention.seed=0")
+        # per layer, mean cosine of the pair differences to their mean (the last fit's)
+        self.consistency: list[float] = []
         self.layer = checks.integer("layer", layer, minimum=0, example="intervention.layer=13")
         self.multiplier = checks.finite("multiplier", multiplier)
         self.read_offset = check_read_offset(read_offset)
@@ -159,8 +180,17 @@ class CAA(Steerer[CAAState]):
             progress=self.progress,
             desc="CAA fit (residual)",
         )  # [pairs, layers, d_model] each
-        self.state = CAAState(vectors=(pos - neg).mean(dim=0))  # [layers, d_model]
+        diffs = pos - neg  # [pairs, layers, d_model]
+        mean = diffs.mean(dim=0)  # [layers, d_model]
+        self.consistency = pair_consistency(diffs, mean).tolist()
+        self.state = CAAState(vectors=control_direction(diffs, mean, self.direction, self.seed))
         return self
+
+    def extra_metadata(self) -> dict[str, Any]:
+        return {"consistency": self.consistency}
+
+    def _read_extra_metadata(self, meta: dict[str, Any]) -> None:
+        self.consistency = [float(v) for v in meta.get("consistency") or []]
 
     # ----- apply ---------------------------------------------------------------------
     def steering_vectors(self) -> Tensor:
@@ -216,4 +246,38 @@ class CAA(Steerer[CAAState]):
         return CAAState(vectors=vectors)
 
 
-__all__ = ["CAA", "CAAState", "CAA_POSITIONS", "CaaPositions"]
+def pair_consistency(diffs: Tensor, mean: Tensor) -> Tensor:
+    """[layers]: the mean over pairs of cos(diff_i, mean diff), per layer (1: every pair's
+    difference points the same way; near 0: the mean is a small residue of noise)."""
+    cos = nn.functional.cosine_similarity(diffs.float(), mean.float()[None], dim=-1)
+    return cos.mean(dim=0)
+
+
+def control_direction(diffs: Tensor, mean: Tensor, direction: str, seed: int) -> Tensor:
+    """[layers, d_model]: the mean difference, or a control norm-matched to it per layer
+    and signed along it ("pca": the first principal component of the centred differences;
+    "random": a seeded Gaussian direction)."""
+    if direction == "mean_diff":
+        return mean
+    if direction == "pca":
+        centred = (diffs - mean[None]).float().transpose(0, 1)  # [layers, pairs, d_model]
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        unit = vh[:, 0]  # [layers, d_model]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        unit = torch.randn(mean.shape, generator=generator)
+        unit = unit / unit.norm(dim=-1, keepdim=True)
+    sign = torch.where((unit * mean).sum(-1) < 0, -1.0, 1.0)
+    return unit * (sign * mean.float().norm(dim=-1))[:, None]
+
+
+__all__ = [
+    "CAA",
+    "CAAState",
+    "CAA_DIRECTIONS",
+    "CAA_POSITIONS",
+    "CaaDirection",
+    "CaaPositions",
+    "control_direction",
+    "pair_consistency",
+]

@@ -273,3 +273,51 @@ def test_steered_logits_equal_steering_vectors(family: str, positions: str) -> N
             theirs = model(batch.input_ids).logits
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(ours, forward(model, batch), atol=1e-3)
+
+
+def test_controls_are_norm_matched_and_pca_is_the_first_component() -> None:
+    """direction=pca is sklearn's first principal component of the pair differences,
+    direction=random a seeded direction; both have the mean difference's norm per layer and
+    point along it; consistency is the mean cosine of the differences to their mean."""
+    from sklearn.decomposition import PCA
+
+    from sadi.steerers.caa import control_direction, pair_consistency
+
+    g = torch.Generator().manual_seed(0)
+    diffs = torch.randn(20, 3, 16, generator=g) + torch.linspace(-1, 2, 16)  # [pairs, L, d]
+    mean = diffs.mean(0)
+    pca = control_direction(diffs, mean, "pca", 0)
+    rnd = control_direction(diffs, mean, "random", 0)
+    for v in (pca, rnd):
+        torch.testing.assert_close(v.norm(dim=-1), mean.norm(dim=-1))
+        assert bool(((v * mean).sum(-1) > 0).all())
+    for layer in range(3):
+        pc = torch.tensor(PCA(n_components=1).fit(diffs[:, layer].numpy()).components_[0])
+        cos = torch.nn.functional.cosine_similarity(pca[layer], pc.float(), dim=0)
+        assert abs(float(cos)) > 1 - 1e-5
+    assert torch.equal(rnd, control_direction(diffs, mean, "random", 0))
+    assert not torch.equal(rnd, control_direction(diffs, mean, "random", 1))
+    same = torch.ones(5, 2, 4)
+    torch.testing.assert_close(pair_consistency(same, same.mean(0)), torch.ones(2))
+    expected = torch.stack(
+        [
+            torch.nn.functional.cosine_similarity(diffs[:, layer], mean[layer][None], dim=-1).mean()
+            for layer in range(3)
+        ]
+    )
+    torch.testing.assert_close(pair_consistency(diffs, mean), expected)
+
+
+def test_a_fit_records_consistency_and_the_control_direction(tmp_path: Path) -> None:
+    model, tok = make_tiny("llama"), byte_tokenizer()
+    caa = CAA(layer=1, progress=False).fit(model, tok, list(PAIRS))
+    rnd = CAA(layer=1, direction="random", progress=False).fit(model, tok, list(PAIRS))
+    assert len(caa.consistency) == 3 and all(-1 <= c <= 1 for c in caa.consistency)
+    assert rnd.consistency == caa.consistency  # a property of the pairs, not the direction
+    a, b = caa.fitted_state().vectors, rnd.fitted_state().vectors
+    torch.testing.assert_close(a.norm(dim=-1), b.norm(dim=-1))
+    assert not torch.allclose(a, b)
+    caa.save(tmp_path / "s")
+    assert CAA.load(tmp_path / "s", model).consistency == caa.consistency
+    with pytest.raises(ValueError, match="direction"):
+        CAA(direction="median")  # type: ignore[arg-type]
