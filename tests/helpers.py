@@ -39,6 +39,29 @@ def tiny_run(model_dir: Path) -> list[str]:
     ]
 
 
+def run_tiny(model_dir: Path, out: Path, *extra: str) -> dict[str, Any]:
+    """One run (`sadi.pipeline.runner.run`) of `tiny_run` with `extra` overrides, writing to
+    `out` (its cache beside it); returns its results.json."""
+    from hydra import compose, initialize_config_dir
+
+    from sadi.pipeline.context import RunContext
+    from sadi.pipeline.runner import run
+    from sadi.run import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                *tiny_run(model_dir),
+                f"paths.cache_dir={out.parent / 'cache'}",
+                f"paths.output_dir={out}",
+                *extra,
+            ],
+        )
+    run(RunContext.build(cfg))
+    return json.loads((out / "results.json").read_text())  # type: ignore[no-any-return]
+
+
 PROMPTS = ["The sky is", "Water is wet and", "Hi"]
 CONTS = [" blue today", " cold", " there friend"]
 

@@ -10,18 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from sadi.data.pairs import make_pairs
 from sadi.data.prompts import INSTRUCTIONS_DIR, Prompt, instruction_for, render_task
 from sadi.data.tasks import TASKS, load_task
 from sadi.infra.errors import UserError
-from sadi.pipeline.context import RunContext
-from sadi.pipeline.runner import run as run_ctx
-from sadi.run import CONF_DIR
 from sadi.steerers import CAA
 from tests.conftest import PAIRS, byte_tokenizer, make_tiny
-from tests.helpers import generated_logprob, loglikelihood_requests, steered_lm, tiny_run
+from tests.helpers import generated_logprob, loglikelihood_requests, run_tiny, steered_lm
 
 TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -113,21 +109,6 @@ def test_a_prompted_steered_model_is_one_model() -> None:
     torch.testing.assert_close(torch.tensor(scored), torch.tensor(generated), atol=1e-4, rtol=0)
     base = [generated_logprob(model, None, *lm._encode_pair(c, k)) for c, k in cases]
     assert all(abs(s - b) > 1e-4 for s, b in zip(scored, base))
-
-
-def run_tiny(model_dir: Path, out: Path, *extra: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                *tiny_run(model_dir),
-                f"paths.cache_dir={out.parent / 'cache'}",
-                f"paths.output_dir={out}",
-                *extra,
-            ],
-        )
-    run_ctx(RunContext.build(cfg))
-    return json.loads((out / "results.json").read_text())
 
 
 def test_few_shot_with_caa_runs_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:

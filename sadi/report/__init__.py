@@ -11,7 +11,9 @@ select split is chosen. The report split never chooses. Writes `report.md`, `rep
 
 Modules: ``records`` (reading directories), ``stats`` (bootstrap CIs, paired tests); one
 module per analysis, each returning a ``blocks.Table``: ``main_table`` (per record, select and
-report with CIs, the paired delta), ``pivot`` (method x task deltas), ``answers`` (answer
+report with CIs, the paired delta), ``pivot`` (method x task deltas), ``arms`` (every arm
+against the unsteered model and the best prompting arm), ``steerability`` (per-item slopes
+over the strength, the share steered the wrong way), ``answers`` (answer
 priors, the calibrated control), ``answer_form`` (answer length and flatness),
 ``side_effects``, ``generations``, ``features`` (SAS latents); ``render`` (Markdown and the
 self-contained, sortable HTML),

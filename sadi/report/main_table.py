@@ -41,7 +41,7 @@ def _estimate(rec: RunRecord, split: str, baseline: bool, n: int, seed: int) -> 
     )
 
 
-def _params(rec: RunRecord) -> str:
+def params_cell(rec: RunRecord) -> str:
     axes = rec.spec.axes if rec.spec else [k for k in rec.params if k != "shots"]
     keys = [*axes, "shots"]  # e.g. "k=4, strength=5.0", "shots=3" (few_shot)
     return ", ".join(f"{k}={rec.params[k]}" for k in keys if k in rec.params)
@@ -52,7 +52,7 @@ def table(records: Sequence[RunRecord], n_resamples: int = 2000, seed: int = 0) 
     rows = []
     for rec in sorted(records, key=lambda r: (r.task_label, r.model, r.method != "none", r.method)):
         row: dict[str, Any] = {"task": rec.task_label, "method": rec.method}
-        row["params"] = _params(rec)
+        row["params"] = params_cell(rec)
         row |= {"model": rec.model, "metric": rec.metric, "chosen_by": rec.chosen_by}
         row |= {"run_dir": str(rec.run_dir), "diff": None, "p_value": None, "test": None}
         row["select"] = _estimate(rec, "select", False, n_resamples, seed)

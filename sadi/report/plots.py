@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from sadi.report.figures import Chart, fit_titles, save, slug
 from sadi.report.heatmaps import plot_deltas, plot_head_heatmap, plot_units
 from sadi.report.records import Row, RunRecord
+from sadi.report.steerability import plot_steerability
 
 INSIDE = 12.0  # a bar at least this tall (in %) carries its delta inside, else above
 
@@ -207,7 +208,7 @@ def plot_all(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if summary:
-        return plot_deltas(rows, out) + plot_methods(rows, out)
+        return plot_deltas(rows, out) + plot_methods(rows, out) + plot_steerability(records, out)
     paths: list[Path] = []
     for i, rec in enumerate(records):
         stem = f"{slug(rec.task_label)}_{slug(rec.method)}_{i}"
@@ -223,4 +224,5 @@ def plot_all(
     for task in sorted({r.task_label for r in records}):
         if p := plot_methods_side_by_side(records, out / f"methods_{slug(task)}.png", task):
             paths.append(p)
+    paths += plot_steerability(records, out)
     return paths + plot_methods(rows, out) + plot_deltas(rows, out)

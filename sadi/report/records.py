@@ -45,6 +45,9 @@ class RunRecord:
     # set by `collect` when records of one task name read different data: told apart by it
     data_tag: str = ""
     prompt: str = "none"  # the prompting arm (`prompt.name`): none, instruction, few_shot
+    # wall time of the run (results.json timings.total_s); a chosen point: its sweep's points
+    # and the report run together
+    seconds: float = 0.0
 
     @property
     def task_label(self) -> str:
@@ -102,6 +105,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         data=str(res.inputs.get("data") or ""),
         spec=res.spec(),
         prompt=str(prompt.get("name") or "none"),
+        seconds=float(res.timings.get("total_s") or 0.0),
     )
 
 
@@ -143,6 +147,8 @@ def _from_selection(root: Path) -> RunRecord:
         load_run(report_dir).side_effects if report_dir is not None else {}
     )
     rec.points = [load_run(d) for d in dirs]
+    report_seconds = load_run(report_dir).seconds if report_dir is not None else 0.0
+    rec.seconds = sum(p.seconds for p in rec.points) + report_seconds
     rec.chosen_by = f"{SELECTION} ({sel.get('n_points', len(dirs))} points)"
     return rec
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sadi.report.answer_form import answer_form_table
 from sadi.report.answers import answer_table
+from sadi.report.arms import arms_table
 from sadi.report.blocks import Table
 from sadi.report.features import feature_tables
 from sadi.report.figures import alt_text, caption
@@ -24,6 +25,7 @@ from sadi.report.main_table import main_table
 from sadi.report.pivot import pivot_table
 from sadi.report.records import Row, RunRecord
 from sadi.report.side_effects import side_effect_table
+from sadi.report.steerability import steerability_table
 
 Section = tuple[str, str]  # (title, Markdown body)
 NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?", re.IGNORECASE)
@@ -83,7 +85,13 @@ def feature_sections(records: Sequence[RunRecord], top: int = 10) -> list[Sectio
 
 def analysis_tables(records: Sequence[RunRecord]) -> list[Table]:
     """The tables of every analysis after the pivot, in the report's order."""
-    found = [answer_table(records), answer_form_table(records), side_effect_table(records)]
+    found = [
+        arms_table(records),
+        steerability_table(records),
+        answer_table(records),
+        answer_form_table(records),
+        side_effect_table(records),
+    ]
     return [t for t in [*found, generation_table(records)] if t] + feature_tables(records)
 
 

@@ -123,8 +123,9 @@ class Steerer(ABC, Generic[StateT]):
         return state
 
     def _share_fit(self, source: Self) -> None:
-        """`with_params`' hook: take what else the fit carries (e.g. SAS's SAE) and check
-        the new values against the recorded model (e.g. a layer in range)."""
+        """`with_params`' and `adopt`'s hook: take what else the fit carries besides its
+        tensors (e.g. CAA's consistency) and check the new values against the recorded model
+        (e.g. a layer in range)."""
 
     def _before_full_forward(
         self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], layout: BatchLayout
@@ -305,6 +306,7 @@ class Steerer(ABC, Generic[StateT]):
             fitted = fitted.with_params(**changes)
         self.record = fitted.record  # first: `_load_tensors` checks against the record
         self._load_tensors(fitted.tensors())
+        self._share_fit(fitted)  # what else the fit carries (e.g. CAA's consistency)
         return self
 
     def fit_key(self, model: nn.Module, pairs: Sequence[Pair]) -> dict[str, Any]:

@@ -148,6 +148,7 @@ class CAA(Steerer[CAAState]):
         self.edit_policy = self.positions
 
     def _share_fit(self, source: CAA) -> None:
+        self.consistency = list(source.consistency)
         if self.shape is not None:
             self._check_layer(self.shape.n_layers)
 

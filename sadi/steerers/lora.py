@@ -129,6 +129,9 @@ class LoRA(Steerer[LoRAState]):
         self.losses: list[float] = []  # the last fit's mean loss per epoch
         self.fan_in_fan_out = False  # the adapted maps store weights [in, out] (GPT-2)
 
+    def _share_fit(self, source: LoRA) -> None:
+        self.fan_in_fan_out, self.losses = source.fan_in_fan_out, list(source.losses)
+
     # ----- fit -----------------------------------------------------------------------
     def fit(
         self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair]

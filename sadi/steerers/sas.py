@@ -232,9 +232,12 @@ class SAS(Steerer[SASState]):
         return self.sae_module
 
     def _share_fit(self, source: Self) -> None:
-        self.sae_module, self._sae_dir = source.sae_module, source._sae_dir
-        self._cache_dir, self._data_dir = source._cache_dir, source._data_dir
-        self._training_key = source._training_key
+        # adopt: a loaded cache entry knows no SAE directory, this steerer may (its examples)
+        self.sae_module = source.sae_module or self.sae_module
+        self._sae_dir = source._sae_dir or self._sae_dir
+        self._cache_dir = source._cache_dir or self._cache_dir
+        self._data_dir = source._data_dir or self._data_dir
+        self._training_key = source._training_key or self._training_key
         self._examples = source._examples  # read once per fit, not once per sweep point
 
     # ----- fit -----------------------------------------------------------------------
