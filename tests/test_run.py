@@ -28,7 +28,7 @@ def compose_run(overrides: list[str]) -> DictConfig:
 
 # ITI steers attention heads and CAA the residual stream; other methods take any component
 FIXED_COMPONENT = {
-    "iti": "head",
+    **{m: "head" for m in ("iti", "iti_random")},
     **{m: "residual" for m in ("caa", "caa_pca", "caa_random", "reft", "sas", "sas_random")},
 }
 

@@ -53,6 +53,7 @@ from sadi.steerers.spec import MethodSpec
 
 ItiDirection = Literal["mass_mean", "probe"]
 ItiPositions = AnswerPositions
+ItiHeads = Literal["top", "random"]
 
 # the authors' K for a 32-layer x 32-head (1024 heads) 7B model
 AUTHORS_K = 48
@@ -99,7 +100,11 @@ class ITI(Steerer[ITIState]):
             train part has int(n_pairs * (1 - heldout)) pairs, as in the authors' code.
             The held-apart pairs only score the probes for selection; the mass-mean theta
             and sigma use every fit pair, as the authors' code does.
-        seed: seeds the pair split and the probes' `random_state` (authors: 42).
+        seed: seeds the pair split and the probes' `random_state` (authors: 42), and the
+            random heads of the control.
+        heads: "top" (the k heads whose probes are most accurate, ITI) or "random" (the
+            control: k heads drawn with `seed`, each shifted by its own fitted theta and
+            sigma); an apply parameter, so the control shares ITI's fit.
         batch_size: batch size of the activation-reading passes.
         progress: show progress bars while fitting.
 
@@ -118,7 +123,7 @@ class ITI(Steerer[ITIState]):
         size="k",
         axes=("k", "alpha"),
         # k only chooses heads by the fitted probe accuracies: every k of a grid shares one fit
-        apply_params=("k", "alpha", "positions"),
+        apply_params=("k", "alpha", "positions", "heads"),
         components=("head",),
         default_component="head",
     )
@@ -133,6 +138,7 @@ class ITI(Steerer[ITIState]):
         positions: ItiPositions = "response",
         heldout: float = 0.2,
         seed: int = 42,
+        heads: ItiHeads = "top",
         batch_size: int = 16,
         progress: bool = True,
     ) -> None:
@@ -146,6 +152,7 @@ class ITI(Steerer[ITIState]):
         self.edit_policy: PositionPolicy = self.positions
         self.heldout = checks.fraction("heldout", heldout)
         self.seed = checks.integer("seed", seed)
+        self.heads: ItiHeads = checks.choice("heads", heads, ("top", "random"))
         # "all": theta and sigma of every head are stored (another k may select from the
         # fit); "selected": an artifact of an older sadi, only its own k heads' (steerer.json)
         self.heads_stored = "all"
@@ -260,16 +267,22 @@ class ITI(Steerer[ITIState]):
                 f"({n_layers} layers x {n_heads} heads); choose k <= {n_layers * n_heads}, "
                 f"e.g. ITI.scaled_k({n_layers * n_heads}) = {self.scaled_k(n_layers * n_heads)}"
             )
-        chosen = torch.sort(accuracy.flatten(), descending=True, stable=True).indices[: self.k]
+        if self.heads == "random":  # the control: k heads drawn with `seed`, their own fit
+            generator = torch.Generator().manual_seed(self.seed)
+            chosen = torch.randperm(n_layers * n_heads, generator=generator)[: self.k]
+        else:
+            order = torch.sort(accuracy.flatten(), descending=True, stable=True)
+            chosen = order.indices[: self.k]
         mask = torch.zeros(n_layers * n_heads, dtype=torch.bool)
         mask[chosen] = True
         return mask.view(n_layers, n_heads)
 
     def _share_fit(self, source: Self) -> None:
-        """Another k selects its own heads from the same fit's accuracies."""
+        """Another k (or the random-heads control) selects its own heads from the same fit's
+        accuracies."""
         self.heads_stored = source.heads_stored
         s = self.state
-        if s is None or int(s.mask.sum()) == self.k:
+        if s is None or (int(s.mask.sum()) == self.k and self.heads == source.heads):
             return
         if self.heads_stored != "all":
             raise ValueError(

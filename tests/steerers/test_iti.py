@@ -345,3 +345,22 @@ def test_bad_pairs_and_unfitted() -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
         with ITI().apply(model):
             pass
+
+
+def test_the_random_heads_control_shares_the_fit_and_keeps_each_heads_own_shift() -> None:
+    """heads=random: k heads drawn with the seed (not the top-k), each with its own fitted
+    theta and sigma; a with_params of the fit, deterministic, another seed other heads."""
+    model, tok = make_tiny("llama"), byte_tokenizer()
+    iti = ITI(k=4, alpha=5.0, progress=False).fit(model, tok, list(PAIRS))
+    rnd = iti.with_params(heads="random")
+    again = ITI(k=4, alpha=5.0, heads="random", progress=False).adopt(iti)
+    top, drawn = iti.fitted_state(), rnd.fitted_state()
+    assert int(drawn.mask.sum()) == 4 and torch.equal(again.fitted_state().mask, drawn.mask)
+    assert not torch.equal(drawn.mask, top.mask)
+    assert drawn.direction is top.direction and drawn.sigma is top.sigma  # the same fit
+    other = ITI(k=4, alpha=5.0, seed=7, heads="random", progress=False)
+    other.record, other.state = iti.record, iti.state
+    other._share_fit(iti)
+    assert not torch.equal(other.fitted_state().mask, drawn.mask)
+    back = rnd.with_params(heads="top")
+    assert torch.equal(back.fitted_state().mask, top.mask)
