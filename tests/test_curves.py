@@ -26,9 +26,11 @@ def curve_sweep(
     fixed: dict[str, Any] | None = None,
     task: str = "caa_refusal",
     split: str = "report",
+    logit: Any = None,
 ) -> Path:
     """Run directories of one curve: per strength, p_label per item = value(strength, item);
-    the baseline samples hold value(identity, item)."""
+    the baseline samples hold value(identity, item). With `logit`, each row also keeps the
+    log-likelihoods [logit(strength, item), 0] of label 0."""
     identity = 1.0 if method == "sadi" else 0.0
     for s in strengths:
         d = root / f"{param}={s}"
@@ -42,6 +44,9 @@ def curve_sweep(
         (d / "results.json").write_text(json.dumps({"config": cfg, "steered": True}))
         for suffix, at in (("", s), ("_baseline", identity)):
             rows = [{"id": f"i{i}", "p_label": value(at, i), "acc": 1.0} for i in range(N)]
+            if logit is not None:
+                for i, r in enumerate(rows):
+                    r |= {"loglikelihoods": [logit(at, i), 0.0], "label": 0}
             text = "".join(json.dumps(r) + "\n" for r in rows)
             (d / f"samples_{task}_{split}{suffix}.jsonl").write_text(text)
     return root
@@ -175,3 +180,22 @@ def test_a_sweep_that_scored_select_only_gives_select_curves(
     assert "curves of caa_refusal are on the select split" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no report samples"):
         collect_curves([sweep], split="report")
+
+
+def test_a_curve_counts_the_items_steered_the_wrong_way(tmp_path: Path) -> None:
+    """A quarter of the items' logit difference falls with the multiplier: the curve's
+    wrong-way share is 0.25, with a CI; without log-likelihoods there is none."""
+    sweep = curve_sweep(
+        tmp_path / "caa",
+        "caa",
+        "multiplier",
+        [-1.0, 1.0, 2.0],
+        lambda m, i: 0.5 + 0.05 * m,
+        logit=lambda m, i: (-1.0 if i % 4 == 0 else 1.0) * m + i,
+    )
+    (curve,) = collect_curves([sweep])
+    assert curve.wrong_way is not None and curve.wrong_way.value == pytest.approx(0.25)
+    assert curve.wrong_way.lo is not None and curve.wrong_way.lo < 0.25 < (curve.wrong_way.hi or 0)
+    assert "| 25.0 [" in curve_table([curve])
+    plain = curve_sweep(tmp_path / "plain", "caa", "multiplier", [1.0, 2.0], lambda m, i: 0.5)
+    assert collect_curves([plain])[0].wrong_way is None

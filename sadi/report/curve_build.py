@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 
 from sadi.report.records import RunRecord, load_samples, samples_path
 from sadi.report.stats import Estimate
+from sadi.report.steerability import logit_differences, slopes_of, wrong_way
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Curve:
         range: max - min of the per-strength means, with its bootstrap CI.
         toward: the metric at the largest strength minus the unsteered metric (CI); away:
             the same at the smallest strength (the most negative steering).
+        wrong_way: the share of items whose logit difference (labelled answer minus the
+            best other) falls as the strength grows (`sadi.report.steerability`), with its
+            bootstrap CI; None where the samples keep no log-likelihoods.
     """
 
     task: str
@@ -53,6 +57,7 @@ class Curve:
     toward: Estimate
     away: Estimate
     run_dirs: list[str] = field(default_factory=list)
+    wrong_way: Estimate | None = None
 
     @property
     def label(self) -> str:
@@ -132,14 +137,17 @@ def build_curve(
                 "the strength only"
             )
     scores: dict[float, dict[str, float]] = {}
+    diffs: dict[float, dict[str, float]] = {}
     for p in points:
         rows = load_samples(p, split) or []
         if not rows:
             raise FileNotFoundError(f"{p.run_dir}: no {split} samples; score the {split} split")
         scores[float(p.params[param])] = _per_item(rows, metric, p.run_dir)
+        diffs[float(p.params[param])] = logit_differences(rows)
     base_rows = load_samples(rec, split, baseline=True) or []
     base = _per_item(base_rows, metric, rec.run_dir)
     scores.setdefault(identity, base)
+    diffs.setdefault(identity, logit_differences(base_rows))
     ids = sorted(base)
     for s, got in scores.items():
         if sorted(got) != ids:
@@ -184,4 +192,9 @@ def build_curve(
         toward=ci(boot[top] - boot_base, float(means[top] - base_x.mean())),
         away=ci(boot[low] - boot_base, float(means[low] - base_x.mean())),
         run_dirs=[str(p.run_dir) for p in points],
+        wrong_way=(
+            wrong_way(slopes_of(diffs), n_resamples, seed)
+            if all(diffs.values()) and len(diffs) >= 2
+            else None
+        ),
     )

@@ -64,8 +64,8 @@ def curve_table(curves: Sequence[Curve]) -> str:
     """Markdown: per curve its strengths, unsteered value, ends, range and monotonicity."""
     lines = [
         "| task | model | method | fixed | strengths | unsteered | at min strength | "
-        "at max strength | range | monotonic (share of resamples) | Spearman | n |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "at max strength | range | monotonic (share of resamples) | Spearman | wrong way | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in sorted(curves, key=lambda c: (c.task, c.model, c.method)):
         fixed = ", ".join(f"{k}={v}" for k, v in c.fixed.items())
@@ -74,7 +74,8 @@ def curve_table(curves: Sequence[Curve]) -> str:
         lines.append(
             f"| {c.task} | {c.model} | {c.method} | {fixed} | {span} | {_fmt(c.baseline)} | "
             f"{_fmt(c.values[0])} | {_fmt(c.values[-1])} | {_fmt(c.range)} | {mono} | "
-            f"{c.spearman:+.2f} | {c.n_items} |"
+            f"{c.spearman:+.2f} | {'-' if c.wrong_way is None else _fmt(c.wrong_way)} | "
+            f"{c.n_items} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -153,6 +154,7 @@ def curves_json(curves: Sequence[Curve]) -> list[dict[str, Any]]:
             "range": est(c.range),
             "toward": est(c.toward),
             "away": est(c.away),
+            "wrong_way": None if c.wrong_way is None else est(c.wrong_way),
             "run_dirs": c.run_dirs,
         }
         for c in curves

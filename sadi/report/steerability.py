@@ -25,7 +25,7 @@ from sadi.infra.jsonio import read_json
 from sadi.report.blocks import Table
 from sadi.report.figures import Chart, fit_titles, save, slug
 from sadi.report.records import RunRecord, load_samples
-from sadi.report.stats import bootstrap_ci
+from sadi.report.stats import Estimate, bootstrap_ci
 
 TITLE = "Steerability"
 NOTE = (
@@ -46,6 +46,13 @@ def logit_difference(row: dict[str, Any]) -> float:
     return float(ll[label] - max(v for i, v in enumerate(ll) if i != label))
 
 
+def logit_differences(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """{item: logit difference} of samples rows, or {} where they keep no log-likelihoods."""
+    if not rows or not all("loglikelihoods" in r and "label" in r for r in rows):
+        return {}
+    return {str(r["id"]): logit_difference(r) for r in rows}
+
+
 def item_slopes(rec: RunRecord) -> tuple[list[float], dict[str, float]] | None:
     """(the strengths, {item id: slope}) of a swept record, or None where fewer than two
     strengths were scored on one split."""
@@ -58,25 +65,36 @@ def item_slopes(rec: RunRecord) -> tuple[list[float], dict[str, float]] | None:
     for split in ("select", "report"):
         curves = {}
         for p in line:
-            rows = load_samples(p, split)
-            if rows is None:
+            diffs = logit_differences(load_samples(p, split) or [])
+            if not diffs:
                 continue
-            curves[float(p.params[spec.strength])] = {
-                str(r["id"]): logit_difference(r) for r in rows
-            }
-            if spec.identity not in curves and (base := load_samples(p, split, True)):
-                curves[spec.identity] = {str(r["id"]): logit_difference(r) for r in base}
+            curves[float(p.params[spec.strength])] = diffs
+            if spec.identity not in curves:
+                base = logit_differences(load_samples(p, split, True) or [])
+                if base:
+                    curves[spec.identity] = base
         if len(curves) >= 2:
             break
     if len(curves) < 2:
         return None
-    xs = sorted(curves)
-    ids = sorted(set.intersection(*(set(c) for c in curves.values())))
+    return sorted(curves), slopes_of(curves)
+
+
+def slopes_of(diffs: dict[float, dict[str, float]]) -> dict[str, float]:
+    """{item: least-squares slope of its values over the strengths} of {strength: {item:
+    value}} (two strengths or more; the items every strength scored)."""
+    xs = sorted(diffs)
+    ids = sorted(set.intersection(*(set(c) for c in diffs.values())))
     x = np.array(xs)
-    y = np.array([[curves[s][i] for s in xs] for i in ids])  # [items, strengths]
+    y = np.array([[diffs[s][i] for s in xs] for i in ids])  # [items, strengths]
     xc = x - x.mean()
     slopes = (y - y.mean(axis=1, keepdims=True)) @ xc / float(xc @ xc)
-    return xs, dict(zip(ids, slopes.tolist()))
+    return dict(zip(ids, slopes.tolist()))
+
+
+def wrong_way(slopes: dict[str, float], n_resamples: int = 2000, seed: int = 0) -> Estimate:
+    """The share of items with a negative slope, with its bootstrap CI."""
+    return bootstrap_ci([float(v < 0) for v in slopes.values()], n_resamples, seed=seed)
 
 
 def consistency(rec: RunRecord) -> float | None:
@@ -102,7 +120,7 @@ def steerability_table(
             continue
         xs, slopes = got
         values = np.array(list(slopes.values()))
-        wrong = bootstrap_ci((values < 0).astype(float), n_resamples, seed=seed)
+        wrong = wrong_way(slopes, n_resamples, seed)
         assert wrong.lo is not None and wrong.hi is not None
         c = consistency(rec)
         out.rows.append(
@@ -159,6 +177,9 @@ __all__ = [
     "consistency",
     "item_slopes",
     "logit_difference",
+    "logit_differences",
+    "slopes_of",
+    "wrong_way",
     "plot_steerability",
     "steerability_chart",
     "steerability_table",
