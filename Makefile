@@ -39,7 +39,8 @@ docs: ## the documentation site, built strictly (warnings fail) into site/
 bench: ## benchmarks; figures as JSON under benchmarks/results/
 	$(PY) -m benchmarks.run $(ARGS)
 
-study: ## the CPU comparison study: Table 1 (SmolLM2, Gemma 3), behaviour curves (hours; see docs/results.md)
+study: ## the CPU comparison study: Table 1 (SmolLM2, Gemma 3), behaviour curves, steering vs prompting / LoRA / LoReFT (hours; see docs/results.md)
 	$(PY) experiments/table1_cpu.py --model smollm2_135m $(ARGS)
 	$(PY) experiments/table1_cpu.py --model gemma3_270m $(ARGS)
 	$(PY) experiments/behaviours.py --model smollm2_135m $(ARGS)
+	$(PY) experiments/baselines.py --model smollm2_135m $(ARGS)

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) / args.model
     log = out / "timings.jsonl"
     root = Path(args.sweeps) / args.model
+    planned: list[str] = []
     for task in tasks:
         if args.report_only:
             break
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
 
         done = {arm: sweep(arm, *grid(arm, args.model)) for arm in (*PROMPTS, *STEERING, *TRAINED)}
         if args.dry_run:
+            print(
+                f"# {task}: then the best prompting arm + the best steering method, both "
+                "chosen on select (known once the sweeps above ran)"
+            )
+            planned += [str(d) for d in done.values()]
             continue
         # the best prompting arm and the best steering method, both chosen on select
         prompt_value, prompt_sel = max((best_select(done[a]) for a in PROMPTS), key=lambda v: v[0])
@@ -140,9 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         sweep(f"prompt_{steer}", *fixed, *grid(steer, args.model))
-    done_sweeps = finished(root)
-    if args.dry_run:
-        return
+    done_sweeps = planned if args.dry_run else finished(root)
     run(report_cmd(done_sweeps, out, "--plots", "summary", *replace_flag(args)), args.dry_run)
 
 

@@ -282,3 +282,24 @@ def test_replace_reaches_every_report_step_and_only_when_asked(
     asked = [c for c in dry_run(script, *args, "--replace") if c[2:3] and c[2] in reports]
     assert default and all("--replace" not in c for c in default)
     assert len(asked) == len(default) and all(c[-1] == "--replace" for c in asked)
+
+
+def test_baselines_gives_every_arm_the_same_splits_and_pairs() -> None:
+    """Every arm of a task (prompting, steering, LoRA, LoReFT) sweeps the select split only
+    with the same pairs and items, composes, and the report covers every arm's sweep."""
+    cmds = dry_run("baselines.py", "--tasks", "copa,caa_refusal")
+    sweeps = [c for c in cmds if c[2:4] == ["sadi.run", "-m"]]
+    arms = {"instruction", "few_shot", "caa", "iti", "lora", "reft"}
+    assert len(sweeps) == 2 * len(arms)
+    for task in ("copa", "caa_refusal"):
+        mine = [overrides(c) for c in sweeps if f"task={task}" in c]
+        shared = {o for o in mine[0] if o.startswith("task.")}
+        assert "task.splits=[select]" in shared
+        assert all(shared <= set(o) for o in mine)  # the same pairs, items and splits
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for cmd in sweeps:
+            first = [o.split(",")[0] if "=" in o else o for o in overrides(cmd)]
+            cfg = compose("config", overrides=[*first, "paths.output_dir=/tmp/x"])
+            assert cfg.task.splits == ["select"]
+    report = [c for c in cmds if c[2:3] == ["sadi.report"]]
+    assert len(report) == 1 and sum("outputs/sweeps/baselines" in a for a in report[0]) == 12
