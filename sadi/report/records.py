@@ -112,7 +112,10 @@ def load_run(run_dir: str | Path) -> RunRecord:
 def _find(root: Path, path: str) -> Path | None:
     """A path from selection.json: as written, else below its directory (it may have moved)."""
     p = Path(path)
-    return next((c.resolve() for c in (p, root / p, root / p.name) if c.exists()), None)
+    # selected/<group>/ lies in the sweep directory, beside the points (a relative path
+    # written by a select run started elsewhere)
+    sweep = root.parents[1] / p.name if len(root.parents) > 1 else p
+    return next((c.resolve() for c in (p, root / p, root / p.name, sweep) if c.exists()), None)
 
 
 def _run_dirs(root: Path) -> list[Path]:
