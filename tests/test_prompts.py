@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from sadi.data.pairs import make_pairs
 from sadi.data.prompts import INSTRUCTIONS_DIR, Prompt, instruction_for, render_task
@@ -170,3 +171,56 @@ def test_the_sweep_engine_scores_a_prompted_run_as_lm_eval_does(
         for d in (tmp_path / "direct", tmp_path / "engine")
     ]
     torch.testing.assert_close(torch.tensor(lls[0]), torch.tensor(lls[1]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task, arm",
+    [
+        (
+            "copa",
+            [
+                "prompt=few_shot",
+                "prompt.k=2",
+                "intervention=caa",
+                "intervention.layer=15",
+                "intervention.multiplier=4.0",
+            ],
+        ),
+        ("copa", ["intervention=lora", "intervention.epochs=1"]),
+        ("caa_refusal", ["intervention=lora", "intervention.epochs=1"]),
+        ("caa_refusal", ["prompt=instruction", "intervention=reft", "intervention.epochs=1"]),
+    ],
+    ids=["copa-few_shot-caa", "copa-lora", "caa_refusal-lora", "caa_refusal-instruction-reft"],
+)
+def test_the_new_arms_run_end_to_end_on_smollm2_and_move_scores(
+    task: str, arm: list[str], tmp_path: Path
+) -> None:
+    """`python -m sadi.run` with each new arm on the embedded SmolLM2: a steered arm's scores
+    differ from its unsteered (same prompt) scores on every scored split."""
+    from sadi.pipeline.context import RunContext
+    from sadi.pipeline.runner import run
+    from sadi.run import CONF_DIR
+
+    out = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"task={task}",
+                "task.limit=6",
+                "task.n_pairs=8",
+                "logger=none",
+                "progress=false",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"paths.output_dir={out}",
+                *arm,
+            ],
+        )
+    run(RunContext.build(cfg))
+    results = json.loads((out / "results.json").read_text())
+    assert results["steered"] and results["n_pairs"] == 8
+    for split in ("select", "report"):
+        rows = [(out / f"samples_{task}_{split}{s}.jsonl").read_text() for s in ("", "_baseline")]
+        steered, base = ([json.loads(r)["loglikelihoods"] for r in t.splitlines()] for t in rows)
+        assert steered != base
