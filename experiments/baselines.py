@@ -26,6 +26,10 @@ select and report items, the tuning budget of each arm in the report's `chosen b
 the report tests every arm against the unsteered model and against the best prompting arm,
 paired on the report items, and shows per-item steerability. Run times per command are in
 `<out>/<model>/timings.jsonl`.
+
+`--reduced` (the committed study's last four behaviours, for the time 2 cores allow): 50
+scored items per split, few-shot with k=1 only, CAA the only steering method (so "the best
+steering method" is CAA there).
 """
 
 from __future__ import annotations
@@ -47,10 +51,15 @@ TASKS = {  # name: (format, n_pairs, limit per scored split)
 PROMPTS = ("instruction", "few_shot")
 STEERING = ("caa", "iti")
 TRAINED = ("lora", "reft")
+# --reduced (what 2 cores allow for the last behaviours): half the scored items, one shot,
+# CAA the only steering method
+REDUCED_LIMIT = 50
 
 
-def grid(arm: str, model: str) -> list[str]:
+def grid(arm: str, model: str, reduced: bool = False) -> list[str]:
     """The overrides of one arm's sweep (the tuning grid; its size is the arm's budget)."""
+    if reduced and arm == "few_shot":
+        return ["prompt=few_shot", "prompt.k=1", "intervention=none"]
     n = N_LAYERS[model]
     third, mid, two = round(n / 3), n // 2, round(2 * n / 3)
     return {
@@ -67,8 +76,9 @@ def grid(arm: str, model: str) -> list[str]:
     }[arm]
 
 
-def task_overrides(task: str, model: str) -> list[str]:
+def task_overrides(task: str, model: str, reduced: bool = False) -> list[str]:
     fmt, n_pairs, limit = TASKS[task]
+    limit = REDUCED_LIMIT if reduced else limit
     return [
         f"task={task}",
         f"task.format={fmt}",
@@ -96,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         "--tasks", default=",".join(TASKS), help=f"comma-separated, of {list(TASKS)}"
     )
     parser.add_argument("--report-only", action="store_true", help="only write the report")
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help=f"{REDUCED_LIMIT} scored items per split, few-shot k=1, CAA the only steering method",
+    )
     parser.add_argument("--replace", action="store_true", help="let the report drop rows")
     parser.add_argument("--out", default="experiments/results/baselines")
     parser.add_argument("--sweeps", default="outputs/sweeps/baselines")
@@ -111,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     for task in tasks:
         if args.report_only:
             break
-        base = task_overrides(task, args.model)
+        base = task_overrides(task, args.model, args.reduced)
+        steering = ("caa",) if args.reduced else STEERING
 
         def sweep(arm: str, *overrides: str, task: str = task, base: list[str] = base) -> Path:
             where = root / task / arm
@@ -124,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             run(select_cmd(str(where), "--set", "sweep.engine=true"), args.dry_run, log)
             return where
 
-        done = {arm: sweep(arm, *grid(arm, args.model)) for arm in (*PROMPTS, *STEERING, *TRAINED)}
+        arms = (*PROMPTS, *steering, *TRAINED)
+        done = {arm: sweep(arm, *grid(arm, args.model, args.reduced)) for arm in arms}
         if args.dry_run:
             print(
                 f"# {task}: then the best prompting arm + the best steering method, both "
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         # the best prompting arm and the best steering method, both chosen on select
         prompt_value, prompt_sel = max((best_select(done[a]) for a in PROMPTS), key=lambda v: v[0])
-        steer = max(STEERING, key=lambda a: best_select(done[a])[0])
+        steer = max(steering, key=lambda a: best_select(done[a])[0])
         config = json.loads((Path(prompt_sel["chosen"]["run_dir"]) / "results.json").read_text())
         prompt = config["config"]["prompt"]
         fixed = [f"prompt={prompt['name']}"]

@@ -187,11 +187,10 @@ def test_the_sweep_engine_scores_a_prompted_run_as_lm_eval_does(
                 "intervention.multiplier=4.0",
             ],
         ),
-        ("copa", ["intervention=lora", "intervention.epochs=1"]),
         ("caa_refusal", ["intervention=lora", "intervention.epochs=1"]),
         ("caa_refusal", ["prompt=instruction", "intervention=reft", "intervention.epochs=1"]),
     ],
-    ids=["copa-few_shot-caa", "copa-lora", "caa_refusal-lora", "caa_refusal-instruction-reft"],
+    ids=["copa-few_shot-caa", "caa_refusal-lora", "caa_refusal-instruction-reft"],
 )
 def test_the_new_arms_run_end_to_end_on_smollm2_and_move_scores(
     task: str, arm: list[str], tmp_path: Path
