@@ -116,3 +116,18 @@ def test_the_report_has_both_sections_and_the_histogram(study: list[Path], tmp_p
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Steering against prompting" in md and "Steerability" in md
     assert (tmp_path / "r" / "steerability_jsonl.png").exists()
+
+
+def test_itis_consistency_is_the_mean_over_its_selected_heads(tmp_path: Path) -> None:
+    from sadi.report.records import RunRecord
+    from sadi.report.steerability import consistency
+    from sadi.steerers.iti import ITI
+    from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+
+    model = make_tiny("llama")
+    iti = ITI(k=3, alpha=5.0, progress=False).fit(model, byte_tokenizer(), list(PAIRS))
+    iti.save(tmp_path / "steerer")
+    rec = RunRecord(tmp_path, "copa", "iti", "head", "tiny", "acc", {"k": 3}, {}, {}, True)
+    mask = iti.fitted_state().mask.numpy()
+    expected = float(np.array(iti.consistency)[mask].mean())
+    assert consistency(rec) == pytest.approx(expected)

@@ -7,8 +7,9 @@ layer) and the unsteered model (the method's identity strength) give, per item, 
 difference `ll(label) - max ll(other answers)` at every strength; its least-squares slope
 over the strength is the item's steerability. Reported: the median slope, the share of
 items with a negative slope (steered away from the labelled answer as the strength grows,
-with a bootstrap CI), and for vector methods the fit-time consistency of the pair
-differences (mean cosine to their mean difference, Braun et al. 2025) at the chosen layer;
+with a bootstrap CI), and for the vector methods (CAA, ITI) the fit-time consistency of the
+pair differences (mean cosine to their mean difference, Braun et al. 2025) where the chosen
+point steers;
 the distribution of slopes as a histogram per task.
 """
 
@@ -34,7 +35,7 @@ NOTE = (
     "chosen point's other hyperparameters, the unsteered model included at the identity "
     "strength. `wrong way`: the share of items whose slope is negative (x100, 95% bootstrap "
     "CI). `consistency`: at fit time, the mean cosine of each pair's difference to the mean "
-    "difference at the chosen layer (vector methods that record it)."
+    "difference where the chosen point steers (CAA: its layer; ITI: the mean over its heads)."
 )
 COLUMNS = ["task", "model", "method", "strengths", "items", "median slope", "wrong way"]
 COLUMNS += ["consistency"]
@@ -98,11 +99,21 @@ def wrong_way(slopes: dict[str, float], n_resamples: int = 2000, seed: int = 0) 
 
 
 def consistency(rec: RunRecord) -> float | None:
-    """The fit-time consistency at the chosen layer, from steerer.json (CAA records it)."""
+    """The fit-time consistency where the chosen point steers, from steerer.json: CAA's at
+    its layer ([layers]), ITI's averaged over its selected heads ([layers][heads] and the
+    artifact's head mask)."""
     d = rec.steerer_dir
     if d is None:
         return None
     values = read_json(d / "steerer.json").get("consistency") or []
+    if values and isinstance(values[0], list):
+        from safetensors.torch import load_file
+
+        mask = load_file(str(d / "steerer.safetensors")).get("mask")
+        table = np.array(values, dtype=float)
+        if mask is None or tuple(mask.shape) != table.shape or not bool(mask.any()):
+            return None
+        return float(table[mask.numpy().astype(bool)].mean())
     layer = rec.params.get("layer")
     if not values or not isinstance(layer, int) or not 0 <= layer < len(values):
         return None

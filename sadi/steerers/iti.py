@@ -153,6 +153,9 @@ class ITI(Steerer[ITIState]):
         self.heldout = checks.fraction("heldout", heldout)
         self.seed = checks.integer("seed", seed)
         self.heads: ItiHeads = checks.choice("heads", heads, ("top", "random"))
+        # per layer and head, the mean cosine of the pair differences to their mean (the last
+        # fit's; Braun et al.'s consistency), [L][H]
+        self.consistency: list[list[float]] = []
         # "all": theta and sigma of every head are stored (another k may select from the
         # fit); "selected": an artifact of an older sadi, only its own k heads' (steerer.json)
         self.heads_stored = "all"
@@ -239,6 +242,9 @@ class ITI(Steerer[ITIState]):
         accuracy, coef = self._probe(heads, labels, train, held)  # [L, H], [L, H, d]
 
         mask = self._select(accuracy)
+        diffs = (heads[:n] - heads[n:]).float()  # [pairs, L, H, d]: each pair's difference
+        cos = nn.functional.cosine_similarity(diffs, diffs.mean(0, keepdim=True), dim=-1)
+        self.consistency = cos.mean(0).tolist()  # [L][H]
 
         if self.direction == "mass_mean":
             raw = heads[:n].mean(dim=0) - heads[n:].mean(dim=0)  # [L, H, d], every fit text
@@ -280,7 +286,7 @@ class ITI(Steerer[ITIState]):
     def _share_fit(self, source: Self) -> None:
         """Another k (or the random-heads control) selects its own heads from the same fit's
         accuracies."""
-        self.heads_stored = source.heads_stored
+        self.heads_stored, self.consistency = source.heads_stored, source.consistency
         s = self.state
         if s is None or (int(s.mask.sum()) == self.k and self.heads == source.heads):
             return
@@ -293,13 +299,14 @@ class ITI(Steerer[ITIState]):
         self.state = ITIState(s.accuracy, self._select(s.accuracy), s.direction, s.sigma)
 
     def extra_metadata(self) -> dict[str, Any]:
-        return {"heads_stored": self.heads_stored}
+        return {"heads_stored": self.heads_stored, "consistency": self.consistency}
 
     def _read_extra_metadata(self, meta: dict[str, Any]) -> None:
         stored = meta.get("heads_stored", "selected")  # absent: written before it existed
         if stored not in ("all", "selected"):
             raise ValueError(f"'heads_stored' must be 'all' or 'selected', got {stored!r}")
         self.heads_stored = stored
+        self.consistency = [[float(v) for v in row] for row in meta.get("consistency") or []]
 
     def adopt(self, fitted: Steerer[Any]) -> Self:
         super().adopt(fitted)

@@ -364,3 +364,20 @@ def test_the_random_heads_control_shares_the_fit_and_keeps_each_heads_own_shift(
     assert not torch.equal(other.fitted_state().mask, drawn.mask)
     back = rnd.with_params(heads="top")
     assert torch.equal(back.fitted_state().mask, top.mask)
+
+
+def test_the_fit_records_the_consistency_of_each_heads_pair_differences(tmp_path: Path) -> None:
+    """consistency[l][h]: the mean over pairs of cos(diff_i, mean diff) of that head's
+    activations, recomputed here from the activations; carried by with_params and load."""
+    from sadi.core.activations import read_pair_activations
+
+    model, tok = make_tiny("llama"), byte_tokenizer()
+    iti = ITI(k=3, alpha=5.0, progress=False).fit(model, tok, list(PAIRS))
+    shape = model_shape(model)
+    pos, neg = read_pair_activations(model, tok, list(PAIRS), "head", shape, progress=False)
+    d = (pos - neg).view(len(PAIRS), shape.n_layers, shape.n_heads, shape.head_dim)
+    cos = torch.nn.functional.cosine_similarity(d, d.mean(0, keepdim=True), dim=-1).mean(0)
+    torch.testing.assert_close(torch.tensor(iti.consistency), cos, atol=1e-5, rtol=0)
+    assert iti.with_params(k=2).consistency == iti.consistency
+    iti.save(tmp_path / "s")
+    assert ITI.load(tmp_path / "s", model).consistency == iti.consistency
