@@ -223,3 +223,12 @@ def test_the_new_arms_run_end_to_end_on_smollm2_and_move_scores(
         rows = [(out / f"samples_{task}_{split}{s}.jsonl").read_text() for s in ("", "_baseline")]
         steered, base = ([json.loads(r)["loglikelihoods"] for r in t.splitlines()] for t in rows)
         assert steered != base
+
+
+def test_a_missing_instruction_fails_before_the_model_loads(tmp_path: Path) -> None:
+    """The generic jsonl task has no instruction file: the run names the fix, and no model
+    directory is ever read (the model path does not exist)."""
+    with pytest.raises(UserError, match="no instruction for task 'jsonl'"):
+        run_tiny(tmp_path / "no-model-here", tmp_path / "run", "prompt=instruction")
+    with pytest.raises(UserError, match="prompt.k=99"):
+        run_tiny(tmp_path / "no-model-here", tmp_path / "run2", "prompt=few_shot", "prompt.k=99")

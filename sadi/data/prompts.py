@@ -66,6 +66,15 @@ def instruction_for(task_name: str, file: str | None = None) -> str:
     return text
 
 
+def check_prompt(prompt: Prompt, task: Task) -> None:
+    """What a prompt reads, checked before any model loads: the instruction file, or enough
+    fit items for the shots (UserError naming the fix)."""
+    if prompt.name == "instruction":
+        instruction_for(task.name, prompt.instruction_file)
+    elif prompt.name == "few_shot":
+        draw_shots(task, int(prompt.k), prompt.seed)
+
+
 def draw_shots(task: Task, k: int, seed: int) -> list[Item]:
     """`k` items of the fit split, drawn with `seed` (the same draw for the same fit split)."""
     fit = task.splits["fit"]
@@ -143,6 +152,7 @@ __all__ = [
     "PROMPTS",
     "Prompt",
     "Rendering",
+    "check_prompt",
     "draw_shots",
     "instruction_for",
     "render_task",

@@ -16,7 +16,7 @@ import torch
 from sadi.core.models import load_model_reused
 from sadi.data.chat import apply_chat_template
 from sadi.data.pairs import make_pairs, save_pairs
-from sadi.data.prompts import Prompt, render_task
+from sadi.data.prompts import Prompt, check_prompt, render_task
 from sadi.data.tasks import SplitName, Task, load_task, split_ids
 from sadi.eval.metrics import SCORINGS
 from sadi.infra.jsonio import write_json, write_jsonl
@@ -97,9 +97,10 @@ def run(ctx: RunContext) -> float:
     check_run_config(cfg)
     seed_everything(cfg.seed)
     steerer = build_steerer(ctx)  # unfitted: its constructor has checked its values
-    run_prompt(ctx)
+    prompt = run_prompt(ctx)
     t0 = time.perf_counter()
     task = load_run_task(ctx)
+    check_prompt(prompt, task)
     side_tasks = load_side_tasks(cfg)
     inputs = run_inputs(task, cfg.model.source, ctx.cache_root)
     if side_tasks:
@@ -119,7 +120,7 @@ def run(ctx: RunContext) -> float:
         cfg.model.source, dtype=cfg.model.dtype, device=cfg.model.device
     )
     timings["load_model_s"] = time.perf_counter() - t0
-    task, rendering = render_task(task, run_prompt(ctx), tokenizer, cfg.task.chat_template)
+    task, rendering = render_task(task, prompt, tokenizer, cfg.task.chat_template)
     if rendering.shots:
         write_json(run_dir / "shots.json", [asdict(s) for s in rendering.shots])
 
