@@ -86,7 +86,8 @@ class LoRA(Steerer[LoRAState]):
         seed: seeds A's initialisation and the batch order.
         scale: multiplies the trained update at apply time (1 = the fine-tuned model, 0 =
             the unsteered model); a sweep over it shares one fit.
-        batch_size: pairs per training step.
+        train_batch_size: pairs per training step (a hyperparameter: it keys the fit).
+        batch_size: unused (the common constructor signature of steerers).
         progress: show a progress bar while training.
 
     Example:
@@ -117,10 +118,16 @@ class LoRA(Steerer[LoRAState]):
         epochs: int = 3,
         seed: int = 0,
         scale: float = 1.0,
-        batch_size: int = 8,
+        train_batch_size: int = 8,
+        batch_size: int = 16,
         progress: bool = True,
     ) -> None:
         super().__init__(component, batch_size, progress)
+        # a hyperparameter (the SGD batches change what is trained: it keys the fit cache),
+        # unlike the runtime `batch_size` of the other methods' reading passes
+        self.train_batch_size = checks.positive_int(
+            "train_batch_size", train_batch_size, example="intervention.train_batch_size=8"
+        )
         self.rank = checks.positive_int("rank", rank, example="intervention.rank=8")
         self.alpha = checks.positive_int("alpha", alpha, example="intervention.alpha=16")
         training = TrainingParams.checked(lr, epochs, seed)
@@ -165,7 +172,7 @@ class LoRA(Steerer[LoRAState]):
             pairs,
             params,
             trained,
-            batch_size=self.batch_size,
+            batch_size=self.train_batch_size,
             progress=self.progress,
             desc=f"LoRA fit ({self.component})",
         )

@@ -83,7 +83,8 @@ class LoReFT(Steerer[ReFTState]):
             continuation / generated token) or "all" (every real position).
         strength: scales the edit at apply time (1 = the trained LoReFT, 0 = unsteered);
             a sweep over it shares one fit.
-        batch_size: pairs per training step.
+        train_batch_size: pairs per training step (a hyperparameter: it keys the fit).
+        batch_size: unused (the common constructor signature of steerers).
         progress: show a progress bar while training.
     """
 
@@ -108,10 +109,16 @@ class LoReFT(Steerer[ReFTState]):
         seed: int = 0,
         positions: ReftPositions = "last_prompt",
         strength: float = 1.0,
-        batch_size: int = 8,
+        train_batch_size: int = 8,
+        batch_size: int = 16,
         progress: bool = True,
     ) -> None:
         super().__init__(component, batch_size, progress)
+        # a hyperparameter (the SGD batches change what is trained: it keys the fit cache),
+        # unlike the runtime `batch_size` of the other methods' reading passes
+        self.train_batch_size = checks.positive_int(
+            "train_batch_size", train_batch_size, example="intervention.train_batch_size=8"
+        )
         self.layer = checks.integer("layer", layer, minimum=0, example="intervention.layer=15")
         self.rank = checks.positive_int("rank", rank, example="intervention.rank=4")
         training = TrainingParams.checked(lr, epochs, seed)
@@ -158,7 +165,7 @@ class LoReFT(Steerer[ReFTState]):
                 pairs,
                 list(live.parameters()),
                 TrainingParams(self.lr, self.epochs, self.seed),
-                batch_size=self.batch_size,
+                batch_size=self.train_batch_size,
                 progress=self.progress,
                 desc=f"LoReFT fit (layer {self.layer})",
             )

@@ -64,3 +64,12 @@ def test_a_damaged_adapter_is_refused(tmp_path: Path) -> None:
         LoRA("head", rank=3)._load_tensors(lora.tensors())
     with pytest.raises(ValueError, match="lr=0"):
         LoRA("head", lr=0)
+
+
+def test_the_training_batch_keys_the_fit() -> None:
+    """SGD batches change what is trained: train_batch_size is a hyperparameter in the fit
+    key, while the runtime batch_size is not."""
+    model = make_tiny("llama")
+    key = LoRA("head").fit_key(model, list(PAIRS))
+    assert LoRA("head", train_batch_size=4).fit_key(model, list(PAIRS)) != key
+    assert LoRA("head", batch_size=3).fit_key(model, list(PAIRS)) == key
