@@ -232,3 +232,19 @@ def test_a_missing_instruction_fails_before_the_model_loads(tmp_path: Path) -> N
         run_tiny(tmp_path / "no-model-here", tmp_path / "run", "prompt=instruction")
     with pytest.raises(UserError, match="prompt.k=99"):
         run_tiny(tmp_path / "no-model-here", tmp_path / "run2", "prompt=few_shot", "prompt.k=99")
+
+
+def test_a_changed_instruction_makes_a_completed_point_run_again(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The same config with another instruction text (same file) is not the completed point."""
+    inst = tmp_path / "inst.txt"
+    inst.write_text("Pick the more plausible answer.")
+    args = ["prompt=instruction", f"prompt.instruction_file={inst}", "intervention=none"]
+    first = run_tiny(tiny_model_dir, tmp_path / "run", *args)
+    again = run_tiny(tiny_model_dir, tmp_path / "run", *args)
+    assert again["timings"] == first["timings"]  # skipped: the same point
+    inst.write_text("Choose the answer that is true.")
+    changed = run_tiny(tiny_model_dir, tmp_path / "run", *args)
+    assert changed["inputs"]["instruction"] != first["inputs"]["instruction"]
+    assert changed["timings"] != first["timings"]  # ran again

@@ -16,9 +16,10 @@ import torch
 from sadi.core.models import load_model_reused
 from sadi.data.chat import apply_chat_template
 from sadi.data.pairs import make_pairs, save_pairs
-from sadi.data.prompts import Prompt, check_prompt, render_task
+from sadi.data.prompts import Prompt, check_prompt, instruction_for, render_task
 from sadi.data.tasks import SplitName, Task, load_task, split_ids
 from sadi.eval.metrics import SCORINGS
+from sadi.infra.cache import digest
 from sadi.infra.jsonio import write_json, write_jsonl
 from sadi.infra.verbosity import set_verbosity
 from sadi.pipeline.context import RunContext
@@ -105,6 +106,8 @@ def run(ctx: RunContext) -> float:
     inputs = run_inputs(task, cfg.model.source, ctx.cache_root)
     if side_tasks:
         inputs["side_effects_data"] = {t.name: data_fingerprint(t) for t in side_tasks}
+    if prompt.name == "instruction":  # its text, not only its file name, makes a point complete
+        inputs["instruction"] = digest(instruction_for(task.name, prompt.instruction_file))
     done = run_dir / RESULTS_FILE
     previous = completed(done, ctx.config, inputs)
     if previous is not None:
