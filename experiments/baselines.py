@@ -18,7 +18,8 @@ once on the report split):
 - `caa`, `iti`: the steering methods, reduced grids; the better of the two on select is
   "the best steering method" of the task;
 - `prompt + steering`: the better prompting arm on select (its chosen k) combined with the
-  best steering method, that method's grid chosen on select again.
+  best steering method at its chosen layer (CAA) or k (ITI), its strength chosen on select
+  again.
 
 Protocol: the same fit pairs for every arm (`task.n_pairs`, fewer on the CAA behaviours,
 whose prompts are long: the trained arms' fits are the slow part on 2 cores), the same
@@ -76,6 +77,20 @@ def grid(arm: str, model: str, reduced: bool = False) -> list[str]:
     }[arm]
 
 
+# the axis a prompt + steering sweep fixes at the steering method's chosen value (it tunes
+# the strength again on the prompted model)
+FIXED_AXIS = {"caa": "layer", "iti": "k"}
+
+
+def combined_grid(steer: str, chosen: dict, model: str) -> list[str]:
+    """The steering method's grid with its non-strength axis fixed at its chosen value."""
+    axis = f"intervention.{FIXED_AXIS[steer]}="
+    return [
+        f"{axis}{chosen[FIXED_AXIS[steer]]}" if o.startswith(axis) else o
+        for o in grid(steer, model)
+    ]
+
+
 def task_overrides(task: str, model: str, reduced: bool = False) -> list[str]:
     fmt, n_pairs, limit = TASKS[task]
     limit = REDUCED_LIMIT if reduced else limit
@@ -107,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="only write the report")
     parser.add_argument(
+        "--steering",
+        default=",".join(STEERING),
+        help=f"comma-separated steering methods, of {list(STEERING)}",
+    )
+    parser.add_argument(
         "--reduced",
         action="store_true",
         help=f"{REDUCED_LIMIT} scored items per split, few-shot k=1, CAA the only steering method",
@@ -127,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.report_only:
             break
         base = task_overrides(task, args.model, args.reduced)
-        steering = ("caa",) if args.reduced else STEERING
+        steering = ("caa",) if args.reduced else tuple(args.steering.split(","))
 
         def sweep(arm: str, *overrides: str, task: str = task, base: list[str] = base) -> Path:
             where = root / task / arm
@@ -162,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             f"steering method on select {steer}",
             flush=True,
         )
-        sweep(f"prompt_{steer}", *fixed, *grid(steer, args.model))
+        chosen = best_select(done[steer])[1]["chosen"]["params"]
+        sweep(f"prompt_{steer}", *fixed, *combined_grid(steer, chosen, args.model))
     done_sweeps = planned if args.dry_run else finished(root)
     run(report_cmd(done_sweeps, out, "--plots", "summary", *replace_flag(args)), args.dry_run)
 
