@@ -100,6 +100,7 @@ def task_overrides(task: str, model: str, reduced: bool = False) -> list[str]:
         f"task.n_pairs={n_pairs}",
         f"task.limit={limit}",
         "task.splits=[select]",
+        "task.open_ended=false",  # the comparison reads scores; generations cost a lot here
         f"model={model}",
         "logger=none",
         "progress=false",

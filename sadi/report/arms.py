@@ -19,7 +19,8 @@ NOTE = (
     "report items (exact McNemar p for 0/1 scores, paired bootstrap otherwise) against the "
     "unprompted unsteered model and against the best prompting arm (prompt only, chosen best "
     "on select). `points on select`: the tuning budget each arm had (the points its sweep "
-    "tried); `run time`: the sweep's points and the report run, in seconds, on this machine."
+    "tried); `run time`: the seconds the sweep's points and the report run recorded in their "
+    "results.json (a point rerun from the caches records its cached cost)."
 )
 COLUMNS = ["task", "model", "arm", "params", "metric", "report", "vs unsteered"]
 COLUMNS += ["vs best prompt", "points on select", "run time (s)"]
