@@ -100,8 +100,8 @@ def wrong_way(slopes: dict[str, float], n_resamples: int = 2000, seed: int = 0) 
 
 def consistency(rec: RunRecord) -> float | None:
     """The fit-time consistency where the chosen point steers, from steerer.json: CAA's at
-    its layer ([layers]), ITI's averaged over its selected heads ([layers][heads] and the
-    artifact's head mask)."""
+    its layer (one value per layer), ITI's averaged over its selected heads (one value per
+    layer and head, and the artifact's head mask)."""
     d = rec.steerer_dir
     if d is None:
         return None
