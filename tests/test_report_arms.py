@@ -64,7 +64,12 @@ def test_every_arm_is_tested_against_unsteered_and_the_best_prompt(study: list[P
     assert rows["caa-residual"]["points on select"] == "3"
     assert rows["few_shot (best prompt)"]["points on select"] == "2"
     assert rows["lora-head"]["points on select"] == "1"
-    assert float(rows["caa-residual"]["run time (s)"]) > 0
+    # the run time: the sweep's points and the report run, as their results.json recorded
+    caa_dir = study[0]
+    total = sum(
+        json.loads(f.read_text())["timings"]["total_s"] for f in caa_dir.rglob("results.json")
+    )
+    assert rows["caa-residual"]["run time (s)"] == f"{total:.1f}"
     # the paired delta against the best prompting arm, recomputed from the samples files
     caa = next(r for r in records if r.intervention == "caa")
     few = next(r for r in records if r.prompt == "few_shot")

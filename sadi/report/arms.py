@@ -101,7 +101,7 @@ def arms_table(
                     _vs(scores, unsteered, rec.metric),
                     "-" if rec is best else _vs(scores, best_scores, rec.metric),
                     str(max(1, len(rec.points))),
-                    f"{rec.seconds:.0f}" if rec.seconds else "-",
+                    f"{rec.seconds:.1f}" if rec.seconds else "-",
                 ]
             )
     return out
