@@ -5,6 +5,9 @@ disk, a task's data. Every cache key and every artifact check is built from thes
   loaded model, each as float32 on the CPU. Computed once per model and remembered while
   no tensor of it is replaced or edited in place (each tensor's version counter is part of
   the memo), so calling it on every `Steerer.apply` costs a dictionary lookup.
+- `stand_in(proxy, fingerprint)`: a shape proxy (a meta-device model standing for weights
+  held elsewhere, e.g. inside a vLLM worker) answers with the fingerprint of the weights it
+  stands for.
 - `file_digest(path)`: the sha256 of a whole file, remembered in an index keyed by the
   file's resolved path, size and modification time (`<cache>/file_digests.json`), so a
   7B checkpoint is read once, and again only when one of its files changes.
@@ -38,6 +41,17 @@ _SAMPLE = 16  # elements of each tensor whose values the memo's stamp holds
 _MEMO: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], str]] = (
     weakref.WeakKeyDictionary()
 )
+
+# shape proxies (meta-device models) -> the fingerprint of the weights they stand for
+_STAND_INS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def stand_in(proxy: nn.Module, fingerprint: str) -> nn.Module:
+    """Let `proxy`, a model whose weights are on the meta device, answer
+    `weights_fingerprint` with `fingerprint`, the weights it stands for (those a serving
+    engine holds, checked there by its own start-up self-test); returns `proxy`."""
+    _STAND_INS[proxy] = fingerprint
+    return proxy
 
 
 def _named_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
@@ -83,6 +97,8 @@ def weights_fingerprint(model: nn.Module) -> str:
         >>> weights_fingerprint(model)
         '3f9c0a1b2d4e5f60'
     """
+    if model in _STAND_INS:
+        return _STAND_INS[model]
     tensors = _named_tensors(model)
     for name, tensor in tensors:
         if tensor.is_meta:

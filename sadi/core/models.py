@@ -164,6 +164,14 @@ def embedded_path(name: str, cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+def model_path(source: str, cache_dir: str | Path | None = None) -> str:
+    """What a loader reads for `source`: an embedded model's converted directory (converted
+    on first use), else `source` as given (a directory or a hub id)."""
+    if source.startswith(EMBEDDED_PREFIX):
+        return str(embedded_path(source[len(EMBEDDED_PREFIX) :], cache_dir))
+    return source
+
+
 def load_model(
     source: str = DEFAULT_MODEL,
     *,
@@ -186,9 +194,7 @@ def load_model(
     Example:
         >>> model, tok = load_model()  # SmolLM2-135M-Instruct, offline
     """
-    path: str = source
-    if source.startswith(EMBEDDED_PREFIX):
-        path = str(embedded_path(source[len(EMBEDDED_PREFIX) :], cache_dir))
+    path = model_path(source, cache_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -256,6 +262,7 @@ __all__ = [
     "load_model",
     "load_model_reused",
     "model_id",
+    "model_path",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -135,20 +135,42 @@ class BatchLayout:
     def mask(self, policy: PositionPolicy) -> Tensor:
         """[batch, padded_length] bool mask of the cells of `policy`."""
         pos = torch.arange(self.padded_length).unsqueeze(0)  # [1, pos]
-        starts = self.starts().unsqueeze(1)  # [batch, 1]
-        if policy == "all":
-            lo = starts
-        elif policy == "continuation":
-            lo = starts + self.prompt_lengths.unsqueeze(1)
-        elif policy == "response":
-            lo = starts + self.prompt_lengths.unsqueeze(1) - 1
-        else:
-            rows, cols = self.indices(policy)
-            out = torch.zeros(self.batch_size, self.padded_length, dtype=torch.bool)
-            out[rows, cols] = True
-            return out
-        hi = starts + self.seq_lengths.unsqueeze(1)
-        return (pos >= lo) & (pos < hi)
+        relative = pos - self.starts().unsqueeze(1)  # [batch, pos]: index within the row
+        return policy_mask(
+            policy,
+            relative,
+            self.prompt_lengths.unsqueeze(1),
+            self.seq_lengths.unsqueeze(1),
+        )
+
+
+def policy_mask(
+    policy: PositionPolicy, positions: Tensor, prompt_lengths: Tensor, seq_lengths: Tensor
+) -> Tensor:
+    """Which tokens `policy` covers, given each token's index within its own sequence.
+
+    `positions`, `prompt_lengths` and `seq_lengths` broadcast together: a padded batch passes
+    [batch, pos] indices relative to each row's first real token (`BatchLayout.mask`); a
+    serving engine's flattened batch passes one entry per scheduled token (`sadi.vllm`).
+    A token at index p of a sequence of `seq_length` real tokens whose first
+    `prompt_length` are the prompt is covered by:
+
+    - all: 0 <= p < seq_length;
+    - response: prompt_length - 1 <= p < seq_length;
+    - continuation: prompt_length <= p < seq_length;
+    - last_prompt: p == prompt_length - 1;
+    - last_token: p == seq_length - 1.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown position policy {policy!r}; use one of {list(POLICIES)}")
+    if policy == "last_prompt":
+        return positions == prompt_lengths - 1
+    if policy == "last_token":
+        return positions == seq_lengths - 1
+    lo = {"all": torch.zeros_like(prompt_lengths), "continuation": prompt_lengths}.get(
+        policy, prompt_lengths - 1
+    )
+    return (positions >= lo) & (positions >= 0) & (positions < seq_lengths)
 
 
 # Where a method that steers an answer edits a scored row (ITI, CAA): "response" (from the

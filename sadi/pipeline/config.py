@@ -23,6 +23,18 @@ from sadi.steerers.registry import class_path, methods
 
 
 @dataclass
+class VLLMSchema:
+    """`model.backend=vllm`'s engine (`sadi.vllm.engine.VLLMSettings`)."""
+
+    max_model_len: int = 2048  # the longest sequence (prompt + generated tokens)
+    kv_cache_mb: int = 1024  # KV-cache memory (vLLM otherwise takes 92% of the device's)
+    tolerance: float = 1e-3  # the self-test's largest |log-prob - HF's|
+    allow_untested: bool = False  # a vLLM version sadi was not tested on (self-test only)
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 64
+
+
+@dataclass
 class ModelSchema:
     name: str = MISSING
     source: str = MISSING  # embedded:<name>, a local path or a hub id
@@ -34,6 +46,9 @@ class ModelSchema:
     # the most tokens (rows x padded length) one scoring forward holds: a batch of long rows
     # is scored in parts, so one long item cannot take the machine's memory
     batch_tokens: int = 8192
+    # hf: hooks on the HF model; vllm: the same edits inside vLLM (make setup-vllm)
+    backend: str = "hf"
+    vllm: VLLMSchema = field(default_factory=VLLMSchema)
 
 
 @dataclass

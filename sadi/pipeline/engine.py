@@ -75,6 +75,8 @@ def build_engine(
         raise ValueError(f"sweep.engine={mode!r}: choose auto (sweep points), true or false")
     if mode is False:
         return None, {"used": False, "reason": "sweep.engine=false"}
+    if ctx.cfg.model.get("backend", "hf") != "hf":
+        return None, {"used": False, "reason": f"model.backend={ctx.cfg.model.backend}"}
     if mode == "auto" and not ctx.multirun:
         return None, {"used": False, "reason": "a single run (sweep.engine=true to use it)"}
     why = None if steerer is None else steerer.prefix_unshared()

@@ -22,6 +22,7 @@ from sadi.eval.metrics import SCORINGS
 from sadi.infra.cache import digest
 from sadi.infra.jsonio import write_json, write_jsonl
 from sadi.infra.verbosity import set_verbosity
+from sadi.pipeline.backend import check_backend
 from sadi.pipeline.context import RunContext
 from sadi.pipeline.engine import build_engine
 from sadi.pipeline.fitting import build_steerer, fit_steerer
@@ -98,6 +99,7 @@ def run(ctx: RunContext) -> float:
     check_run_config(cfg)
     seed_everything(cfg.seed)
     steerer = build_steerer(ctx)  # unfitted: its constructor has checked its values
+    check_backend(cfg, steerer)
     prompt = run_prompt(ctx)
     t0 = time.perf_counter()
     task = load_run_task(ctx)

@@ -20,6 +20,7 @@ from sadi.eval.harness import evaluate_split, generate_split, open_ended_prompts
 from sadi.eval.lm import SteeredLM
 from sadi.infra.cache import cached
 from sadi.infra.jsonio import read_json, read_jsonl, write_json, write_jsonl
+from sadi.pipeline.backend import backend_of, vllm_lm
 from sadi.pipeline.context import RunContext
 from sadi.pipeline.validate import ConfigError
 from sadi.steerers.base import Steerer
@@ -56,9 +57,13 @@ def evaluate(
     cfg = ctx.cfg
     lm_kwargs = _lm_kwargs(cfg, tokenizer)
 
+    backend = backend_of(cfg)
+
     def score(out: Path | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
         lm = (
-            SteeredLM(model, steerer=steerer, **lm_kwargs)
+            vllm_lm(cfg, model, tokenizer, steerer)
+            if backend == "vllm"
+            else SteeredLM(model, steerer=steerer, **lm_kwargs)
             if engine is None
             else SweepLM(
                 model,
@@ -92,6 +97,8 @@ def evaluate(
         "metric": task.metric,
         "items": [asdict(i) for i in task.splits[split]],  # every field, `correct` included
     }
+    if backend != "hf":  # another engine's numbers (equal within its self-test's tolerance)
+        key["backend"] = backend
     stored, _ = cached(
         ctx.cache_root / "baselines",
         key,
@@ -120,7 +127,11 @@ def generate_open_ended(
         t = time.perf_counter()
 
         def generate(st: Steerer[Any] | None = st) -> list[dict[str, Any]]:
-            lm = SteeredLM(model, steerer=st, **_lm_kwargs(cfg, tokenizer))
+            lm = (
+                vllm_lm(cfg, model, tokenizer, st)
+                if backend_of(cfg) == "vllm"
+                else SteeredLM(model, steerer=st, **_lm_kwargs(cfg, tokenizer))
+            )
             return generate_split(
                 lm,
                 prompts,
@@ -139,6 +150,8 @@ def generate_open_ended(
                 "max_gen_toks": cfg.task.max_gen_toks,
                 "seed": cfg.seed,
             }
+            if backend_of(cfg) != "hf":
+                key["backend"] = backend_of(cfg)
 
             def create(tmp: Path) -> None:
                 write_jsonl(tmp / "generations.jsonl", generate())
