@@ -4,7 +4,7 @@ PIP ?= .venv/bin/pip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-latest lock lint bench study docs
+.PHONY: help setup setup-vllm run test test-main test-vllm test-fast test-latest lock lock-vllm lint bench study docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -12,11 +12,22 @@ help: ## list the targets
 setup: ## create .venv and install sadi with the CPU torch and the embedded models (offline-ready)
 	bash scripts/setup.sh
 
+setup-vllm: ## create .venv-vllm: sadi with vLLM's CPU build (model.backend=vllm, sadi serve, tests/vllm_backend)
+	bash scripts/setup-vllm.sh
+
 run: ## the main job: SADI on heads, COPA, embedded SmolLM2 (ARGS="task.limit=20 ..." for overrides)
 	$(PY) -m sadi.run $(ARGS)
 
-test: ## all tests, the slow ones on the embedded model included
+test: ## all tests: the main suite (slow ones on the embedded model included), then the vLLM backend's in .venv-vllm (set up when missing)
+	$(MAKE) --no-print-directory test-main
+	$(MAKE) --no-print-directory test-vllm
+
+test-main: ## the main suite in .venv
 	$(PY) -m pytest -q $(ARGS)
+
+test-vllm: ## the vLLM backend's tests (tests/vllm_backend) in .venv-vllm, which is set up first when missing
+	@[ -x .venv-vllm/bin/python ] || bash scripts/setup-vllm.sh
+	.venv-vllm/bin/python -m pytest -q tests/vllm_backend $(ARGS)
 
 test-fast: ## tests on tiny random models only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
@@ -28,6 +39,11 @@ test-latest: ## all tests in .venv-latest, on the newest releases the dependency
 lock: ## rewrite constraints.txt from .venv (after the whole suite passed on it)
 	{ sed -n '1,2p' constraints.txt; $(PIP) freeze --exclude-editable 2>/dev/null | grep -v '^#' \
 	  | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+lock-vllm: ## rewrite constraints-vllm.txt from .venv-vllm (after tests/vllm_backend passed in it)
+	{ sed -n '1,2p' constraints-vllm.txt; .venv-vllm/bin/pip freeze --exclude-editable 2>/dev/null | grep -v '^#' \
+	  | grep -v -E '^(vllm==|torchvision|torchaudio|torchcodec)' | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } \
+	  > constraints-vllm.txt.new && mv constraints-vllm.txt.new constraints-vllm.txt
 
 lint: ## ruff and mypy
 	$(PY) -m ruff check sadi tests benchmarks experiments

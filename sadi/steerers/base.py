@@ -157,6 +157,11 @@ class Steerer(ABC, Generic[StateT]):
             "token), so no prefix is the same as the unsteered model's"
         )
 
+    def reads_clean(self) -> bool:
+        """Whether the edit reads the unsteered activations of the same batch (a second,
+        clean pass: faithful SADI); known before fitting (a serving engine refuses it)."""
+        return False
+
     def clean_layers(self) -> list[int]:
         """Layers at which the edit reads the unsteered activation of the last prompt token
         (faithful SADI); the sweep engine takes them from its cached prefix pass."""

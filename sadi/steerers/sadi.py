@@ -253,6 +253,9 @@ class SADI(Steerer[SADIState]):
         self._clean = self._clean_pass(model, args, kwargs, layout)
         return None
 
+    def reads_clean(self) -> bool:
+        return self.mode == "faithful" and self.variant != "fixed"
+
     def clean_layers(self) -> list[int]:
         if self.mode != "faithful" or self.variant == "fixed" or self.delta_s == 0.0:
             return []

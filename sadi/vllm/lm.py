@@ -81,6 +81,18 @@ class SteeredVLLMLM(VLLM):  # type: ignore[misc]
         return other
 
     # ----- lm-eval's entry points -------------------------------------------------------
+    @staticmethod
+    def modify_gen_kwargs(
+        gen_kwargs: dict[str, Any], eos: Any = None, default_max_gen_toks: int = 256
+    ) -> tuple[dict[str, Any], list[str], int]:
+        """lm-eval's, greedy unless sampling is asked for: its HF model decodes greedily
+        when a task sets neither do_sample nor temperature, its vLLM model would sample at
+        vLLM's default temperature 1 (the HF backend's generations are the reference)."""
+        kwargs, until, max_gen_toks = VLLM.modify_gen_kwargs(gen_kwargs, eos, default_max_gen_toks)
+        if not gen_kwargs.get("do_sample") and "temperature" not in kwargs:
+            kwargs["temperature"] = 0.0
+        return kwargs, until, max_gen_toks
+
     def _model_generate(
         self,
         requests: list[list[int]],

@@ -96,7 +96,7 @@ def refusal(steerer: Steerer[Any]) -> str | None:
             f"{steerer.method} installs its own hooks on modules that vLLM fuses (e.g. q/k/v "
             "into qkv_proj); its peft adapter (steerer/peft/) runs in vLLM's own LoRA support"
         )
-    if steerer.clean_layers():
+    if steerer.reads_clean():
         return (
             f"{steerer.method} reads the unsteered activation of each row's last prompt token "
             "(a second, clean pass of the same batch), which a serving engine does not run; "
