@@ -4,7 +4,7 @@ PIP ?= .venv/bin/pip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm run test test-main test-vllm test-fast test-latest lock lock-vllm lint bench study docs
+.PHONY: help setup setup-vllm run test test-main test-vllm test-fast test-latest lock lock-vllm lint bench bench-vllm study docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,8 +52,12 @@ lint: ## ruff and mypy
 docs: ## the documentation site, built strictly (warnings fail) into site/
 	$(PY) -m mkdocs build --strict $(ARGS)
 
-bench: ## benchmarks; figures as JSON under benchmarks/results/
+bench: ## benchmarks; figures as JSON under benchmarks/results/ (bench-vllm: the vLLM one)
 	$(PY) -m benchmarks.run $(ARGS)
+
+bench-vllm: ## open-ended generation, vLLM vs HF backend under one steerer (.venv-vllm)
+	@[ -x .venv-vllm/bin/python ] || bash scripts/setup-vllm.sh
+	.venv-vllm/bin/python -m benchmarks.bench_vllm $(ARGS)
 
 study: ## the CPU comparison study: Table 1 (SmolLM2, Gemma 3), behaviour curves, steering vs prompting / LoRA / LoReFT (hours; see docs/results.md)
 	$(PY) experiments/table1_cpu.py --model smollm2_135m $(ARGS)

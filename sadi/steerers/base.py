@@ -157,6 +157,13 @@ class Steerer(ABC, Generic[StateT]):
             "token), so no prefix is the same as the unsteered model's"
         )
 
+    def residual_additions(self) -> dict[int, Tensor] | None:
+        """Per decoder layer, the vector this steerer adds to the layer's output (the residual
+        stream) at every cell it edits, when adding it is all the steerer does (CAA, SAS in
+        decoder mode); None for any other edit. What a llama.cpp control vector can hold
+        (`sadi.llamacpp`)."""
+        return None
+
     def reads_clean(self) -> bool:
         """Whether the edit reads the unsteered activations of the same batch (a second,
         clean pass: faithful SADI); known before fitting (a serving engine refuses it)."""

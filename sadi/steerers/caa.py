@@ -220,6 +220,9 @@ class CAA(Steerer[CAAState]):
     def selected_layers(self) -> list[int]:
         return [self.layer]
 
+    def residual_additions(self) -> dict[int, Tensor]:
+        return {} if self.multiplier == 0.0 else {self.layer: self.multiplier * self.vector()}
+
     def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
         self._check_layer(len(decoder_layers(model)))
         if self.multiplier == 0.0:  # the identity: register nothing

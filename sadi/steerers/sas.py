@@ -307,6 +307,14 @@ class SAS(Steerer[SASState]):
             return random_features(s, self.seed)
         return s
 
+    def residual_additions(self) -> dict[int, Tensor] | None:
+        if self.mode != "decoder" or self.layer is None:
+            return None  # code mode re-encodes each activation: not one added vector
+        if self.lam == 0.0:
+            return {}
+        sae = self.sae()
+        return {self.layer: self.lam * (self.vector().to(sae.W_dec.dtype) @ sae.W_dec).float()}
+
     def _edit_fns(self, model: nn.Module) -> dict[int, EditFn]:
         layer = source.resolve_layer(self.sae(), model, self.layer)
         if self.lam == 0.0:  # the identity: register nothing

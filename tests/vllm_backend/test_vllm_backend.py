@@ -213,3 +213,15 @@ def test_sadi_run_with_backend_vllm_reproduces_the_hf_backend(tmp_path: Path, me
             la, lb = json.loads(x)["loglikelihoods"], json.loads(y)["loglikelihoods"]
             assert max(abs(p - q) for p, q in zip(la, lb)) <= TOL
         assert ra["sweep_engine"]["reason"] == "model.backend=vllm"
+
+
+def test_generation_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/bench_vllm.py end to end on a few prompts (its figures are not checked:
+    timings are never asserted); every side generated exactly the tokens asked for."""
+    from benchmarks import bench_vllm
+
+    result = bench_vllm.run(prompts=3, tokens=4, repeats=1, out_dir=tmp_path)
+    written = json.loads((tmp_path / "vllm_generation.json").read_text())
+    assert written["median_tokens_per_s"] == result["median_tokens_per_s"]
+    assert set(result["tokens_per_s"]) == {"hf_steered", "vllm_steered", "vllm_unsteered"}
+    assert all(len(v) == 1 and v[0] > 0 for v in result["tokens_per_s"].values())
