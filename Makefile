@@ -22,7 +22,8 @@ test: ## all tests: the main suite (slow ones on the embedded model included), t
 	$(MAKE) --no-print-directory test-main
 	$(MAKE) --no-print-directory test-vllm
 
-test-main: ## the main suite in .venv
+test-main: ## the main suite in .venv (llama.cpp's Python bindings built first when missing)
+	@$(PY) -c "import llama_cpp" 2>/dev/null || bash scripts/setup-llamacpp.sh
 	$(PY) -m pytest -q $(ARGS)
 
 test-vllm: ## the vLLM backend's tests (tests/vllm_backend) in .venv-vllm, which is set up first when missing

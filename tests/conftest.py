@@ -42,8 +42,10 @@ from sadi.data.pairs import Pair
 
 # the vLLM backend's tests run where vLLM is installed (.venv-vllm; `make test` runs them
 # there): elsewhere they are not collected at all, rather than reported as skipped
-if importlib.util.find_spec("vllm") is None:
-    collect_ignore = ["vllm_backend"]
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_backend"]
+# llama.cpp's check runs where llama-cpp-python is built (`make test` builds it first)
+if importlib.util.find_spec("llama_cpp") is None:
+    collect_ignore.append("test_llamacpp.py")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
