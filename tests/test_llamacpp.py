@@ -110,7 +110,8 @@ def test_a_caa_control_vector_shifts_llama_cpp_as_it_shifts_sadi(
     tolerance = float(np.sqrt(2)) * quantisation
     shift_sadi, shift_cpp = hf_steered - hf_plain, cpp_steered - cpp_plain
     assert rms(shift_sadi) > 3 * tolerance  # the steering moves the text well beyond it
-    print(f"quantisation rms {quantisation:.3f}, shift rms {rms(shift_sadi):.3f}, shift error rms {rms(shift_cpp - shift_sadi):.3f}")
+    error = rms(shift_cpp - shift_sadi)
+    print(f"quantisation {quantisation:.3f}, shift {rms(shift_sadi):.3f}, error {error:.3f}")
     assert rms(shift_cpp - shift_sadi) <= tolerance, (rms(shift_cpp - shift_sadi), tolerance)
     # the same vector one layer off does not agree: the file's layer mapping is checked too
     for other in (11, 13):
