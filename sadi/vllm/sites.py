@@ -57,6 +57,10 @@ def _silu(x: Tensor) -> Tensor:
     return nn.functional.silu(x)
 
 
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return nn.functional.gelu(x, approximate="tanh")
+
+
 _LLAMA_SITES = {
     "head": VLLMSite("self_attn.o_proj", "pre"),
     "neuron": VLLMSite("mlp.act_fn", "gated_act"),
@@ -72,6 +76,9 @@ VLLM_ARCHITECTURES: dict[str, VLLMArchitecture] = {
         VLLMArchitecture("mistral", "model.layers", _LLAMA_SITES, _silu),
         VLLMArchitecture("qwen2", "model.layers", _LLAMA_SITES, _silu),
         VLLMArchitecture("qwen3", "model.layers", _LLAMA_SITES, _silu),
+        # Gemma 3: its post-attention / post-feedforward norms sit inside the block, so the
+        # layer still returns (hidden_states, residual); gated GELU (tanh)
+        VLLMArchitecture("gemma3", "model.layers", _LLAMA_SITES, _gelu_tanh),
     )
 }
 

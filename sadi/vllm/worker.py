@@ -76,6 +76,7 @@ class SteeringExtension:
         site = arch.sites[steerer.component]
         layers: Any = get_module(self._vllm_model(), arch.layers)  # a ModuleList
         edits = steerer._edit_fns(proxy)
+        self._ensure_layer_hooks(layers)
         handles: list[RemovableHandle] = []
         try:
             for layer, fn in edits.items():
@@ -122,6 +123,23 @@ class SteeringExtension:
 
     def _vllm_model(self) -> nn.Module:
         return self.model_runner.model
+
+    def _ensure_layer_hooks(self, layers: Any) -> None:
+        """Record which decoder layer runs: a site module may be one object shared by every
+        layer (vLLM's Gemma 3 MLPs share one GeluAndMul), so a hook learns its layer here."""
+        if getattr(self, "_sadi_layer_hooks", None) is not None:
+            return
+        self._sadi_layer = -1
+
+        def enter(index: int) -> Any:
+            def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+                self._sadi_layer = index
+
+            return pre
+
+        self._sadi_layer_hooks = [
+            layer.register_forward_pre_hook(enter(i)) for i, layer in enumerate(layers)
+        ]
 
     def _ensure_cells_hook(self, stack: nn.Module) -> None:
         """Decide each forward's cells before the model (`forward(input_ids, positions,
@@ -193,6 +211,8 @@ class SteeringExtension:
         fn: EditFn,
     ) -> RemovableHandle:
         def cells(device: torch.device) -> Tensor | None:
+            if self._sadi_layer != layer:  # a module shared by the layers, called by another
+                return None
             idx = self._sadi_cells.get(name)
             return None if idx is None or idx.numel() == 0 else idx.to(device)
 

@@ -56,11 +56,12 @@ def _sae(layer: int, d_in: int = 576, d_sae: int = 512, k: int = 24) -> SparseAu
 
 @pytest.fixture(scope="session")
 def steerers(hf: tuple[Any, Any], vlm: Any) -> dict[str, Any]:
-    """name -> fitted steerer (every method; SADI on every component's vLLM site), each
+    """name -> fitted steerer (every method vLLM runs; SADI on every component's vLLM site), each
     installed on the engine under its name."""
     from sadi.steerers.austeer import AUSteer
     from sadi.steerers.caa import CAA
     from sadi.steerers.iti import ITI
+    from sadi.steerers.reft import LoReFT
     from sadi.steerers.sadi import SADI
     from sadi.steerers.sas import SAS
 
@@ -77,6 +78,7 @@ def steerers(hf: tuple[Any, Any], vlm: Any) -> dict[str, Any]:
         "caa_all": CAA(layer=10, multiplier=4.0, positions="all"),
         "austeer": AUSteer(component="neuron", k=64, alpha=3.0),
         "sas": SAS(sae=_sae(10), layer=10, tau=0.02, lam=4.0),
+        "reft": LoReFT(layer=10, rank=4, epochs=2, lr=1e-2, positions="response"),
     }
     out = {}
     for name, st in made.items():

@@ -1,6 +1,6 @@
 """model.backend=vllm against the HF backend on the embedded SmolLM2 (float32): steered
 log-likelihoods within 1e-3 and identical greedy generations for every method (SADI online
-on every component, ITI, CAA, AUSteer, SAS), per-request steering in one mixed batch, the
+on every component, ITI, CAA, AUSteer, SAS, LoReFT), per-request steering in one mixed batch, the
 prefix-cache salt, the refusals, and `python -m sadi.run model.backend=vllm` reproducing a
 run's numbers."""
 
@@ -34,6 +34,7 @@ METHODS = [
     "caa_all",
     "austeer",
     "sas",
+    "reft",
 ]
 TOL = 1e-3
 
