@@ -32,6 +32,16 @@ def positive_int(name: str, value: Any, example: str | None = None) -> int:
     return integer(name, value, minimum=1, example=example)
 
 
+def layer_in_range(layer: int, n_layers: int, name: str = "layer") -> int:
+    """`layer` as a decoder layer index of a model with `n_layers` layers."""
+    if not 0 <= layer < n_layers:
+        raise ValueError(
+            f"{name}={layer} is out of range: the model has {n_layers} decoder layers; "
+            f"choose 0 <= {name} <= {n_layers - 1}"
+        )
+    return layer
+
+
 def finite(name: str, value: Any) -> float:
     """`value` as a finite float (an int is accepted; a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

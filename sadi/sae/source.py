@@ -13,6 +13,7 @@ from torch import nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.architectures import decoder_layers, model_shape, weights_fingerprint
+from sadi.infra import checks
 from sadi.infra.cache import digest
 from sadi.sae.model import CFG_FILE, WEIGHTS_FILE, SparseAutoencoder, load_sae, parse_cfg
 
@@ -138,9 +139,7 @@ def resolve_layer(sae: SparseAutoencoder, model: nn.Module, layer: int | None) -
         )
     chosen = layer if layer is not None else sae.cfg.layer
     assert chosen is not None
-    if not 0 <= chosen < n_layers:
-        raise ValueError(f"layer={chosen} is out of range: the model has {n_layers} decoder layers")
-    return chosen
+    return checks.layer_in_range(chosen, n_layers)
 
 
 __all__ = [

@@ -40,6 +40,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.architectures import decoder_layers, model_shape, weights_fingerprint
 from sadi.core.models import model_id
+from sadi.infra import checks
 from sadi.infra.cache import cached, digest
 from sadi.infra.jsonio import read_json
 from sadi.sae.activations import (
@@ -218,11 +219,7 @@ def train_sae(
     Returns (sae, its directory, its quality figures).
     """
     n_layers = len(decoder_layers(model))
-    if not cfg.layer < n_layers:
-        raise ValueError(
-            f"layer={cfg.layer} is out of range: the model has {n_layers} decoder layers; "
-            f"choose 0 <= layer <= {n_layers - 1}"
-        )
+    checks.layer_in_range(cfg.layer, n_layers)
     texts = fit_split_texts(cfg.tasks, data_dir)
     key = sae_key(model, digest(texts), cfg)
     model_name = model_id(model) or None

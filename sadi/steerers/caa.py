@@ -153,11 +153,7 @@ class CAA(Steerer[CAAState]):
             self._check_layer(self.shape.n_layers)
 
     def _check_layer(self, n_layers: int) -> None:
-        if not 0 <= self.layer < n_layers:
-            raise ValueError(
-                f"layer={self.layer} is out of range: the model has {n_layers} decoder layers; "
-                f"choose 0 <= layer <= {n_layers - 1}"
-            )
+        checks.layer_in_range(self.layer, n_layers)
 
     # ----- fit -----------------------------------------------------------------------
     def fit(

@@ -123,15 +123,11 @@ class LoRA(Steerer[LoRAState]):
         progress: bool = True,
     ) -> None:
         super().__init__(component, batch_size, progress)
-        # a hyperparameter (the SGD batches change what is trained: it keys the fit cache),
-        # unlike the runtime `batch_size` of the other methods' reading passes
-        self.train_batch_size = checks.positive_int(
-            "train_batch_size", train_batch_size, example="intervention.train_batch_size=8"
-        )
         self.rank = checks.positive_int("rank", rank, example="intervention.rank=8")
         self.alpha = checks.positive_int("alpha", alpha, example="intervention.alpha=16")
-        training = TrainingParams.checked(lr, epochs, seed)
-        self.lr, self.epochs, self.seed = training.lr, training.epochs, training.seed
+        self.training = TrainingParams.checked(lr, epochs, seed, train_batch_size)
+        self.lr, self.epochs, self.seed = self.training.lr, self.training.epochs, self.training.seed
+        self.train_batch_size = self.training.batch_size
         self.scale = checks.finite("scale", scale)
         self.losses: list[float] = []  # the last fit's mean loss per epoch
         self.fan_in_fan_out = False  # the adapted maps store weights [in, out] (GPT-2)
@@ -162,7 +158,6 @@ class LoRA(Steerer[LoRAState]):
                 b.to(device).requires_grad_(True),
             )
         self.state = LoRAState(adapters)
-        trained = TrainingParams(self.lr, self.epochs, self.seed)
         params = [t for pair in adapters.values() for t in pair]
         steer = self.with_params(scale=1.0)  # the training forward is the apply at scale 1
         self.losses = train(
@@ -171,8 +166,7 @@ class LoRA(Steerer[LoRAState]):
             tokenizer,
             pairs,
             params,
-            trained,
-            batch_size=self.train_batch_size,
+            self.training,
             progress=self.progress,
             desc=f"LoRA fit ({self.component})",
         )

@@ -114,15 +114,11 @@ class LoReFT(Steerer[ReFTState]):
         progress: bool = True,
     ) -> None:
         super().__init__(component, batch_size, progress)
-        # a hyperparameter (the SGD batches change what is trained: it keys the fit cache),
-        # unlike the runtime `batch_size` of the other methods' reading passes
-        self.train_batch_size = checks.positive_int(
-            "train_batch_size", train_batch_size, example="intervention.train_batch_size=8"
-        )
         self.layer = checks.integer("layer", layer, minimum=0, example="intervention.layer=15")
         self.rank = checks.positive_int("rank", rank, example="intervention.rank=4")
-        training = TrainingParams.checked(lr, epochs, seed)
-        self.lr, self.epochs, self.seed = training.lr, training.epochs, training.seed
+        self.training = TrainingParams.checked(lr, epochs, seed, train_batch_size)
+        self.lr, self.epochs, self.seed = self.training.lr, self.training.epochs, self.training.seed
+        self.train_batch_size = self.training.batch_size
         self.positions: ReftPositions = checks.choice("positions", positions, REFT_POSITIONS)
         self.edit_policy: PositionPolicy = self.positions
         self.edit_generated = self.positions != "last_prompt"
@@ -131,11 +127,7 @@ class LoReFT(Steerer[ReFTState]):
         self._live: _Trainable | None = None  # the parameters being trained, during fit
 
     def _check_layer(self, n_layers: int) -> None:
-        if not 0 <= self.layer < n_layers:
-            raise ValueError(
-                f"layer={self.layer} is out of range: the model has {n_layers} decoder layers; "
-                f"choose 0 <= layer <= {n_layers - 1}"
-            )
+        checks.layer_in_range(self.layer, n_layers)
 
     def _share_fit(self, source: LoReFT) -> None:
         self._live = source._live
@@ -164,8 +156,7 @@ class LoReFT(Steerer[ReFTState]):
                 tokenizer,
                 pairs,
                 list(live.parameters()),
-                TrainingParams(self.lr, self.epochs, self.seed),
-                batch_size=self.train_batch_size,
+                self.training,
                 progress=self.progress,
                 desc=f"LoReFT fit (layer {self.layer})",
             )

@@ -25,14 +25,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainingParams:
-    """The optimiser's hyperparameters (AdamW, no weight decay, a constant rate)."""
+    """The training's hyperparameters: AdamW (no weight decay, a constant rate), epochs,
+    the seed of the batch order, pairs per step. All of them change what is trained (they
+    key the fit cache), unlike the runtime `batch_size` of other methods' reading passes."""
 
     lr: float
     epochs: int
     seed: int
+    batch_size: int
 
     @classmethod
-    def checked(cls, lr: float, epochs: int, seed: int) -> TrainingParams:
+    def checked(cls, lr: float, epochs: int, seed: int, batch_size: int) -> TrainingParams:
         lr = checks.finite("lr", lr)
         if lr <= 0:
             raise ValueError(f"lr={lr} must be > 0 (e.g. intervention.lr=1e-3)")
@@ -40,6 +43,9 @@ class TrainingParams:
             lr,
             checks.positive_int("epochs", epochs),
             checks.integer("seed", seed, minimum=0, example="intervention.seed=0"),
+            checks.positive_int(
+                "train_batch_size", batch_size, example="intervention.train_batch_size=8"
+            ),
         )
 
 
@@ -81,7 +87,6 @@ def train(
     parameters: Sequence[Tensor],
     params: TrainingParams,
     *,
-    batch_size: int,
     progress: bool,
     desc: str,
 ) -> list[float]:
@@ -93,6 +98,7 @@ def train(
     device = next(model.parameters()).device
     limit = context_limit(model)
     losses: list[float] = []
+    batch_size = params.batch_size
     steps = params.epochs * ((len(pairs) + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
     with frozen(model), torch.enable_grad():
