@@ -89,6 +89,24 @@ class InterventionSchema:
 
 
 @dataclass
+class JudgeSchema:
+    """The judge of open-ended generations (`sadi.judge`): none, or any OpenAI-compatible
+    endpoint. The API key is read from the environment variable `api_key_env` names, never
+    from a config file."""
+
+    name: str = "none"  # none | openai
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1
+    model: Optional[str] = None
+    api_key_env: Optional[str] = None  # e.g. OPENAI_API_KEY; null: the endpoint needs none
+    rubric: str = "caa"  # caa (0-10 behaviour) | axbench (concept, instruction, fluency 0-2)
+    max_concurrency: int = 4
+    timeout_s: float = 60.0
+    retries: int = 4
+    backoff_s: float = 1.0
+    max_tokens: int = 16
+
+
+@dataclass
 class LoggerSchema:
     name: str = "none"  # none | wandb
     project: str = "sadi"
@@ -137,6 +155,7 @@ class RunSchema:
     task: TaskSchema = MISSING
     component: ComponentSchema = MISSING
     prompt: PromptSchema = field(default_factory=PromptSchema)
+    judge: JudgeSchema = field(default_factory=JudgeSchema)
     # any method: each YAML brings its typed schema (base_<method>) or, for a method of the
     # user's own outside the registry, just its values (checked before the model loads)
     intervention: Any = MISSING
@@ -239,3 +258,4 @@ def register_configs() -> None:
     for name, cls in methods().items():
         cs.store(group="intervention", name=f"base_{name}", node=intervention_schema(cls))
     cs.store(group="logger", name="base_logger", node=LoggerSchema)
+    cs.store(group="judge", name="base_judge", node=JudgeSchema)

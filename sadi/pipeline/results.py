@@ -57,6 +57,9 @@ class Results:
     split_sizes: dict[str, int] = field(default_factory=dict)
     side_effects: dict[str, Any] = field(default_factory=dict)
     sweep_engine: dict[str, Any] = field(default_factory=dict)
+    # the judge of open-ended generations: its identity, rubric set and hash, per condition
+    # and split the judged and judge-free scores (`sadi.judge`); {} without a judge
+    judged: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] | None = None
     version: int = RESULTS_VERSION
 

@@ -27,6 +27,7 @@ from sadi.pipeline.context import RunContext
 from sadi.pipeline.engine import build_engine
 from sadi.pipeline.fitting import build_steerer, fit_steerer
 from sadi.pipeline.inputs import data_fingerprint, run_inputs
+from sadi.pipeline.judging import build_judge, judge_open_ended
 from sadi.pipeline.results import RESULTS_FILE, Metrics, Results, write_results
 from sadi.pipeline.resume import completed
 from sadi.pipeline.scoring import (
@@ -36,7 +37,12 @@ from sadi.pipeline.scoring import (
     score_side_effect,
 )
 from sadi.pipeline.tracking import TrackerError, log_run, tracked
-from sadi.pipeline.validate import ConfigError, check_optimized_metric, check_run_config
+from sadi.pipeline.validate import (
+    ConfigError,
+    check_optimized_metric,
+    check_run_config,
+    judge_metric_names,
+)
 from sadi.steerers.base import Steerer
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,9 @@ def seed_everything(seed: int) -> None:
 
 def optimized_value(ctx: RunContext, metrics: dict[str, Metrics]) -> float:
     """The value of `optimized_metric` (always a select-split metric) in `metrics`."""
-    _, name = check_optimized_metric(ctx.cfg.optimized_metric, ctx.cfg.task.primary_metric)
+    _, name = check_optimized_metric(
+        ctx.cfg.optimized_metric, ctx.cfg.task.primary_metric, judge_metric_names(ctx.cfg)
+    )
     return float(metrics["select"][name]) if "select" in metrics else float("nan")
 
 
@@ -115,6 +123,7 @@ def run(ctx: RunContext) -> float:
     if previous is not None:
         log.info("skipping completed point %s (its results.json holds this config)", run_dir)
         return optimized_value(ctx, previous.metrics)
+    judge = build_judge(ctx)  # one health request before anything is generated
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         run_dir / "splits.json",
@@ -155,8 +164,18 @@ def run(ctx: RunContext) -> float:
             suffix = "_baseline" if condition == "baseline" and steerer is not None else ""
             write_jsonl(run_dir / f"samples_{task.name}_{split}{suffix}.jsonl", rows)
             samples[f"{split}{suffix}"] = rows
+    judged: dict[str, Any] = {}
     if cfg.task.open_ended:
         generate_open_ended(ctx, model, tokenizer, task, conditions, rendering)
+        if judge is not None:
+            t = time.perf_counter()
+            judged, judge_metrics = judge_open_ended(
+                ctx, judge, model, tokenizer, task.name, list(conditions)
+            )
+            for condition, per_split in judge_metrics.items():
+                for split, values in per_split.items():
+                    metrics[condition].setdefault(split, {}).update(values)
+            timings["judge_s"] = time.perf_counter() - t
     side_effects = {}
     for side in side_tasks:
         if cfg.task.chat_template:
@@ -180,6 +199,7 @@ def run(ctx: RunContext) -> float:
         split_sizes={s: len(items) for s, items in task.splits.items()},
         side_effects=side_effects,
         sweep_engine=engine_info,
+        judged=judged,
     )
     write_results(done, results)  # first: nothing computed is lost to a tracker failure
     print_table(task.name, metrics, ctx.splits)

@@ -16,7 +16,12 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from sadi.core.architectures import weights_fingerprint
 from sadi.data.prompts import Rendering
 from sadi.data.tasks import SplitName, Task, load_task
-from sadi.eval.harness import evaluate_split, generate_split, open_ended_prompts
+from sadi.eval.harness import (
+    evaluate_split,
+    generate_split,
+    open_ended_prompts,
+    open_ended_split,
+)
 from sadi.eval.lm import SteeredLM
 from sadi.infra.cache import cached
 from sadi.infra.jsonio import read_json, read_jsonl, write_json, write_jsonl
@@ -164,6 +169,7 @@ def generate_open_ended(
             )
         else:
             rows = generate()
+        rows = [{**r, "split": open_ended_split(str(r["id"]))} for r in rows]
         timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
         suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
         write_jsonl(run_dir / f"generations_{task.name}{suffix}.jsonl", rows)

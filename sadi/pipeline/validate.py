@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,11 +27,24 @@ class ConfigError(UserError):
     """A run config value that cannot work; the message says which and how to fix it."""
 
 
-def check_optimized_metric(value: str, primary_metric: str) -> tuple[str, str]:
-    """`optimized_metric` must be `select/<a metric the task reports>`; returns (split, name)."""
+def judge_metric_names(cfg: Any) -> list[str]:
+    """The metrics a judged run adds to each split (`sadi.pipeline.judging`); none without
+    a judge."""
+    judge = cfg.get("judge") or {}
+    if judge.get("name", "none") == "none":
+        return []
+    names = {"caa": ["behaviour"], "axbench": ["concept", "instruction", "fluency", "hmean"]}
+    return [f"judge_{n}" for n in names.get(str(judge.get("rubric")), [])]
+
+
+def check_optimized_metric(
+    value: str, primary_metric: str, extra: Sequence[str] = ()
+) -> tuple[str, str]:
+    """`optimized_metric` must be `select/<a metric the task reports>` (or one of `extra`,
+    e.g. a judged score); returns (split, name)."""
     split, sep, name = str(value).partition("/")
     try:
-        allowed = metrics.allowed(primary_metric)
+        allowed = [*metrics.allowed(primary_metric), *extra]
     except ValueError as err:
         raise ConfigError(f"task.primary_metric={primary_metric!r}: {err}") from err
     if split != "select" or not sep:
@@ -151,7 +165,7 @@ def check_required_values(intervention: DictConfig) -> None:
 def check_run_config(cfg: DictConfig) -> None:
     """Everything about `cfg` that can be checked before the task or the model is loaded."""
     check_required_values(cfg.intervention)
-    check_optimized_metric(cfg.optimized_metric, cfg.task.primary_metric)
+    check_optimized_metric(cfg.optimized_metric, cfg.task.primary_metric, judge_metric_names(cfg))
     check_batch_size(cfg.model.batch_size)
     check_device(cfg.model.device)
     check_dtype(cfg.model.dtype)
