@@ -59,7 +59,14 @@ def optimized_value(ctx: RunContext, metrics: dict[str, Metrics]) -> float:
     _, name = check_optimized_metric(
         ctx.cfg.optimized_metric, ctx.cfg.task.primary_metric, judge_metric_names(ctx.cfg)
     )
-    return float(metrics["select"][name]) if "select" in metrics else float("nan")
+    if "select" not in metrics:
+        return float("nan")
+    if name not in metrics["select"]:  # a judged score no judge answer could be parsed for
+        log.warning(
+            "optimized_metric=%s: no value on this point (see judged in results.json)", name
+        )
+        return float("nan")
+    return float(metrics["select"][name])
 
 
 def load_run_task(ctx: RunContext) -> Task:
@@ -227,10 +234,15 @@ def print_table(task: str, metrics: dict[str, dict[str, Metrics]], splits: Any) 
     rows = [f"{'task':<12} {'split':<7} {'metric':<9} {'baseline':>16} {'steered':>16}"]
     for split in splits:
         base = metrics["baseline"][split]
-        for name in (k for k in base if not k.endswith("_stderr")):
+        steered = metrics.get("steered", {}).get(split, {})
+        names = dict.fromkeys([*base, *steered])  # a judged score may exist on one side only
+        for name in (k for k in names if not k.endswith("_stderr")):
             cells = []
             for c in ("baseline", "steered"):
                 v = metrics.get(c, {}).get(split)
+                if name.startswith("judge_"):  # a judge's score on its own scale
+                    cells.append(f"{v[name]:6.2f}" if v and name in v else "-")
+                    continue
                 cells.append(
                     f"{100 * v[name]:6.2f} ± {100 * v[name + '_stderr']:5.2f}"
                     if v and name + "_stderr" in v

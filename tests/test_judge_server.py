@@ -1,0 +1,142 @@
+"""Judged generations end to end against a real OpenAI-compatible server: `sadi serve`
+serving the embedded SmolLM2 on 127.0.0.1, started and stopped by the test. A 135M model is
+a poor judge (most of its answers carry no score): this checks the pipeline, not the
+verdicts: every generation of the scored splits judged or counted unparseable, answers
+cached (a rerun asks nothing), a killed run resumes without asking again, a sweep selects
+on the judged score, and a stopped server fails the run at once, naming the fix."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import serving
+
+pytestmark = pytest.mark.slow
+JUDGE = "smollm2-135m-instruct"
+
+
+def _cmd(url: str, out: Path, cache: Path, *extra: str, multirun: bool = False) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "sadi.run",
+        *(["-m"] if multirun else []),
+        "task=caa_sycophancy",
+        "task.open_ended=true",
+        "task.limit=6",
+        "task.n_pairs=8",
+        "task.max_gen_toks=12",
+        "intervention=caa",
+        "intervention.layer=10",
+        "judge=openai",
+        f"judge.base_url={url}/v1",
+        f"judge.model={JUDGE}",
+        "judge.max_tokens=8",
+        "logger=none",
+        "progress=false",
+        f"paths.cache_dir={cache}",
+        f"hydra.{'sweep' if multirun else 'run'}.dir={out}",
+        *extra,
+    ]
+
+
+def _run(cmd: list[str]) -> dict[str, Any]:
+    """Run `cmd`; a single run's results.json ({} for a sweep)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [a.split("=", 1)[1] for a in cmd if a.startswith("hydra.run.dir=")]
+    return json.loads((Path(runs[0]) / "results.json").read_text()) if runs else {}
+
+
+def _asked(results: dict[str, Any]) -> tuple[int, int]:
+    conds = results["judged"]["conditions"].values()
+    return sum(c["asked"] for c in conds), sum(c["cached"] for c in conds)
+
+
+def test_judged_runs_against_a_real_server(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with serving(sys.executable, "--backend", "hf") as url:
+        first = _run(_cmd(url, tmp_path / "r1", cache))
+        judged = first["judged"]
+        assert judged["judge"]["model"] == JUDGE and len(judged["judge"]["rubric_hash"]) == 16
+        for condition in ("baseline", "steered"):
+            rows = (tmp_path / "r1").glob("judgements_caa_sycophancy*.jsonl")
+            assert rows
+            for split in ("select", "report"):
+                summary = judged["conditions"][condition][split]["judged"]
+                parsed = summary["n"] - summary["behaviour_unparseable"]
+                assert summary["n"] > 0 and 0 <= parsed <= summary["n"]
+                text = judged["conditions"][condition][split]["text"]
+                assert text["perplexity"] > 1 and 0 <= text["repeat_share"] <= 1
+                if parsed:  # a judged metric only where an answer had a score
+                    assert (
+                        0
+                        <= first["metrics" if condition == "steered" else "baseline_metrics"][
+                            split
+                        ]["judge_behaviour"]
+                        <= 10
+                    )
+        lines = (tmp_path / "r1" / "judgements_caa_sycophancy.jsonl").read_text().splitlines()
+        assert all("answers" in json.loads(line) for line in lines)  # raw answers kept
+        asked, cached = _asked(first)
+        assert asked > 0
+
+        # the same judgements again (another run directory): nothing is asked twice
+        again = _run(_cmd(url, tmp_path / "r2", cache))
+        assert _asked(again) == (0, asked + cached)
+
+        # a run killed while judging resumes from the cache without asking again
+        cache2 = tmp_path / "cache2"
+        cmd = _cmd(url, tmp_path / "r3", cache2, "judge.max_concurrency=1")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = cache2 / "judgements"
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and len(list(store.glob("*/*.json"))) < 2:
+            assert proc.poll() is None, "the run ended before it was killed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = len(list(store.glob("*/*.json")))
+        assert done_before >= 2 and not (tmp_path / "r3" / "results.json").exists()
+        resumed = _run(_cmd(url, tmp_path / "r3b", cache2))
+        asked3, cached3 = _asked(resumed)
+        assert cached3 >= done_before and asked3 + cached3 == asked + cached
+
+        # a sweep selects on the judged score (select split only)
+        sweep = tmp_path / "sweep"
+        _run(
+            _cmd(
+                url,
+                sweep,
+                cache,
+                "intervention.multiplier=0,4",
+                "optimized_metric=select/judge_behaviour",
+                multirun=True,
+            )
+        )
+        points = sorted(sweep.glob("**/results.json"))
+        assert len(points) == 2
+        for p in points:
+            r = json.loads(p.read_text())
+            assert r["scored_splits"] == ["select"]
+            assert set(r["judged"]["conditions"]["steered"]) >= {"select"}
+            assert "report" not in r["judged"]["conditions"]["steered"]
+
+    # the server is gone: the run fails before generating anything, naming the fix
+    t = time.monotonic()
+    proc = subprocess.run(
+        _cmd(url, tmp_path / "down", cache), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 2
+    assert "unreachable" in proc.stderr and "start the server" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "down").glob("generations_*"))
+    assert time.monotonic() - t < 120
