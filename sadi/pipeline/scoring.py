@@ -137,13 +137,14 @@ def generate_open_ended(
                 if backend_of(cfg) == "vllm"
                 else SteeredLM(model, steerer=st, **_lm_kwargs(cfg, tokenizer))
             )
-            return generate_split(
+            rows = generate_split(
                 lm,
                 prompts,
                 task_name=f"sadi_{task.name}_open_ended",
                 max_gen_toks=cfg.task.max_gen_toks,
                 seed=cfg.seed,
             )
+            return [{**r, "split": open_ended_split(str(r["id"]))} for r in rows]
 
         if st is None:  # the unsteered generations are the same for every point: cached
             key = {
@@ -169,6 +170,7 @@ def generate_open_ended(
             )
         else:
             rows = generate()
+        # (entries cached before prompts had splits get theirs here)
         rows = [{**r, "split": open_ended_split(str(r["id"]))} for r in rows]
         timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
         suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
