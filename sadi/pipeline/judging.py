@@ -88,14 +88,16 @@ def judge_open_ended(
     tokenizer: PreTrainedTokenizerBase,
     task_name: str,
     conditions: list[str],
-) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, float]]]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, float]]], dict[str, list[Any]]]:
     """Judge the run's generation files; returns (results.json's `judged`, per condition
-    and split the `judge_*` metrics)."""
+    and split the `judge_*` metrics, per condition the judged rows as flat table rows for
+    the tracker)."""
     cfg, run_dir = ctx.cfg, ctx.run_dir
     questions = dict(open_ended_prompts(task_name, cfg.paths.data_dir))
     concept = concept_of(task_name) if judge.rubrics.name == "axbench" else ""
     judged: dict[str, Any] = {"judge": judge.identity(), "conditions": {}}
     metrics: dict[str, dict[str, dict[str, float]]] = {}
+    tables: dict[str, list[Any]] = {}
     for condition in conditions:
         suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
         path = Path(run_dir) / f"generations_{task_name}{suffix}.jsonl"
@@ -117,6 +119,18 @@ def judge_open_ended(
         for row, p in zip(result.rows, ppl):
             row["perplexity"] = p
         write_jsonl(Path(run_dir) / f"judgements_{task_name}{suffix}.jsonl", result.rows)
+        tables[f"judged_{condition}"] = [
+            {
+                "id": r["id"],
+                "split": r["split"],
+                "question": r["question"],
+                "generation": r["generation"],
+                **{f"score_{k}": v for k, v in r["scores"].items()},
+                **{f"answer_{k}": v for k, v in r["answers"].items()},
+                "perplexity": r["perplexity"],
+            }
+            for r in result.rows
+        ]
         per_split: dict[str, Any] = {}
         metrics[condition] = {}
         for split in ctx.splits:
@@ -140,7 +154,7 @@ def judge_open_ended(
         log.info(
             "judged %s: %d answers asked, %d from the cache", condition, result.asked, result.cached
         )
-    return judged, metrics
+    return judged, metrics, tables
 
 
 __all__ = ["RunJudge", "build_judge", "judge_metric_names", "judge_open_ended"]

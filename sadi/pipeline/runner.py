@@ -176,9 +176,10 @@ def run(ctx: RunContext) -> float:
         generate_open_ended(ctx, model, tokenizer, task, conditions, rendering)
         if judge is not None:
             t = time.perf_counter()
-            judged, judge_metrics = judge_open_ended(
+            judged, judge_metrics, tables = judge_open_ended(
                 ctx, judge, model, tokenizer, task.name, list(conditions)
             )
+            samples.update(tables)  # the tracker logs them as tables (judged_<condition>)
             for condition, per_split in judge_metrics.items():
                 for split, values in per_split.items():
                     metrics[condition].setdefault(split, {}).update(values)
