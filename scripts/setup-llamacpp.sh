@@ -17,10 +17,12 @@ FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
 TAG=$(printf '%s %s' "$VERSION" "$FLAGS" | sha256sum | cut -c1-12)
 WHEELS=${SADI_WHEELS:-$HOME/.cache/sadi/wheels}/llama-cpp-python-$TAG
 PIP="$VENV/bin/pip --disable-pip-version-check -q"
+# pip's notes about this machine's unused local index folders are noise in CI's log
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $VERSION (llama.cpp from source, a few minutes)"
     CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-        $PIP wheel --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$VERSION"
+        quiet $PIP wheel --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$VERSION"
 fi
-$PIP install -c constraints.txt "$WHEELS"/llama_cpp_python-*.whl
+quiet $PIP install -c constraints.txt "$WHEELS"/llama_cpp_python-*.whl
 "$VENV/bin/python" -c "import llama_cpp; print(f'llama-cpp-python {llama_cpp.__version__} in $VENV')"

