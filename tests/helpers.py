@@ -314,3 +314,21 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[s
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def greedy_text(model: nn.Module, tok: Any, steerer: Any, prompt: str, n: int) -> str:
+    """`prompt`'s greedy continuation of `n` tokens in this process, under `steerer` (None:
+    unsteered), cut at the end token and decoded: what `sadi serve` must answer."""
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    kwargs = dict(max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    generate: Any = model.generate
+    with torch.no_grad():
+        if steerer is None:
+            out = generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        else:
+            with steerer.apply(model):
+                out = generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    new = out[0, ids.shape[1] :].tolist()
+    if tok.eos_token_id in new:
+        new = new[: new.index(tok.eos_token_id)]
+    return str(tok.decode(new, skip_special_tokens=True))

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sadi.serve.generators import cut_at_stop
 from sadi.steerers.caa import CAA
 from sadi.steerers.sadi import SADI
 from tests.conftest import PAIRS
-from tests.helpers import http_json, serving
+from tests.helpers import greedy_text, http_json, serving
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +33,8 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def _expected(served: dict[str, Any], prompt: str, steerer: str | None, n: int) -> str:
-    """Greedy generation in this process under the steerer (`Steerer.apply`)."""
-    model, tok = served["model"], served["tok"]
-    ids = tok(prompt, return_tensors="pt")["input_ids"]
-    kwargs = dict(max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    with torch.no_grad():
-        if steerer is None:
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        else:
-            with served["steerers"][steerer].apply(model):
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    new = out[0, ids.shape[1] :].tolist()
-    if tok.eos_token_id in new:
-        new = new[: new.index(tok.eos_token_id)]
-    return str(tok.decode(new, skip_special_tokens=True))
+    st = None if steerer is None else served["steerers"][steerer]
+    return greedy_text(served["model"], served["tok"], st, prompt, n)
 
 
 def test_serve_steers_per_request_over_http(served: dict[str, Any], tiny_model_dir: Path) -> None:

@@ -138,28 +138,38 @@ class API:
             stop=tuple(stop),
         )
 
-    def _usage(self, g: Generation, c: Completion) -> dict[str, int]:
+    def _answer(
+        self, body: dict[str, Any], tokens: list[int], kind: str, prefix: str
+    ) -> dict[str, Any]:
+        """Generate for `tokens` and wrap the completion as OpenAI's `kind` object."""
+        g = self.generation(body, tokens)
+        c = self.batcher.submit(g)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": c.finish_reason}
+        if kind == "chat.completion":
+            choice["message"] = {"role": "assistant", "content": c.text}
+        else:
+            choice.update(text=c.text, logprobs=None)
         n_in, n_out = len(g.tokens), len(c.tokens)
-        return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+        return {
+            "id": f"{prefix}-{uuid.uuid4().hex}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.served.name if g.steerer is None else f"{self.served.name}:{g.steerer}",
+            "steerer": g.steerer,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": n_in,
+                "completion_tokens": n_out,
+                "total_tokens": n_in + n_out,
+            },
+        }
 
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise BadRequest("prompt must be a non-empty string")
         tokens = list(self.served.tokenizer(prompt)["input_ids"])
-        g = self.generation(body, tokens)
-        c = self.batcher.submit(g)
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.served.name if g.steerer is None else f"{self.served.name}:{g.steerer}",
-            "steerer": g.steerer,
-            "choices": [
-                {"index": 0, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-            ],
-            "usage": self._usage(g, c),
-        }
+        return self._answer(body, tokens, "text_completion", "cmpl")
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get("messages")
@@ -181,23 +191,7 @@ class API:
             add_generation_prompt=True,
         )
         tokens = list(tok(text, add_special_tokens=False)["input_ids"])
-        g = self.generation(body, tokens)
-        c = self.batcher.submit(g)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.served.name if g.steerer is None else f"{self.served.name}:{g.steerer}",
-            "steerer": g.steerer,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish_reason,
-                }
-            ],
-            "usage": self._usage(g, c),
-        }
+        return self._answer(body, tokens, "chat.completion", "chatcmpl")
 
     def models(self) -> dict[str, Any]:
         ids = [self.served.name, *(f"{self.served.name}:{s}" for s in self.served.steerers)]

@@ -10,27 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from tests.helpers import http_json, serving
+from tests.helpers import greedy_text, http_json, serving
 
 pytestmark = pytest.mark.vllm
 
 
 def _hf_greedy(hf: tuple[Any, Any], steerer: Any, prompt: str, n: int) -> str:
-    model, tok = hf
-    ids = tok(prompt, return_tensors="pt")["input_ids"]
-    kwargs = dict(max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    with torch.no_grad():
-        if steerer is None:
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        else:
-            with steerer.apply(model):
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-    new = out[0, ids.shape[1] :].tolist()
-    if tok.eos_token_id in new:
-        new = new[: new.index(tok.eos_token_id)]
-    return str(tok.decode(new, skip_special_tokens=True))
+    return greedy_text(hf[0], hf[1], steerer, prompt, n)
 
 
 def test_vllm_server_answers_steered_and_unsteered_side_by_side(
