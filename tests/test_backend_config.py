@@ -74,3 +74,18 @@ def test_vllm_architectures_are_data_and_unknown_ones_are_named() -> None:
         assert set(arch.sites) == {"head", "neuron", "neuron_down", "hidden", "residual"}
     with pytest.raises(ValueError, match=r"does not steer the 'gpt2' family yet.*supported"):
         vllm_architecture("gpt2")
+
+
+def test_caches_are_keyed_on_the_backend_and_what_changes_its_numbers(tmp_path: Path) -> None:
+    from sadi.pipeline.backend import cache_fields
+
+    hf = compose_run(tiny_overrides(NO_MODEL, tmp_path / "run"))
+    assert cache_fields(hf) == {}
+    vllm = compose_run(
+        tiny_overrides(
+            NO_MODEL, tmp_path / "run", "model.backend=vllm", "model.vllm.max_model_len=512"
+        )
+    )
+    fields = cache_fields(vllm)
+    assert fields["backend"] == "vllm" and fields["max_model_len"] == 512
+    assert "tensor_parallel_size" in fields

@@ -14,7 +14,7 @@ import pytest
 
 from sadi.judge.client import JudgeClient, JudgeError, JudgeSettings
 from sadi.judge.judging import judge_rows
-from sadi.judge.rubrics import RubricError, harmonic_mean, parse_score, rubric_set
+from sadi.judge.rubrics import RubricError, harmonic_mean, parse_score, rubric_set, score_names
 from sadi.judge.store import JudgementStore
 from sadi.judge.textstats import distinct_n, repeats_one_token, text_stats
 from tests.conftest import byte_tokenizer
@@ -38,8 +38,10 @@ def test_axbench_rubrics_and_their_harmonic_mean() -> None:
     assert harmonic_mean([2.0, 2.0, 2.0]) == 2.0
     assert harmonic_mean([2.0, 0.0, 1.0]) == 0.0
     assert abs(harmonic_mean([1.0, 2.0, 2.0]) - 1.5) < 1e-12
-    with pytest.raises(RubricError, match="choose caa or axbench"):
+    with pytest.raises(RubricError, match=r"choose one of \['axbench', 'caa'\]"):
         rubric_set("gpt4", "caa_refusal")
+    assert score_names("axbench") == ["concept", "instruction", "fluency", "hmean"]
+    assert score_names("caa") == [r.score for r in rubric_set("caa", "caa_refusal").rubrics]
     with pytest.raises(RubricError, match="no copa.txt"):
         rubric_set("caa", "copa")
 

@@ -39,6 +39,17 @@ class EncodedBatch:
     attention_mask: Tensor  # [batch, pos]
     layout: BatchLayout
 
+    def completion_logits(self, logits: Tensor) -> list[tuple[Tensor, Tensor] | None]:
+        """Per row, (the logits that predict its completion tokens, those tokens): the
+        logits at prompt_len - 1 .. seq_len - 2 predict the tokens at prompt_len ..
+        seq_len - 1 (right padding); None for a row with an empty completion."""
+        out: list[tuple[Tensor, Tensor] | None] = []
+        for i in range(self.layout.batch_size):
+            lo, hi = int(self.layout.prompt_lengths[i]), int(self.layout.seq_lengths[i])
+            rows = logits[i, lo - 1 : hi - 1]
+            out.append((rows, self.input_ids[i, lo:hi].to(logits.device)) if hi > lo else None)
+        return out
+
 
 def encode(
     tokenizer: PreTrainedTokenizerBase,

@@ -18,11 +18,10 @@ from typing import Any
 from tqdm import tqdm
 
 from sadi.judge.client import JudgeClient
-from sadi.judge.rubrics import RubricSet, harmonic_mean
+from sadi.judge.rubrics import COMBINED, RubricSet, harmonic_mean
 from sadi.judge.store import JudgementStore
 
 log = logging.getLogger(__name__)
-COMBINED = "hmean"  # the combined score's name (AxBench's harmonic mean)
 
 
 @dataclass
@@ -121,4 +120,4 @@ def judge_rows(
     return Judged(out, rubrics, asked=len(jobs), cached=cached)
 
 
-__all__ = ["COMBINED", "Judged", "judge_rows"]
+__all__ = ["Judged", "judge_rows"]

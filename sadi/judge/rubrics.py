@@ -25,6 +25,15 @@ from sadi.infra.errors import UserError
 
 RUBRIC_DIR = Path(__file__).resolve().parents[2] / "conf" / "judge" / "rubrics"
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# each set's scores; a set in COMBINES also reports their harmonic mean, named COMBINED
+SCORES = {"caa": ("behaviour",), "axbench": ("concept", "instruction", "fluency")}
+COMBINES = frozenset({"axbench"})
+COMBINED = "hmean"
+PLACEHOLDERS = {
+    "concept": ("concept", "answer"),
+    "instruction": ("question", "answer"),
+    "fluency": ("answer",),
+}
 
 
 class RubricError(UserError):
@@ -111,16 +120,23 @@ def rubric_set(name: str, task: str, directory: Path = RUBRIC_DIR) -> RubricSet:
     if name == "axbench":
         rubrics = tuple(
             Rubric(
-                score, _read(f"axbench_{score}.txt", ph, directory), 0, 2, f"axbench_{score}.txt"
+                score,
+                _read(f"axbench_{score}.txt", PLACEHOLDERS[score], directory),
+                0,
+                2,
+                f"axbench_{score}.txt",
             )
-            for score, ph in (
-                ("concept", ("concept", "answer")),
-                ("instruction", ("question", "answer")),
-                ("fluency", ("answer",)),
-            )
+            for score in SCORES[name]
         )
         return RubricSet("axbench", rubrics, combined="harmonic_mean")
-    raise RubricError(f"judge.rubric={name!r}: choose caa or axbench")
+    raise RubricError(f"judge.rubric={name!r}: choose one of {sorted(SCORES)}")
+
+
+def score_names(name: str) -> list[str]:
+    """The scores rubric set `name` reports, its combined score last."""
+    if name not in SCORES:
+        raise RubricError(f"judge.rubric={name!r}: choose one of {sorted(SCORES)}")
+    return [*SCORES[name], *([COMBINED] if name in COMBINES else [])]
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -131,7 +147,9 @@ def harmonic_mean(values: list[float]) -> float:
 
 
 __all__ = [
+    "COMBINED",
     "RUBRIC_DIR",
+    "SCORES",
     "Rubric",
     "RubricError",
     "RubricSet",
@@ -139,4 +157,5 @@ __all__ = [
     "harmonic_mean",
     "parse_score",
     "rubric_set",
+    "score_names",
 ]

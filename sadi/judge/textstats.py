@@ -58,15 +58,12 @@ def perplexities(
         logits = model(
             input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
         ).logits.float()
-        lp = torch.log_softmax(logits, dim=-1)
-        layout = batch.layout
-        for i in range(layout.batch_size):
-            lo, hi = int(layout.prompt_lengths[i]), int(layout.seq_lengths[i])
-            if hi <= lo:
+        for span in batch.completion_logits(logits):
+            if span is None:
                 out.append(None)
                 continue
-            targets = batch.input_ids[i, lo:hi].to(device)
-            nll = -lp[i, lo - 1 : hi - 1].gather(-1, targets[:, None]).mean()
+            rows, targets = span
+            nll = -torch.log_softmax(rows, dim=-1).gather(-1, targets[:, None]).mean()
             out.append(math.exp(float(nll)))
     return out
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from sadi.core.models import DEFAULT_MODEL, load_model
 from sadi.infra.errors import UserError
 from sadi.llamacpp.control_vector import export_control_vector, import_control_vector
+from sadi.steerers.artifacts import saved_dir
 from sadi.steerers.base import Steerer
 
 
@@ -37,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.command == "export":
-            path = Path(args.steerer)
-            path = path / "steerer" if (path / "steerer" / "steerer.json").exists() else path
-            if not (path / "steerer.json").exists():
+            path = saved_dir(args.steerer)
+            if path is None:
                 raise UserError(f"{args.steerer} holds no steerer (no steerer.json)")
             out = export_control_vector(Steerer.load(path), args.out, args.model_hint)
             print(f"control vector: {out} (llama-server --control-vector {out})")

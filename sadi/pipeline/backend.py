@@ -32,14 +32,36 @@ def backend_of(cfg: DictConfig) -> str:
     return backend
 
 
+def vllm_settings(cfg: DictConfig) -> Any:
+    """The run's `VLLMSettings` (`model.vllm`), checked."""
+    from sadi.vllm.engine import settings_of
+
+    return settings_of(OmegaConf.to_container(cfg.model.vllm) if cfg.model.get("vllm") else None)
+
+
+def cache_fields(cfg: DictConfig) -> dict[str, Any]:
+    """What a cache of scores or generations adds to its key for the run's backend: nothing
+    for hf; for vllm the engine (its numbers agree with HF's only within the self-test's
+    tolerance), the context it truncates to, and the sharding (reduction order)."""
+    backend = backend_of(cfg)
+    if backend == "hf":
+        return {}
+    settings = vllm_settings(cfg)
+    return {
+        "backend": backend,
+        "max_model_len": settings.max_model_len,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+    }
+
+
 def check_backend(cfg: DictConfig, steerer: Steerer[Any] | None) -> None:
     """Refuse, before the model loads, what the chosen backend cannot run."""
     if backend_of(cfg) != "vllm":
         return
-    from sadi.vllm.engine import settings_of, vllm_version
+    from sadi.vllm.engine import vllm_version
     from sadi.vllm.sites import refusal
 
-    settings_of(OmegaConf.to_container(cfg.model.vllm) if cfg.model.get("vllm") else None)
+    vllm_settings(cfg)
     if cfg.sweep.engine is True:
         raise ConfigError(
             "sweep.engine=true with model.backend=vllm: the sweep engine runs HF forwards; "
@@ -58,12 +80,9 @@ def vllm_lm(
     steerer: Steerer[Any] | None,
 ) -> Any:
     """The vLLM lm-eval model of this run's model under `steerer` (None: unsteered)."""
-    from sadi.vllm.engine import settings_of
     from sadi.vllm.lm import SteeredVLLMLM
 
-    settings = settings_of(
-        OmegaConf.to_container(cfg.model.vllm) if cfg.model.get("vllm") else None
-    )
+    settings = vllm_settings(cfg)
     path = model_path(cfg.model.source)
     fingerprint = weights_fingerprint(model)
     key = (path, cfg.model.dtype, settings, fingerprint)
@@ -89,4 +108,4 @@ def vllm_lm(
     return lm.with_steerer(name)
 
 
-__all__ = ["BACKENDS", "backend_of", "check_backend", "vllm_lm"]
+__all__ = ["BACKENDS", "backend_of", "cache_fields", "check_backend", "vllm_lm"]

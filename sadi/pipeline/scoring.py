@@ -25,7 +25,7 @@ from sadi.eval.harness import (
 from sadi.eval.lm import SteeredLM
 from sadi.infra.cache import cached
 from sadi.infra.jsonio import read_json, read_jsonl, write_json, write_jsonl
-from sadi.pipeline.backend import backend_of, vllm_lm
+from sadi.pipeline.backend import backend_of, cache_fields, vllm_lm
 from sadi.pipeline.context import RunContext
 from sadi.pipeline.validate import ConfigError
 from sadi.steerers.base import Steerer
@@ -101,9 +101,8 @@ def evaluate(
         "task": task.name,
         "metric": task.metric,
         "items": [asdict(i) for i in task.splits[split]],  # every field, `correct` included
+        **cache_fields(cfg),
     }
-    if backend != "hf":  # another engine's numbers (equal within its self-test's tolerance)
-        key["backend"] = backend
     stored, _ = cached(
         ctx.cache_root / "baselines",
         key,
@@ -155,9 +154,8 @@ def generate_open_ended(
                 "max_length": cfg.model.max_length,  # the context a prompt is cut to
                 "max_gen_toks": cfg.task.max_gen_toks,
                 "seed": cfg.seed,
+                **cache_fields(cfg),
             }
-            if backend_of(cfg) != "hf":
-                key["backend"] = backend_of(cfg)
 
             def create(tmp: Path) -> None:
                 write_jsonl(tmp / "generations.jsonl", generate())

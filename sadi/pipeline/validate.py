@@ -33,8 +33,9 @@ def judge_metric_names(cfg: Any) -> list[str]:
     judge = cfg.get("judge") or {}
     if judge.get("name", "none") == "none":
         return []
-    names = {"caa": ["behaviour"], "axbench": ["concept", "instruction", "fluency", "hmean"]}
-    return [f"judge_{n}" for n in names.get(str(judge.get("rubric")), [])]
+    from sadi.judge.rubrics import score_names
+
+    return [f"judge_{n}" for n in score_names(str(judge.get("rubric")))]
 
 
 def check_optimized_metric(

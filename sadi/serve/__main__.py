@@ -23,6 +23,7 @@ from sadi.core.models import DEFAULT_MODEL, load_model, model_path
 from sadi.infra.errors import UserError
 from sadi.serve.app import ServedModel, make_server
 from sadi.serve.generators import Generator, HFGenerator, VLLMGenerator
+from sadi.steerers.artifacts import saved_dir
 from sadi.steerers.base import Steerer
 
 log = logging.getLogger("sadi.serve")
@@ -71,9 +72,8 @@ def steerer_dirs(specs: list[str]) -> dict[str, Path]:
             raise UserError(f"--steerer {spec!r}: write NAME=DIR (a name without ':')")
         if name in out:
             raise UserError(f"--steerer {name!r} is given twice")
-        path = Path(directory)
-        path = path / "steerer" if (path / "steerer" / "steerer.json").exists() else path
-        if not (path / "steerer.json").exists():
+        path = saved_dir(directory)
+        if path is None:
             raise UserError(
                 f"--steerer {spec!r}: {directory} holds no steerer (no steerer.json there or in "
                 "its steerer/); give a run directory of a steered run"

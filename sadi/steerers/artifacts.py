@@ -182,6 +182,16 @@ def load(
     return obj
 
 
+def saved_dir(path: str | Path) -> Path | None:
+    """The directory holding a saved steerer, given it or a run directory (whose steerer is
+    in `steerer/`); None when neither holds one."""
+    path = Path(path)
+    for candidate in (path / "steerer", path):
+        if (candidate / META_FILE).exists():
+            return candidate
+    return None
+
+
 def _from_metadata(cls: type[Steerer[Any]], meta_path: Path) -> Steerer[Any]:
     """A steerer with hyperparameters and model record from `meta_path`, no state yet."""
 
@@ -241,6 +251,7 @@ def _record(meta: dict[str, Any], fail: Callable[[str], ArtifactError]) -> Model
 
 
 __all__ = [
+    "saved_dir",
     "ArtifactError",
     "META_FILE",
     "TENSORS_FILE",

@@ -52,13 +52,8 @@ class TrainingParams:
 def completion_loss(logits: Tensor, batch: EncodedBatch) -> Tensor:
     """Mean cross-entropy of the completion tokens (right-padded rows): the logits at
     positions prompt_len - 1 .. seq_len - 2 predict the tokens at prompt_len .. seq_len - 1."""
-    layout = batch.layout
-    rows, targets = [], []
-    for i in range(layout.batch_size):
-        start, stop = int(layout.prompt_lengths[i]), int(layout.seq_lengths[i])
-        if stop > start:
-            rows.append(logits[i, start - 1 : stop - 1])
-            targets.append(batch.input_ids[i, start:stop])
+    spans = [span for span in batch.completion_logits(logits) if span is not None]
+    rows, targets = [r for r, _ in spans], [t for _, t in spans]
     if not rows:
         raise ValueError("no completion tokens to train on: every positive is empty")
     return nn.functional.cross_entropy(

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -161,6 +160,8 @@ class SteeredVLLM:
             are checked against it inside the workers.
         dtype: "float32", "bfloat16" or "float16".
         settings: see `VLLMSettings`.
+        llm: an `LLM` built with `engine_args` by a caller that ran `check_version` first
+            (lm-eval's VLLM builds its own); None: built here.
     """
 
     def __init__(
@@ -172,7 +173,10 @@ class SteeredVLLM:
         llm: Any = None,
     ) -> None:
         self.settings = settings or VLLMSettings()
-        self.version = check_version(self.settings.allow_untested)
+        # a caller handing in its own LLM checked the version before building it
+        self.version = (
+            vllm_version() if llm is not None else check_version(self.settings.allow_untested)
+        )
         self.path, self.fingerprint, self.dtype = path, fingerprint, dtype
         if llm is None:
             prepare_environment(self.settings)
@@ -200,17 +204,6 @@ class SteeredVLLM:
             self.llm.collective_rpc("sadi_install", args=(name, str(directory), self.fingerprint))
             self.salts[name] = salt
         return name
-
-    def install_dir(self, name: str | None, directory: str | Path) -> str:
-        """Install the steerer saved in `directory` (a run's `steerer/`) under `name`."""
-        return self.install(name, Steerer.load(Path(directory)))
-
-    def installed(self) -> dict[str, dict[str, Any]]:
-        """The installed steerers (the first worker's view)."""
-        return dict(self.llm.collective_rpc("sadi_installed")[0])
-
-    def tokenizer(self) -> Any:
-        return self.llm.get_tokenizer()
 
     # ----- requests -----------------------------------------------------------------
     def prompt(self, request: Request, params: Any) -> tuple[dict[str, Any], Any]:
@@ -324,10 +317,6 @@ def settings_of(cfg: Any) -> VLLMSettings:
     if unknown:
         raise VLLMError(f"unknown model.vllm settings {unknown}; known: {sorted(known)}")
     return VLLMSettings(**values)
-
-
-def describe(settings: VLLMSettings) -> str:
-    return json.dumps(settings.__dict__, sort_keys=True)
 
 
 __all__ = [

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 from lm_eval.api.registry import register_model
@@ -31,6 +32,39 @@ from sadi.vllm.engine import (
     engine_args,
     prepare_environment,
 )
+
+# lm-eval VLLM's methods this class overrides or calls, with the parameters it relies on,
+# and the attributes its constructor must have set (checked at start-up: a change in a new
+# lm-eval fails here, by name, not later in a wrong score)
+_VLLM_METHODS = {
+    "_model_generate": ("self", "requests", "generate", "sampling_params"),
+    "_parse_logprobs": ("tokens", "outputs", "ctxlen"),
+    "modify_gen_kwargs": ("gen_kwargs", "eos", "default_max_gen_toks"),
+    "_loglikelihood_tokens": ("self", "requests", "disable_tqdm"),
+}
+_VLLM_ATTRIBUTES = ("model", "max_length", "batch_size", "cache_hook")
+
+
+def check_lm_eval_vllm(lm: Any = None) -> None:
+    """Fail loudly where this lm-eval's VLLM differs from what SteeredVLLMLM relies on:
+    the methods' parameters (the class) and, given `lm`, the attributes its constructor
+    sets."""
+    found = {
+        name: tuple(inspect.signature(getattr(VLLM, name)).parameters)
+        if hasattr(VLLM, name)
+        else None
+        for name in _VLLM_METHODS
+    }
+    differ = {n: p for n, p in found.items() if p != _VLLM_METHODS[n]}
+    missing = [a for a in _VLLM_ATTRIBUTES if lm is not None and not hasattr(lm, a)]
+    if differ or missing:
+        import lm_eval
+
+        raise RuntimeError(
+            f"lm-eval {getattr(lm_eval, '__version__', '?')}'s VLLM differs from what sadi's "
+            f"vLLM backend relies on: methods {differ} (expected {_VLLM_METHODS}), missing "
+            f"attributes {missing}; install the tested lm-eval (constraints-vllm.txt)"
+        )
 
 
 @register_model("sadi-vllm")
@@ -59,6 +93,7 @@ class SteeredVLLMLM(VLLM):  # type: ignore[misc]
     ) -> None:
         settings = settings or VLLMSettings()
         check_version(settings.allow_untested)
+        check_lm_eval_vllm()
         prepare_environment(settings)
         args = engine_args(settings, dtype)
         args.pop("max_model_len")
@@ -67,6 +102,7 @@ class SteeredVLLMLM(VLLM):  # type: ignore[misc]
             max_model_len=settings.max_model_len,
             **{**args, **kwargs},
         )
+        check_lm_eval_vllm(self)
         self.engine = SteeredVLLM(pretrained, fingerprint, dtype, settings, llm=self.model)
         self.steerer = steerer
         self.progress = progress
@@ -142,4 +178,4 @@ class SteeredVLLMLM(VLLM):  # type: ignore[misc]
         return results
 
 
-__all__ = ["SteeredVLLMLM"]
+__all__ = ["SteeredVLLMLM", "check_lm_eval_vllm"]

@@ -99,18 +99,6 @@ class SteeringExtension:
             h.remove()
         return True
 
-    def sadi_installed(self) -> dict[str, dict[str, Any]]:
-        """Each installed steerer's method, component, parameters and edited layers."""
-        return {
-            name: {
-                "method": i.steerer.method,
-                "component": i.steerer.component,
-                "params": i.steerer.params(),
-                "layers": i.steerer.selected_layers(),
-            }
-            for name, i in self._steerers().items()
-        }
-
     # ----- internals ----------------------------------------------------------------
     def _steerers(self) -> dict[str, _Installed]:
         if not hasattr(self, "_sadi_steerers"):

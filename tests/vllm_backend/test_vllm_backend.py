@@ -175,6 +175,22 @@ def test_an_untested_vllm_version_is_refused_unless_allowed(
     assert engine.check_version(True)
 
 
+def test_the_lm_eval_vllm_it_relies_on_is_checked(
+    vlm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sadi.vllm.lm as lm
+
+    lm.check_lm_eval_vllm(vlm)  # the pinned lm-eval: as relied on
+    changed = {**lm._VLLM_METHODS, "_parse_logprobs": ("tokens", "outputs", "context_length")}
+    monkeypatch.setattr(lm, "_VLLM_METHODS", changed)
+    with pytest.raises(RuntimeError, match="_parse_logprobs"):
+        lm.check_lm_eval_vllm()
+    monkeypatch.setattr(lm, "_VLLM_ATTRIBUTES", ("model", "renamed_attribute"))
+    monkeypatch.setattr(lm, "_VLLM_METHODS", {})
+    with pytest.raises(RuntimeError, match="renamed_attribute"):
+        lm.check_lm_eval_vllm(vlm)
+
+
 def _run(out: Path, backend: str, methods: str) -> list[Path]:
     cmd = [
         sys.executable,
