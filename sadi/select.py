@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a config value of the report run that changes how it scores, not what was "
-        "chosen, e.g. sweep.engine=true (the same numbers, faster) or task.open_ended=true "
-        "(also generate on the open-ended prompts); repeatable",
+        "chosen, e.g. sweep.engine=true (the same numbers, faster), task.open_ended=true "
+        "(also generate on the open-ended prompts) or judge.base_url=URL (the judge's "
+        "server, where it moved); repeatable",
     )
     args = parser.parse_args(argv)
     overrides = {}

@@ -2,12 +2,16 @@
 serving the embedded SmolLM2 on 127.0.0.1, started and stopped by the test. A 135M model is
 a poor judge (most of its answers carry no score): this checks the pipeline, not the
 verdicts: every generation of the scored splits judged or counted unparseable, answers
-cached (a rerun asks nothing), a killed run resumes without asking again, a sweep selects
-on the judged score, and a stopped server fails the run at once, naming the fix."""
+cached (a rerun asks nothing), W&B gets the judged rows as tables, a killed run resumes
+without asking again, a sweep selects on the judged score and `sadi.select` judges the
+chosen point's report split once, and a stopped server fails the run at once, naming the
+fix."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from sadi.pipeline.wandb_offline import read_offline_run
 from tests.helpers import serving
 
 pytestmark = pytest.mark.slow
@@ -39,7 +44,9 @@ def _cmd(url: str, out: Path, cache: Path, *extra: str, multirun: bool = False) 
         "judge=openai",
         f"judge.base_url={url}/v1",
         f"judge.model={JUDGE}",
-        "judge.max_tokens=8",
+        # SmolLM2 answers this rubric "0.15" or "0.5" (out of range: unparseable); its first
+        # token alone is an integer in range, so every judged metric has a value here
+        "judge.max_tokens=1",
         "logger=none",
         "progress=false",
         f"paths.cache_dir={cache}",
@@ -48,9 +55,9 @@ def _cmd(url: str, out: Path, cache: Path, *extra: str, multirun: bool = False) 
     ]
 
 
-def _run(cmd: list[str]) -> dict[str, Any]:
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `cmd`; a single run's results.json ({} for a sweep)."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [a.split("=", 1)[1] for a in cmd if a.startswith("hydra.run.dir=")]
     return json.loads((Path(runs[0]) / "results.json").read_text()) if runs else {}
@@ -64,6 +71,7 @@ def _asked(results: dict[str, Any]) -> tuple[int, int]:
 def test_judged_runs_against_a_real_server(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with serving(sys.executable, "--backend", "hf") as url:
+        r2 = tmp_path / "r2"
         first = _run(_cmd(url, tmp_path / "r1", cache))
         judged = first["judged"]
         assert judged["judge"]["model"] == JUDGE and len(judged["judge"]["rubric_hash"]) == 16
@@ -89,9 +97,25 @@ def test_judged_runs_against_a_real_server(tmp_path: Path) -> None:
         asked, cached = _asked(first)
         assert asked > 0
 
-        # the same judgements again (another run directory): nothing is asked twice
-        again = _run(_cmd(url, tmp_path / "r2", cache))
+        # the same judgements again (another run directory, logged to W&B offline): nothing
+        # is asked twice, and W&B gets the judged rows as tables
+        wandb_cmd = [a if a != "logger=none" else "logger=wandb" for a in _cmd(url, r2, cache)]
+        home = tmp_path / "home"
+        again = _run(wandb_cmd, env={**os.environ, "WANDB_MODE": "offline", "HOME": str(home)})
         assert _asked(again) == (0, asked + cached)
+        (ev,) = [
+            r
+            for r in map(read_offline_run, sorted((r2 / "wandb").glob("offline-run-*")))
+            if r.job_type == "eval"
+        ]
+        n_judged = {
+            c: sum(1 for _ in (r2 / f"judgements_caa_sycophancy{s}.jsonl").open())
+            for c, s in (("steered", ""), ("baseline", "_baseline"))
+        }
+        for condition, n in n_judged.items():
+            key = f"samples/judged_{condition}"
+            logged = [row for row in ev.history if row.get(f"{key}/_type") == "table-file"]
+            assert [row[f"{key}/nrows"] for row in logged] == [n]
 
         # a run killed while judging resumes from the cache without asking again
         cache2 = tmp_path / "cache2"
@@ -129,6 +153,36 @@ def test_judged_runs_against_a_real_server(tmp_path: Path) -> None:
             assert r["scored_splits"] == ["select"]
             assert set(r["judged"]["conditions"]["steered"]) >= {"select"}
             assert "report" not in r["judged"]["conditions"]["steered"]
+
+        # sadi.select judges the chosen point's report split, once
+        def select() -> dict[str, Any]:
+            cmd = [sys.executable, "-m", "sadi.select", str(sweep), "--logger", "none"]
+            proc = subprocess.run(
+                [*cmd, "--set", f"judge.base_url={url}/v1"],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            (selection,) = sweep.glob("selected/*/selection.json")
+            report = json.loads((selection.parent / "report" / "results.json").read_text())
+            return {"selection": json.loads(selection.read_text()), "report": report}
+
+        chosen = select()
+        report = chosen["report"]
+        assert report["scored_splits"] == ["report"]
+        for condition in ("baseline", "steered"):
+            assert set(report["judged"]["conditions"][condition]) & {"select", "report"} == {
+                "report"
+            }
+        rows = Path(chosen["selection"]["report_run_dir"]) / "judgements_caa_sycophancy.jsonl"
+        assert {json.loads(line)["split"] for line in rows.read_text().splitlines()} == {"report"}
+        assert chosen["selection"]["metric"] == "judge_behaviour"
+        got = chosen["selection"]["report"]["metrics"]["judge_behaviour"]
+        assert got == report["metrics"]["report"]["judge_behaviour"]
+        # the report run's config is the chosen point's: asked again, the judge is not asked
+        shutil.rmtree(sweep / "selected")
+        assert _asked(select()["report"])[0] == 0
 
     # the server is gone: the run fails before generating anything, naming the fix
     t = time.monotonic()

@@ -51,6 +51,12 @@ class Judged:
         return out
 
 
+def score_of(row: dict[str, Any], name: str) -> float | None:
+    """A judged row's score `name` (a rubric's score, or COMBINED); None when unparseable."""
+    value = row.get(COMBINED) if name == COMBINED else row["scores"].get(name)
+    return None if value is None else float(value)
+
+
 def judge_rows(
     client: JudgeClient,
     store: JudgementStore,
@@ -120,4 +126,4 @@ def judge_rows(
     return Judged(out, rubrics, asked=len(jobs), cached=cached)
 
 
-__all__ = ["Judged", "judge_rows"]
+__all__ = ["Judged", "judge_rows", "score_of"]

@@ -29,6 +29,10 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 SCORES = {"caa": ("behaviour",), "axbench": ("concept", "instruction", "fluency")}
 COMBINES = frozenset({"axbench"})
 COMBINED = "hmean"
+# each score's range (the combined score: its parts')
+RANGES = {"behaviour": (0, 10), "concept": (0, 2), "instruction": (0, 2), "fluency": (0, 2)}
+RANGES[COMBINED] = (0, 2)
+JUDGED_PREFIX = "judge_"  # a run's metric of a judged score: judge_<score>
 PLACEHOLDERS = {
     "concept": ("concept", "answer"),
     "instruction": ("question", "answer"),
@@ -116,14 +120,13 @@ def rubric_set(name: str, task: str, directory: Path = RUBRIC_DIR) -> RubricSet:
                 f"{directory} for task {task!r}"
             )
         template = _read(file, ("question", "answer"), directory)
-        return RubricSet("caa", (Rubric("behaviour", template, 0, 10, file),))
+        return RubricSet("caa", (Rubric("behaviour", template, *RANGES["behaviour"], file),))
     if name == "axbench":
         rubrics = tuple(
             Rubric(
                 score,
                 _read(f"axbench_{score}.txt", PLACEHOLDERS[score], directory),
-                0,
-                2,
+                *RANGES[score],
                 f"axbench_{score}.txt",
             )
             for score in SCORES[name]
@@ -139,6 +142,17 @@ def score_names(name: str) -> list[str]:
     return [*SCORES[name], *([COMBINED] if name in COMBINES else [])]
 
 
+def judged_score(metric: str) -> str | None:
+    """The score a metric name reads (`judge_behaviour` -> "behaviour"); None when the
+    metric is not a judged score."""
+    if not metric.startswith(JUDGED_PREFIX):
+        return None
+    name = metric[len(JUDGED_PREFIX) :]
+    if name not in RANGES:
+        raise RubricError(f"metric {metric!r}: no judged score {name!r}; known: {sorted(RANGES)}")
+    return name
+
+
 def harmonic_mean(values: list[float]) -> float:
     """AxBench's combination: 0 when any score is 0."""
     if any(v <= 0 for v in values):
@@ -148,6 +162,8 @@ def harmonic_mean(values: list[float]) -> float:
 
 __all__ = [
     "COMBINED",
+    "JUDGED_PREFIX",
+    "RANGES",
     "RUBRIC_DIR",
     "SCORES",
     "Rubric",
@@ -155,6 +171,7 @@ __all__ = [
     "RubricSet",
     "concept_of",
     "harmonic_mean",
+    "judged_score",
     "parse_score",
     "rubric_set",
     "score_names",

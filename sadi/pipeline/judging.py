@@ -19,7 +19,7 @@ from sadi.eval.harness import open_ended_prompts
 from sadi.infra.jsonio import read_jsonl, write_jsonl
 from sadi.judge.client import JudgeClient, JudgeSettings
 from sadi.judge.judging import judge_rows
-from sadi.judge.rubrics import RubricSet, concept_of, rubric_set
+from sadi.judge.rubrics import JUDGED_PREFIX, RubricSet, concept_of, rubric_set
 from sadi.judge.store import JudgementStore
 from sadi.judge.textstats import perplexities, text_stats
 from sadi.pipeline.context import RunContext
@@ -141,7 +141,7 @@ def judge_open_ended(
             )
             per_split[split] = {"judged": summary, "text": stats}
             metrics[condition][split] = {
-                f"judge_{k}": float(v)
+                JUDGED_PREFIX + k: float(v)
                 for k, v in summary.items()
                 if k != "n" and not k.endswith("_unparseable") and v is not None
             }

@@ -22,6 +22,7 @@ from sadi.eval.metrics import SCORINGS
 from sadi.infra.cache import digest
 from sadi.infra.jsonio import write_json, write_jsonl
 from sadi.infra.verbosity import set_verbosity
+from sadi.judge.rubrics import JUDGED_PREFIX
 from sadi.pipeline.backend import check_backend
 from sadi.pipeline.context import RunContext
 from sadi.pipeline.engine import build_engine
@@ -241,7 +242,7 @@ def print_table(task: str, metrics: dict[str, dict[str, Metrics]], splits: Any) 
             cells = []
             for c in ("baseline", "steered"):
                 v = metrics.get(c, {}).get(split)
-                if name.startswith("judge_"):  # a judge's score on its own scale
+                if name.startswith(JUDGED_PREFIX):  # a judge's score on its own scale
                     cells.append(f"{v[name]:6.2f}" if v and name in v else "-")
                     continue
                 cells.append(

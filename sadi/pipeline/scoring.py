@@ -120,11 +120,16 @@ def generate_open_ended(
     conditions: dict[str, Steerer[Any] | None],
     rendering: Rendering,
 ) -> None:
-    """Greedy generations on the task's open-ended prompts, rendered as the task's items are
-    (chat template, the prompting arm's instruction or shots), per condition (the unsteered
-    ones cached: the same for every point)."""
+    """Greedy generations on the task's open-ended prompts of the scored splits (a sweep on
+    select generates no report prompt), rendered as the task's items are (chat template,
+    the prompting arm's instruction or shots), per condition (the unsteered ones cached: the
+    same for every point)."""
     cfg, run_dir, timings = ctx.cfg, ctx.run_dir, ctx.timings
-    prompts = open_ended_prompts(task.name, cfg.paths.data_dir)[: cfg.task.limit or None]
+    prompts = [
+        (i, text)
+        for i, text in open_ended_prompts(task.name, cfg.paths.data_dir)[: cfg.task.limit or None]
+        if open_ended_split(i) in ctx.splits
+    ]
     if rendering.chat or rendering.system or rendering.shots:
         prompts = [(i, rendering.render(text)) for i, text in prompts]
     for condition, st in conditions.items():

@@ -12,7 +12,10 @@ named with a tag of their inputs) the point with the best select-split value of 
 the smallest k, then the override string in alphabetical order. Only the chosen point is
 then scored on the report split (its fit comes from the fit cache), in
 `<sweep>/selected/<group>/report/`, and `<sweep>/selected/<group>/selection.json` records the
-choice, every candidate's select value, and the report metrics. `--across-components` makes
+choice, every candidate's select value, and the report metrics. A sweep made with a judge
+(`judge=openai`, `task.open_ended=true`) judges the chosen point's report-split generations
+there, once (the judgements are cached); `--set judge.base_url=...` points it at the judge's
+server where that moved. `--across-components` makes
 the component one more hyperparameter (AUSteer's site: one choice over every site swept).
 """
 
@@ -25,7 +28,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from sadi.infra.cache import digest
+from sadi.infra.errors import UserError
 from sadi.infra.jsonio import write_json
+from sadi.judge.rubrics import judged_score
 from sadi.pipeline import runner
 from sadi.pipeline.context import RunContext
 from sadi.pipeline.results import Results, read_results
@@ -42,6 +47,13 @@ REPORT_OVERRIDES = (
     "progress",
     "verbose",
     "logger.",
+    # where and how the judge is asked, never which judge or rubric (they change the scores)
+    "judge.base_url",
+    "judge.api_key_env",
+    "judge.max_concurrency",
+    "judge.timeout_s",
+    "judge.retries",
+    "judge.backoff_s",
 )
 
 
@@ -53,6 +65,13 @@ def check_report_override(key: str) -> None:
             f"override {key!r}: the report run scores the chosen point as chosen; only how "
             f"it scores may change: {allowed}"
         )
+
+
+def _shown(metric: str, value: float | None) -> str:
+    """A metric as the console shows it: x100, a judged score on its rubric's scale."""
+    if value is None:
+        return "- (none: no judge answer had a score)"
+    return f"{value:.2f}" if judged_score(metric) else f"{100 * value:.2f}"
 
 
 def points(sweep_dir: Path) -> list[Path]:
@@ -145,7 +164,18 @@ def select(
             candidates.append((point, results, metric, float(value)))
         valid = [c for c in candidates if not math.isnan(c[3])]
         if not valid:
-            raise ValueError(f"group {group}: no point has a select-split value to choose by")
+            metric = candidates[0][2]
+            why = (
+                "no judge answer on the select split had a score in the rubric's range (see "
+                "`judged` in each point's results.json: a stronger judge, or more "
+                "judge.max_tokens, may answer in range)"
+                if judged_score(metric)
+                else "the points hold no value of it"
+            )
+            raise UserError(
+                f"group {group}: no point has a select-split value of {metric} to choose by: "
+                f"{why}"
+            )
         best = max(c[3] for c in valid)
         tied = [c for c in valid if c[3] == best]
         point, results, metric, value = min(tied, key=lambda c: tie_break(c[1], c[0]))
@@ -194,10 +224,12 @@ def select(
         }
         write_json(out / "selection.json", selection)
         selections.append(selection)
+        report_values = [
+            selection["report"][k].get(metric) for k in ("metrics", "baseline_metrics")
+        ]
+        shown = [_shown(metric, v) for v in (value, *report_values)]
         print(
-            f"{group}: chose {point.name} (select {metric} {100 * value:.2f} of "
-            f"{len(candidates)} points); report {metric} "
-            f"{100 * selection['report']['metrics'][metric]:.2f} vs baseline "
-            f"{100 * selection['report']['baseline_metrics'][metric]:.2f}"
+            f"{group}: chose {point.name} (select {metric} {shown[0]} of "
+            f"{len(candidates)} points); report {metric} {shown[1]} vs baseline {shown[2]}"
         )
     return selections

@@ -33,9 +33,9 @@ def judge_metric_names(cfg: Any) -> list[str]:
     judge = cfg.get("judge") or {}
     if judge.get("name", "none") == "none":
         return []
-    from sadi.judge.rubrics import score_names
+    from sadi.judge.rubrics import JUDGED_PREFIX, score_names
 
-    return [f"judge_{n}" for n in score_names(str(judge.get("rubric")))]
+    return [JUDGED_PREFIX + n for n in score_names(str(judge.get("rubric")))]
 
 
 def check_optimized_metric(

@@ -15,7 +15,8 @@ report with CIs, the paired delta), ``pivot`` (method x task deltas), ``arms`` (
 against the unsteered model and the best prompting arm), ``steerability`` (per-item slopes
 over the strength, the share steered the wrong way), ``answers`` (answer
 priors, the calibrated control), ``answer_form`` (answer length and flatness),
-``side_effects``, ``generations``, ``features`` (SAS latents); ``render`` (Markdown and the
+``side_effects``, ``judged`` (judged open-ended generations: scores, judge, rubric hash),
+``generations``, ``features`` (SAS latents); ``render`` (Markdown and the
 self-contained, sortable HTML),
 ``figures`` (captions, titles that fit), ``plots`` and ``heatmaps`` (PNGs), ``curves``
 (behaviour curves, its own CLI), ``guard`` (never overwriting a report with one that drops

@@ -1,9 +1,9 @@
 """What every analysis of the report returns, `Table`, and the cell formats they share.
 
-An analysis (`main_table`, `pivot`, `answers`, `answer_form`, `side_effects`, `generations`,
-`features`) computes its cells as strings; `render` alone turns a `Table` into Markdown or
-HTML. The kind of a metric (0/1 per item or a probability) is read from the one metric
-table, `sadi.eval.metrics`.
+An analysis (`main_table`, `pivot`, `answers`, `answer_form`, `side_effects`, `judged`,
+`generations`, `features`) computes its cells as strings; `render` alone turns a `Table`
+into Markdown or HTML. The kind of a metric (0/1 per item or a probability) is read from
+the one metric table, `sadi.eval.metrics`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ bootstrap CIs resampled jointly over the whole curve, its monotonicity and its r
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from sadi.report.records import RunRecord, load_samples, samples_path
+from sadi.judge.judging import score_of
+from sadi.judge.rubrics import judged_score
+from sadi.report.records import RunRecord, judged_path, load_judged, load_samples, samples_path
 from sadi.report.stats import Estimate
 from sadi.report.steerability import logit_differences, slopes_of, wrong_way
 
@@ -58,6 +61,9 @@ class Curve:
     away: Estimate
     run_dirs: list[str] = field(default_factory=list)
     wrong_way: Estimate | None = None
+    # per strength, the items without a value (a judged score the judge's answer lacked:
+    # the means and their CIs are over the rest)
+    missing: list[int] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -87,6 +93,28 @@ def _per_item(rows: list[dict[str, Any]], metric: str, where: Path) -> dict[str,
             f"they hold: {sorted(k for k in rows[0] if isinstance(rows[0][k], int | float))}"
         )
     return {str(r["id"]): float(r[metric]) for r in rows}
+
+
+def item_values(
+    rec: RunRecord, split: str, metric: str, baseline: bool = False
+) -> tuple[dict[str, float], list[dict[str, Any]] | None]:
+    """Per item `metric` on `split`, and the sample rows it came from (their
+    log-likelihoods give the wrong-way share). A judged score (`judge_<score>`) is read from
+    the run's judged generations (no sample rows): NaN for an unparseable answer."""
+    name = judged_score(metric)
+    if name is None:
+        rows = load_samples(rec, split, baseline) or []
+        if not rows:
+            raise FileNotFoundError(f"{rec.run_dir}: no {split} samples; score the {split} split")
+        return _per_item(rows, metric, rec.run_dir), rows
+    judged = load_judged(rec, split, baseline)
+    if judged is None:
+        raise FileNotFoundError(
+            f"{judged_path(rec, split, baseline)}: no judged {split} generations; {metric} "
+            "reads runs made with task.open_ended=true judge=openai"
+        )
+    values = {i: score_of(r, name) for i, r in judged.items()}
+    return {i: math.nan if v is None else v for i, v in values.items()}, None
 
 
 def curve_axis(rec: RunRecord) -> tuple[str, float]:
@@ -139,15 +167,14 @@ def build_curve(
     scores: dict[float, dict[str, float]] = {}
     diffs: dict[float, dict[str, float]] = {}
     for p in points:
-        rows = load_samples(p, split) or []
-        if not rows:
-            raise FileNotFoundError(f"{p.run_dir}: no {split} samples; score the {split} split")
-        scores[float(p.params[param])] = _per_item(rows, metric, p.run_dir)
-        diffs[float(p.params[param])] = logit_differences(rows)
-    base_rows = load_samples(rec, split, baseline=True) or []
-    base = _per_item(base_rows, metric, rec.run_dir)
+        values, rows = item_values(p, split, metric)
+        scores[float(p.params[param])] = values
+        if rows is not None:
+            diffs[float(p.params[param])] = logit_differences(rows)
+    base, base_rows = item_values(rec, split, metric, baseline=True)
     scores.setdefault(identity, base)
-    diffs.setdefault(identity, logit_differences(base_rows))
+    if base_rows is not None:
+        diffs.setdefault(identity, logit_differences(base_rows))
     ids = sorted(base)
     for s, got in scores.items():
         if sorted(got) != ids:
@@ -155,15 +182,19 @@ def build_curve(
     strengths = sorted(scores)
     table = np.array([[scores[s][i] for i in ids] for s in strengths])  # [strengths, items]
     base_x = np.array([base[i] for i in ids])
-    means = table.mean(axis=1)
+    with warnings.catch_warnings():  # a resample of only unparseable items: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(table, axis=1)
+        rng = np.random.default_rng(seed)
+        picks = rng.integers(0, len(ids), size=(n_resamples, len(ids)))
+        boot = np.nanmean(table[:, picks], axis=2)  # [strengths, resamples]
+        boot_base = np.nanmean(base_x[picks], axis=1)  # [resamples]
+        spread = np.nanmax(boot, axis=0) - np.nanmin(boot, axis=0)
+        base_mean = float(np.nanmean(base_x))
     direction = _monotonic(means)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(ids), size=(n_resamples, len(ids)))
-    boot = table[:, picks].mean(axis=2)  # [strengths, resamples]
-    boot_base = base_x[picks].mean(axis=1)  # [resamples]
 
     def ci(values: np.ndarray, point: float) -> Estimate:
-        lo, hi = np.quantile(values, [0.025, 0.975])
+        lo, hi = np.nanquantile(values, [0.025, 0.975])
         return Estimate(float(point), float(lo), float(hi), n=len(ids))
 
     shares = [_monotonic(boot[:, r]) for r in range(n_resamples)]
@@ -184,17 +215,18 @@ def build_curve(
         n_items=len(ids),
         strengths=strengths,
         values=[ci(boot[j], float(means[j])) for j in range(len(strengths))],
-        baseline=ci(boot_base, float(base_x.mean())),
+        baseline=ci(boot_base, base_mean),
         monotonic=direction,
         monotonic_share=share,
         spearman=rho,
-        range=ci(boot.max(axis=0) - boot.min(axis=0), float(means.max() - means.min())),
-        toward=ci(boot[top] - boot_base, float(means[top] - base_x.mean())),
-        away=ci(boot[low] - boot_base, float(means[low] - base_x.mean())),
+        range=ci(spread, float(np.nanmax(means) - np.nanmin(means))),
+        toward=ci(boot[top] - boot_base, float(means[top]) - base_mean),
+        away=ci(boot[low] - boot_base, float(means[low]) - base_mean),
         run_dirs=[str(p.run_dir) for p in points],
         wrong_way=(
             wrong_way(slopes_of(diffs), n_resamples, seed)
-            if all(diffs.values()) and len(diffs) >= 2
+            if len(diffs) == len(strengths) >= 2 and all(diffs.values())
             else None
         ),
+        missing=[int(np.isnan(row).sum()) for row in table],
     )

@@ -48,6 +48,9 @@ class RunRecord:
     # wall time of the run (results.json timings.total_s); a chosen point: its sweep's points
     # and the report run together
     seconds: float = 0.0
+    # results.json `judged` (the judge's identity, rubric hash, per condition and split the
+    # judged and judge-free scores); a chosen point: its report run's; {} without a judge
+    judged: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task_label(self) -> str:
@@ -106,6 +109,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         spec=res.spec(),
         prompt=str(prompt.get("name") or "none"),
         seconds=float(res.timings.get("total_s") or 0.0),
+        judged=res.judged,
     )
 
 
@@ -150,7 +154,9 @@ def _from_selection(root: Path) -> RunRecord:
         load_run(report_dir).side_effects if report_dir is not None else {}
     )
     rec.points = [load_run(d) for d in dirs]
-    report_seconds = load_run(report_dir).seconds if report_dir is not None else 0.0
+    report = load_run(report_dir) if report_dir is not None else None
+    report_seconds = report.seconds if report is not None else 0.0
+    rec.judged = report.judged if report is not None else {}
     rec.seconds = sum(p.seconds for p in rec.points) + report_seconds
     rec.chosen_by = f"{SELECTION} ({sel.get('n_points', len(dirs))} points)"
     return rec
@@ -230,6 +236,22 @@ def load_samples(rec: RunRecord, split: str, baseline: bool = False) -> list[dic
     if not f.exists():
         return None
     return read_jsonl(f)
+
+
+def judged_path(rec: RunRecord, split: str, baseline: bool = False) -> Path:
+    """Where the judged rows (`sadi.pipeline.judging`) of the run holding `split` lie."""
+    name = f"judgements_{rec.task}{'_baseline' if baseline and rec.steered else ''}.jsonl"
+    return rec.sample_dirs.get(split, rec.run_dir) / name
+
+
+def load_judged(rec: RunRecord, split: str, baseline: bool = False) -> dict[str, Any] | None:
+    """{id: judged row} of `split` (rows carry `scores`, `perplexity`, ...); None when the
+    run judged nothing there."""
+    f = judged_path(rec, split, baseline)
+    if not f.exists():
+        return None
+    rows = {str(r["id"]): r for r in read_jsonl(f) if r.get("split") == split}
+    return rows or None
 
 
 def load_scores(rec: RunRecord, split: str, baseline: bool = False) -> dict[str, float] | None:

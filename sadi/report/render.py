@@ -21,6 +21,7 @@ from sadi.report.blocks import Table
 from sadi.report.features import feature_tables
 from sadi.report.figures import alt_text, caption
 from sadi.report.generations import generation_table
+from sadi.report.judged import judged_table
 from sadi.report.main_table import main_table
 from sadi.report.pivot import pivot_table
 from sadi.report.records import Row, RunRecord
@@ -91,6 +92,7 @@ def analysis_tables(records: Sequence[RunRecord]) -> list[Table]:
         answer_table(records),
         answer_form_table(records),
         side_effect_table(records),
+        judged_table(records),
     ]
     return [t for t in [*found, generation_table(records)] if t] + feature_tables(records)
 
