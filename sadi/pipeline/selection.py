@@ -173,8 +173,7 @@ def select(
                 else "the points hold no value of it"
             )
             raise UserError(
-                f"group {group}: no point has a select-split value of {metric} to choose by: "
-                f"{why}"
+                f"group {group}: no point has a select-split value of {metric} to choose by: {why}"
             )
         best = max(c[3] for c in valid)
         tied = [c for c in valid if c[3] == best]
