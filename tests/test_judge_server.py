@@ -184,6 +184,19 @@ def test_judged_runs_against_a_real_server(tmp_path: Path) -> None:
         shutil.rmtree(sweep / "selected")
         assert _asked(select()["report"])[0] == 0
 
+        # the judge check asks the same server about the hand-written answer pairs
+        out = tmp_path / "check.json"
+        cmd = [sys.executable, "-m", "sadi.judge.check", "--base-url", f"{url}/v1"]
+        cmd += ["--model", JUDGE, "--max-tokens", "1", "--tasks", "caa_refusal"]
+        cmd += ["--cache", str(cache), "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(out.read_text())["tasks"]["caa_refusal"]
+        assert got["pairs"] == 3 and len(got["answers"]) == 6
+        scored = got["ordered_right"] + got["ties"]
+        assert got["accuracy"] is None or 0 <= got["accuracy"] <= 1 and scored <= 3
+        assert "caa_refusal: " in proc.stdout and "(0.5: chance)" in proc.stdout
+
     # the server is gone: the run fails before generating anything, naming the fix
     t = time.monotonic()
     proc = subprocess.run(

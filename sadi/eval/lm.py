@@ -86,7 +86,7 @@ def _strip_pad(tokens: Sequence[int]) -> RowKey:
 # HFLM's attributes SteeredLM reads or sets (lm-eval 0.4.13): its batch size, which the
 # grouping within batch_tokens changes per group, and its autocast dtype, which the
 # tail-logits forward applies as HFLM's own forward does
-_HFLM_ATTRIBUTES = ("batch_size_per_gpu", "mixed_precision_dtype")
+_HFLM_ATTRIBUTES = ("batch_size_per_gpu", "mixed_precision_dtype", "softmax_dtype")
 
 
 def _check_hflm_attributes(lm: Any) -> None:
@@ -145,6 +145,9 @@ class SteeredLM(HFLM):
             )
         if isinstance(pretrained, str) and pretrained.startswith(EMBEDDED_PREFIX):
             pretrained = str(embedded_path(pretrained[len(EMBEDDED_PREFIX) :]))
+        # log-probabilities in float32 whatever the model's dtype: a bf16 log_softmax rounds
+        # a log-likelihood of -85 to a multiple of 0.5 (lm-eval's default is the model's)
+        kwargs.setdefault("softmax_dtype", "float32")
         super().__init__(pretrained=pretrained, **kwargs)
         _check_hflm_attributes(self)
         if isinstance(steerer, str | Path):
