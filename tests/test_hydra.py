@@ -52,3 +52,18 @@ def test_expand_grid_gives_the_jobs_hydra_runs(tmp_path: Path) -> None:
     ran = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
     assert len(ran) == 6
     assert sorted(map(sorted, expand_grid(params, overrides))) == sorted(map(sorted, ran))
+
+
+def test_a_point_with_long_overrides_gets_a_directory_name_that_fits() -> None:
+    """Overrides too long for one file name (255 bytes) are cut and named by a digest of
+    them all: one directory per point, the same on every rerun, distinct per point."""
+    from sadi.pipeline.config import POINT_DIR_BYTES, point_dir
+
+    long = ",".join(f"intervention.param_{i}=value_{i}" for i in range(12))
+    other = long.replace("value_11", "value_12")
+    a, b = point_dir(long, "src", None, "data"), point_dir(other, "src", None, "data")
+    assert len(a.encode()) < 255 and len(b.encode()) < 255 and a != b
+    assert a == point_dir(long, "src", None, "data")
+    assert a.startswith(long.encode()[: POINT_DIR_BYTES - 20].decode())
+    short = "intervention.k=3"
+    assert point_dir(short, "src", None, "data").startswith(short + ",in-")

@@ -183,10 +183,20 @@ def inputs_tag(*values: Any) -> str:
     return "in-" + digest([None if v is None else str(v) for v in values])[:8]
 
 
+# a file name may hold 255 bytes: a point's overrides longer than this are cut and the cut
+# named by a digest of the whole (still one directory per point, the same on every rerun)
+POINT_DIR_BYTES = 200
+
+
 def point_dir(override_dirname: str, *values: Any) -> str:
-    """A sweep point's subdirectory: its overrides, then the inputs tag."""
+    """A sweep point's subdirectory: its overrides, then the inputs tag (overrides too long
+    for a file name: their first part and a digest of them all)."""
     tag = inputs_tag(*values)
-    return f"{override_dirname},{tag}" if override_dirname else tag
+    name = override_dirname
+    if len(name.encode()) > POINT_DIR_BYTES:
+        cut = name.encode()[: POINT_DIR_BYTES - 20].decode(errors="ignore")
+        name = f"{cut}...{digest(override_dirname)[:12]}"
+    return f"{name},{tag}" if name else tag
 
 
 def sqlite_url(directory: str) -> str:
