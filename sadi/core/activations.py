@@ -14,6 +14,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.architectures import ModelShape, decoder_layers, model_site
 from sadi.core.hooks import LayerHook, hooked
+from sadi.core.models import input_device
 from sadi.core.positions import BatchLayout, PaddingSide, PositionPolicy
 
 
@@ -135,7 +136,7 @@ def read_activations(
     hook_site = model_site(model, component)
     n_layers = len(decoder_layers(model))
     limit = context_limit(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     lengths = [
         len(tokenizer(p + (join_completion(p, c) if completions else ""))["input_ids"])
         for p, c in zip(prompts, completions or [""] * len(prompts))

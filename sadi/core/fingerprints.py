@@ -60,6 +60,35 @@ def _named_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
     return list(model.state_dict(keep_vars=True).items())
 
 
+def _offload_owner(model: nn.Module, name: str) -> nn.Module | None:
+    """The module holding tensor `name` where accelerate offloads it (a `device_map` with
+    "cpu" or "disk" entries: the weight is on the meta device between forwards and loaded
+    onto the execution device by the module's hook), else None."""
+    from accelerate.utils import has_offloaded_params
+
+    path, _, _ = name.rpartition(".")
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return None
+    return module if has_offloaded_params(module) else None
+
+
+def _materialised(model: nn.Module, tensors: list[tuple[str, Tensor]]) -> Any:
+    """(name, tensor) of `tensors` with each offloaded one read from where accelerate keeps
+    it (its module's weights map: CPU memory or the offload folder), one module at a time."""
+    from accelerate.utils import align_module_device
+
+    for name, tensor in tensors:
+        if not tensor.is_meta:
+            yield name, tensor
+            continue
+        owner = _offload_owner(model, name)
+        assert owner is not None  # checked by the caller
+        with align_module_device(owner, torch.device("cpu")):
+            yield name, getattr(owner, name.rpartition(".")[2]).detach().clone()
+
+
 def _stamp(tensors: list[tuple[str, Tensor]]) -> tuple[Any, ...] | None:
     """What changes when a tensor is replaced or edited in place: its storage and version
     counter, and the values of _SAMPLE evenly spaced elements of it (an edit through `.data`,
@@ -72,6 +101,8 @@ def _stamp(tensors: list[tuple[str, Tensor]]) -> tuple[Any, ...] | None:
         if not isinstance(version, int):
             return None
         stamp.append((name, t.data_ptr(), version, t.dtype, str(t.device), tuple(t.shape)))
+        if t.is_meta:  # offloaded (accelerate): changed only by reloading the model
+            continue
         flat = t.detach().reshape(-1)
         samples.append(flat[:: max(1, flat.numel() // _SAMPLE)].to("cpu", torch.float32))
     stamp.append(torch.cat(samples).numpy().tobytes() if samples else b"")
@@ -90,8 +121,11 @@ def weights_fingerprint(model: nn.Module) -> str:
     moves one of the 16 sampled values of a tensor, as a dense delta such as a merged LoRA
     does: after a sparse edit through `.data`, pass a fresh model).
 
+    An offloaded weight (a `device_map` with "cpu" or "disk" entries: on the meta device
+    between forwards) is read from where accelerate keeps it, one module at a time.
+
     Raises:
-        ValueError: a weight is on the meta device (not materialised, e.g. offloaded).
+        ValueError: a weight is on the meta device and nothing offloads it.
 
     Example:
         >>> weights_fingerprint(model)
@@ -101,10 +135,10 @@ def weights_fingerprint(model: nn.Module) -> str:
         return _STAND_INS[model]
     tensors = _named_tensors(model)
     for name, tensor in tensors:
-        if tensor.is_meta:
+        if tensor.is_meta and _offload_owner(model, name) is None:
             raise ValueError(
                 f"cannot fingerprint the weights of {type(model).__name__}: {name} is on the "
-                "meta device (not loaded, e.g. offloaded by a device_map); load the model "
+                "meta device and no device_map offloads it (not loaded); load the model "
                 "with its weights in memory"
             )
     stamp = _stamp(tensors)
@@ -112,7 +146,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     if stamp is not None and memo is not None and memo[0] == stamp:
         return memo[1]
     digest = hashlib.sha256()
-    for name, tensor in tensors:
+    for name, tensor in _materialised(model, tensors):
         digest.update(f"{name}:{tuple(tensor.shape)}\n".encode())
         flat = tensor.detach().reshape(-1)
         for start in range(0, flat.numel(), _CHUNK):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -135,6 +136,26 @@ def model_id(model: nn.Module) -> str:
     return str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where `module` computes: accelerate's execution device under a `device_map` (its
+    weights may be offloaded, on the meta device between forwards), else its first
+    weight's device (CPU for a module without weights)."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    for p in module.parameters():
+        if not p.is_meta:
+            return p.device
+    return torch.device("cpu")
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids go: the device its input embedding computes on."""
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    return module_device(embed if isinstance(embed, nn.Module) else model)
+
+
 def default_cache_dir() -> Path:
     """`$SADI_CACHE_DIR`, else `$XDG_CACHE_HOME/sadi`, else `~/.cache/sadi`."""
     if env := os.environ.get("SADI_CACHE_DIR"):
@@ -221,6 +242,8 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | None = None,
     cache_dir: str | Path | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -230,6 +253,10 @@ def load_model(
         device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when present.
         cache_dir: where embedded models are converted to (default: `default_cache_dir()`,
             which every run shares: `paths.cache_dir` of a run does not move it).
+        device_map: shard the model with accelerate instead of placing it on `device`:
+            "auto", "balanced", "balanced_low_0", "sequential", or a map of module names to
+            devices ("cuda:0", "cpu", "disk"); None: one device.
+        offload_folder: where a device_map's "disk" modules are kept.
 
     Returns:
         (model, tokenizer). The tokenizer always has a pad token (eos when it had none).
@@ -238,8 +265,18 @@ def load_model(
         >>> model, tok = load_model()  # SmolLM2-135M-Instruct, offline
     """
     path = model_path(source, cache_dir)
+    if device_map is not None and device is not None:
+        raise ModelSourceError(
+            f"model.device={device!r} and model.device_map={device_map!r}: give one (a "
+            "device_map places every module itself)"
+        )
+    sharding: dict[str, Any] = {}
+    if device_map is not None:
+        sharding["device_map"] = dict(device_map) if isinstance(device_map, dict) else device_map
+        if offload_folder is not None:
+            sharding["offload_folder"] = str(offload_folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), **sharding)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         if is_disk_full(err) or isinstance(err, UserError):
@@ -252,7 +289,8 @@ def load_model(
         ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(resolve_device(device))  # type: ignore[arg-type]
+    if device_map is None:
+        model.to(resolve_device(device))  # type: ignore[arg-type]
     model.eval()
     model.config.name_or_path = source
     return model, tokenizer
@@ -279,16 +317,26 @@ def load_model_reused(
     dtype: str | torch.dtype = "float32",
     device: str | None = None,
     cache_dir: str | Path | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """`load_model`, reusing the model this process loaded last when the arguments (and a
     local directory's files) are the same: the points of a sweep run in one process (Hydra's
     basic launcher) load it once. One model is held at a time; steering never changes its
     weights (hooks only, removed on exit)."""
-    key = (source, str(dtype), device, str(cache_dir), _files_stamp(source))
+    sharding = json.dumps(device_map, sort_keys=True), str(offload_folder)
+    key = (source, str(dtype), device, str(cache_dir), _files_stamp(source), sharding)
     if _LAST and _LAST[0][0] == key:
         return _LAST[0][1]
     _LAST.clear()
-    loaded = load_model(source, dtype=dtype, device=device, cache_dir=cache_dir)
+    loaded = load_model(
+        source,
+        dtype=dtype,
+        device=device,
+        cache_dir=cache_dir,
+        device_map=device_map,
+        offload_folder=offload_folder,
+    )
     _LAST.append((key, loaded))
     return loaded
 
@@ -297,6 +345,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED",
     "EMBEDDED_PREFIX",
+    "input_device",
+    "module_device",
     "EmbeddedModel",
     "MissingModelPackage",
     "ModelSourceError",

@@ -13,6 +13,7 @@ from torch import nn
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.activations import context_limit, encode
+from sadi.core.models import input_device
 
 REPEAT_RUN = 4  # a token repeated this many times in a row makes a generation "repeating"
 
@@ -45,7 +46,7 @@ def perplexities(
 ) -> list[float | None]:
     """exp(mean NLL) of each generation given its prompt under `model` (None for an empty
     generation)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[float | None] = []
     limit = context_limit(model)
     for start in range(0, len(prompts), batch_size):

@@ -40,6 +40,10 @@ class ModelSchema:
     source: str = MISSING  # embedded:<name>, a local path or a hub id
     dtype: str = "float32"
     device: Optional[str] = None  # None: CUDA when present, else CPU
+    # shard over devices with accelerate instead (device must stay null): auto, balanced,
+    # balanced_low_0, sequential, or {module name: cuda:N | cpu | disk}
+    device_map: Any = None
+    offload_folder: Optional[str] = None  # where a device_map's "disk" modules are kept
     batch_size: Any = 16  # int or "auto"
     # tokens per scored row: null = the model's context; longer rows keep their last tokens
     max_length: Optional[int] = None

@@ -42,6 +42,7 @@ from sadi.pipeline.validate import (
     ConfigError,
     check_optimized_metric,
     check_run_config,
+    device_map_of,
     judge_metric_names,
 )
 from sadi.steerers.base import Steerer
@@ -139,7 +140,11 @@ def run(ctx: RunContext) -> float:
     )
     # embedded models convert once, into the default cache (not one copy per paths.cache_dir)
     model, tokenizer = load_model_reused(
-        cfg.model.source, dtype=cfg.model.dtype, device=cfg.model.device
+        cfg.model.source,
+        dtype=cfg.model.dtype,
+        device=cfg.model.device,
+        device_map=device_map_of(cfg.model),
+        offload_folder=cfg.model.get("offload_folder"),
     )
     timings["load_model_s"] = time.perf_counter() - t0
     task, rendering = render_task(task, prompt, tokenizer, cfg.task.chat_template)

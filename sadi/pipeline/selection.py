@@ -44,6 +44,8 @@ REPORT_OVERRIDES = (
     "task.max_gen_toks",
     "model.batch_size",
     "model.device",
+    "model.device_map",
+    "model.offload_folder",
     "progress",
     "verbose",
     "logger.",

@@ -163,12 +163,50 @@ def check_required_values(intervention: DictConfig) -> None:
         )
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def device_map_of(model: Any) -> str | dict[str, Any] | None:
+    """`model.device_map`, checked: None, one of DEVICE_MAPS, or {module name: device}
+    ("cuda:N", N, "cpu" or "disk"; "disk" needs model.offload_folder); model.device stays
+    null beside it."""
+    value = model.get("device_map")
+    if value is None:
+        return None
+    if model.get("device") is not None:
+        raise ConfigError(
+            f"model.device={model.device!r} with model.device_map: a device_map places every "
+            "module itself; set model.device=null"
+        )
+    if isinstance(value, str):
+        if value not in DEVICE_MAPS:
+            raise ConfigError(
+                f"model.device_map={value!r}: use one of {list(DEVICE_MAPS)} or a map of module "
+                "names to devices, e.g. '{model.layers.0: cuda:0, lm_head: cpu}'"
+            )
+        return value
+    mapping = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    if not isinstance(mapping, dict) or not mapping:
+        raise ConfigError(f"model.device_map={value!r}: give a name or a non-empty map")
+    for name, device in mapping.items():
+        if not (
+            isinstance(device, int) or device in ("cpu", "disk") or str(device).startswith("cuda")
+        ):
+            raise ConfigError(f"model.device_map[{name!r}]={device!r}: use cuda:N, N, cpu or disk")
+    if "disk" in mapping.values() and not model.get("offload_folder"):
+        raise ConfigError(
+            "model.device_map puts modules on disk: set model.offload_folder=<a directory>"
+        )
+    return {str(k): v for k, v in mapping.items()}
+
+
 def check_run_config(cfg: DictConfig) -> None:
     """Everything about `cfg` that can be checked before the task or the model is loaded."""
     check_required_values(cfg.intervention)
     check_optimized_metric(cfg.optimized_metric, cfg.task.primary_metric, judge_metric_names(cfg))
     check_batch_size(cfg.model.batch_size)
     check_device(cfg.model.device)
+    device_map_of(cfg.model)
     check_dtype(cfg.model.dtype)
     check_intervention_keys(cfg.intervention)
     try:
@@ -196,6 +234,7 @@ __all__ = [
     "ConfigError",
     "check_batch_size",
     "check_device",
+    "device_map_of",
     "check_dtype",
     "check_intervention_keys",
     "check_optimized_metric",

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from sadi.core.models import input_device
 from sadi.steerers.base import Steerer
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class HFGenerator:
 
     @torch.no_grad()
     def _one(self, g: Generation) -> Completion:
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         ids = torch.tensor([g.tokens], device=device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": g.max_tokens,

@@ -32,6 +32,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.core.architectures import architecture_of, decoder_layers, get_module
+from sadi.core.models import module_device
 from sadi.data.pairs import Pair
 from sadi.infra import checks
 from sadi.steerers.artifacts import check_finite_tensor
@@ -142,7 +143,6 @@ class LoRA(Steerer[LoRAState]):
         """Train the adapters on the pairs' positive completions (deterministic)."""
         check_pairs(pairs)
         self._remember_model(model, len(pairs))
-        device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(self.seed)
         adapters: dict[str, tuple[Tensor, Tensor]] = {}
         targets = target_modules(model, self.component)
@@ -153,6 +153,7 @@ class LoRA(Steerer[LoRAState]):
             bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)), peft's default for A
             a.uniform_(-bound, bound, generator=generator)
             b = torch.zeros(d_out, self.rank)
+            device = module_device(module)  # each adapter where its module computes
             adapters[name] = (
                 a.to(device).requires_grad_(True),
                 b.to(device).requires_grad_(True),

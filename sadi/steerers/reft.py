@@ -31,6 +31,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from typing_extensions import Self
 
 from sadi.core.architectures import decoder_layers, model_shape
+from sadi.core.models import module_device
 from sadi.core.positions import PositionPolicy
 from sadi.data.pairs import Pair
 from sadi.infra import checks
@@ -146,7 +147,7 @@ class LoReFT(Steerer[ReFTState]):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             live = _Trainable(shape.d_model, self.rank)
-        live.to(next(model.parameters()).device)
+        live.to(module_device(decoder_layers(model)[self.layer]))  # where its layer computes
         self._live = live
         self.state = self._state_of(live)  # a placeholder until trained: apply needs a state
         try:

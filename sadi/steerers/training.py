@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from sadi.core.activations import EncodedBatch, context_limit, encode
+from sadi.core.models import input_device
 from sadi.data.pairs import Pair
 from sadi.infra import checks
 
@@ -90,7 +91,7 @@ def train(
     the pairs, the initial parameters and `params` (the batch order is seeded)."""
     optimiser = torch.optim.AdamW(parameters, lr=params.lr, weight_decay=0.0)
     order = random.Random(f"train:{params.seed}")
-    device = next(model.parameters()).device
+    device = input_device(model)
     limit = context_limit(model)
     losses: list[float] = []
     batch_size = params.batch_size

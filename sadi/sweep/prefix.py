@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from sadi.core.models import input_device
 from sadi.sweep.heads import HeadForwards
 from sadi.sweep.protocol import Condition
 from sadi.sweep.rows import Row, Score, cache_keyword, split_request, takes
@@ -98,8 +99,8 @@ class PrefixScorer(HeadForwards, SuffixForwards):
         self._positions = takes(model.forward, "position_ids")
         self._base_positions = takes(self.base.forward, "position_ids")
         self._kv_bytes: float | None = None
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device = input_device(model)
+        self.dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         head: Any = getattr(model, "get_output_embeddings")()  # noqa: B009 (typed Any)
         vocab = getattr(model.config, "vocab_size", None) or head.weight.shape[0]
         self._logit_bytes = int(vocab) * torch.finfo(self.dtype).bits // 8

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sadi.core.models import input_device
 from sadi.core.positions import BatchLayout
 from sadi.infra.errors import UserError
 from sadi.steerers.base import Steerer
@@ -290,7 +291,7 @@ def hf_token_logprobs(
 ) -> list[float]:
     """The HF backend's log-prob of each token of `ids` after `prompt_length`, steered as a
     scored row (context = the first `prompt_length` tokens)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     x = torch.tensor([ids], device=device)
     if steerer is None:
         logits = model(input_ids=x).logits[0]
