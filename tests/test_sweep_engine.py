@@ -388,3 +388,34 @@ def test_a_sweep_mixing_methods_scores_each_on_its_prefixes(
     }
     assert engines["sadi"]["used"] and engines["sadi"]["own_prefix_points"] == 0
     assert engines["austeer"]["used"] and engines["austeer"]["own_prefix_points"] == 1
+
+
+def test_auto_budgets_come_from_free_gpu_memory_and_size_the_chunks() -> None:
+    """`cache_mb=auto`: on CUDA a share of the free device memory (what
+    `torch.cuda.mem_get_info` reports, passed in here), on the CPU the fixed 256/128 MB;
+    given megabytes are taken as they are. A smaller budget gives more, smaller chunks."""
+    import torch
+
+    from sadi.sweep.prefix import AUTO_SHARE, memory_budget
+
+    gib = 2**30
+    cache, logits = memory_budget(torch.device("cuda", 0), "auto", "auto", free_bytes=30 * gib)
+    assert cache == pytest.approx(AUTO_SHARE * 20 * gib) and logits == pytest.approx(
+        AUTO_SHARE * 10 * gib
+    )
+    small = memory_budget(torch.device("cuda", 0), "auto", "auto", free_bytes=gib)
+    assert small[0] < cache and small[1] < logits
+    assert memory_budget(torch.device("cpu"), "auto", "auto") == (256 * 2**20, 128 * 2**20)
+    assert memory_budget(torch.device("cuda", 0), 64, "auto", free_bytes=gib)[0] == 64 * 2**20
+    with pytest.raises(ValueError, match="logits_mb='lots'"):
+        memory_budget(torch.device("cpu"), 64, "lots")
+
+    model, _ = model_and_conditions()
+    requests, _ = task_requests("boolq", "lm_eval", n=6)
+    rows = [split_request(*lm(model, None, 4)._encode_pair(*r.args), MAX_LENGTH) for r in requests]
+    scorer = PrefixScorer(model)
+    per_head = max(len(r.head) for r in rows) * scorer.kv_bytes_per_token()
+    roomy, tight = PrefixScorer(model), PrefixScorer(model)
+    roomy.cache_bytes = 64 * per_head  # as a large free memory would give
+    tight.cache_bytes = per_head  # one head per chunk
+    assert len(roomy.chunks(rows)) == 1 < len(tight.chunks(rows))

@@ -146,8 +146,10 @@ class SweepSchema:
 
     engine: Any = "auto"  # auto: sweep points (-m) use it; true: every run; false: never
     batch_size: Any = "auto"  # heads per prefix forward, rows per suffix forward, or "auto"
-    cache_mb: float = 256.0  # bound on a chunk's KV cache (and a suffix forward's copy)
-    logits_mb: float = 128.0  # bound on a suffix forward's logits
+    # bounds on a chunk's KV cache (and a suffix forward's copy) and on a suffix forward's
+    # logits, in MB; auto: from the GPU's free memory on CUDA, 256 and 128 on the CPU
+    cache_mb: Any = "auto"
+    logits_mb: Any = "auto"
     # a chunk's contexts that all begin with this many tokens or more (an instruction, a
     # few-shot prompt, a chat template) run that beginning once; 0: never
     shared_min: int = 8

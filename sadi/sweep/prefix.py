@@ -45,6 +45,37 @@ from sadi.sweep.rows import Row, Score, cache_keyword, split_request, takes
 from sadi.sweep.suffix import SuffixForwards
 
 
+# "auto" budgets: on CUDA this share of the device's free memory (at start) holds a chunk's
+# KV cache (2/3) and a suffix forward's logits (1/3); on the CPU the fixed MB below
+AUTO_SHARE = 0.5
+CPU_MB = {"cache_mb": 256.0, "logits_mb": 128.0}
+
+
+def memory_budget(
+    device: torch.device,
+    cache_mb: float | str = "auto",
+    logits_mb: float | str = "auto",
+    free_bytes: int | None = None,
+) -> tuple[float, float]:
+    """(cache bytes, logits bytes) the engine's chunks and suffix batches are sized to: the
+    megabytes given, or for "auto" a share of the free memory of a CUDA `device`
+    (`torch.cuda.mem_get_info`, or `free_bytes` where the caller knows it) and `CPU_MB`
+    elsewhere."""
+    out = []
+    for name, value, part in (("cache_mb", cache_mb, 2 / 3), ("logits_mb", logits_mb, 1 / 3)):
+        if value == "auto":
+            if device.type == "cuda":
+                free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
+                out.append(AUTO_SHARE * part * float(free))
+            else:
+                out.append(CPU_MB[name] * 2**20)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"{name}={value!r} must be > 0 (megabytes) or 'auto'")
+        out.append(float(value) * 2**20)
+    return out[0], out[1]
+
+
 class PrefixScorer(HeadForwards, SuffixForwards):
     """Scores rows under several conditions, computing each unsteered head once (and, for
     a condition that edits the head itself, its own steered head once).
@@ -72,16 +103,13 @@ class PrefixScorer(HeadForwards, SuffixForwards):
         model: nn.Module,
         *,
         batch_size: int | str = "auto",
-        cache_mb: float = 256.0,
-        logits_mb: float = 128.0,
+        cache_mb: float | str = "auto",
+        logits_mb: float | str = "auto",
         prefix_tokens: int = 2048,
         shared_min: int = 8,
     ) -> None:
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size={batch_size!r}: give a positive integer or 'auto'")
-        for name, value in (("cache_mb", cache_mb), ("logits_mb", logits_mb)):
-            if not value > 0:
-                raise ValueError(f"{name}={value!r} must be > 0 (megabytes)")
         if not (isinstance(prefix_tokens, int) and prefix_tokens >= 1):
             raise ValueError(f"prefix_tokens={prefix_tokens!r}: give a positive integer")
         self.prefix_tokens = prefix_tokens
@@ -91,8 +119,7 @@ class PrefixScorer(HeadForwards, SuffixForwards):
         self.model = model
         self.base = getattr(model, "base_model", model)
         self.batch_size = batch_size
-        self.cache_bytes = cache_mb * 2**20
-        self.logits_bytes = logits_mb * 2**20
+        self.cache_bytes, self.logits_bytes = memory_budget(input_device(model), cache_mb, logits_mb)
         self.counts: Counter[str] = Counter()
         self._lm_cache_kw = cache_keyword(model.forward)
         self._base_cache_kw = cache_keyword(self.base.forward)

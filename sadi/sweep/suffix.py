@@ -52,13 +52,17 @@ class SuffixForwards:
                 batch, self._suffix(units, batch, kv, head_mask, clean, steerer), strict=True
             ):
                 logps[i] = lp
-        scores = []
-        for r in rows:
+        sums, greedy = [], []
+        for r in rows:  # on the device; one transfer to the host for the whole chunk
             lp = logps[unit_index[(head_index[r.head], r.suffix)]]  # [n, vocab]
             cont = torch.tensor(r.continuation, device=lp.device)
-            picked = lp.gather(1, cont.unsqueeze(1)).squeeze(1)
-            scores.append((float(picked.sum()), bool((lp.argmax(dim=-1) == cont).all())))
-        return scores
+            sums.append(lp.gather(1, cont.unsqueeze(1)).sum())
+            greedy.append((lp.argmax(dim=-1) == cont).all())
+        if not rows:
+            return []
+        values = torch.stack(sums).double().cpu().tolist()
+        flags = torch.stack(greedy).cpu().tolist()
+        return [(float(v), bool(g)) for v, g in zip(values, flags, strict=True)]
 
     def _suffix_batches(
         self, units: list[tuple[int, tuple[int, ...]]], cached: int
@@ -92,7 +96,8 @@ class SuffixForwards:
         steerer: Condition,
     ) -> list[Tensor]:
         """Log-probabilities [suffix length, vocab] of each unit in `batch` under `steerer`."""
-        heads = torch.tensor([units[i][0] for i in batch], device=self.device)
+        head_list = [units[i][0] for i in batch]
+        heads = torch.tensor(head_list, device=self.device)
         lengths = [len(units[i][1]) for i in batch]
         width = max(lengths)
         ids = torch.full((len(batch), width), PAD, dtype=torch.long)
@@ -110,7 +115,7 @@ class SuffixForwards:
             start = past.sum(dim=1, keepdim=True)
             call["position_ids"] = start + torch.arange(width, device=self.device).unsqueeze(0)
         if past.shape[1] > 0:
-            if heads.tolist() == list(range(int(head_mask.shape[0]))):
+            if head_list == list(range(int(head_mask.shape[0]))):  # no device sync
                 layers = kv  # every head in order: no copy (the forward concatenates anew)
             else:
                 layers = [(k[heads], v[heads]) for k, v in kv]
