@@ -4,7 +4,7 @@ PIP ?= .venv/bin/pip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm run test test-main test-vllm test-fast test-latest lock lock-vllm lint bench bench-vllm study docs
+.PHONY: help setup setup-vllm run test test-main test-vllm test-fast test-latest lock lock-vllm lint bench bench-vllm gpu-check study docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,7 +47,7 @@ lock-vllm: ## rewrite constraints-vllm.txt from .venv-vllm (after tests/vllm_bac
 	  > constraints-vllm.txt.new && mv constraints-vllm.txt.new constraints-vllm.txt
 
 lint: ## ruff and mypy
-	$(PY) -m ruff check sadi tests benchmarks experiments
+	$(PY) -m ruff check sadi tests benchmarks experiments scripts
 	$(PY) -m mypy
 
 docs: ## the documentation site, built strictly (warnings fail) into site/
@@ -55,6 +55,9 @@ docs: ## the documentation site, built strictly (warnings fail) into site/
 
 bench: ## benchmarks; figures as JSON under benchmarks/results/ (bench-vllm: the vLLM one)
 	$(PY) -m benchmarks.run $(ARGS)
+
+gpu-check: ## the prepared GPU check (random 7B/8B shapes, bf16; ~5 min): benchmarks/results/gpu.json
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 bench-vllm: ## open-ended generation, vLLM vs HF backend under one steerer (.venv-vllm)
 	@[ -x .venv-vllm/bin/python ] || bash scripts/setup-vllm.sh

@@ -21,19 +21,25 @@ authors report for this model, scored on select and report as it is, labelled
 choosing on a validation split instead of on the test set. SAS trains the default TopK SAE
 of the middle layer first (`intervention.sae=trained`; on a GPU a few minutes).
 
-GPU hours (printed with --dry-run, per method): an estimate, not a measurement (no GPU was
-available where this was written): forward tokens from the tasks' measured token counts
-(SmolLM2's tokenizer; Llama's gives about as many), the sweep engine's costs (each context
-once per fit, then a few suffix tokens per point; AUSteer a prefix per point), an assumed
-throughput of THROUGHPUT tokens/s for a 7B model scoring in float16 on one A100-class GPU,
-and LOAD_S seconds of model loading per Slurm job (one job per sweep point).
+GPU hours (printed with --dry-run, per method): from the prepared GPU check's measured
+throughput (`make gpu-check` on a GPU machine writes benchmarks/results/gpu.json; its
+Llama-2-7B shape in bfloat16): forward tokens from the tasks' measured token counts
+(SmolLM2's tokenizer; Llama's gives about as many) and the sweep engine's costs (each context
+once per fit, then a few suffix tokens per point; AUSteer a prefix per point), at the
+check's plain tokens/s times each method's measured steered/plain ratio, plus its measured
+fit seconds per pair, plus LOAD_S seconds of checkpoint loading per Slurm job (the one
+figure the check cannot measure without weights: stated as an assumption). Without a GPU
+measurement in that file it prints the forward tokens per method and says the hours are not
+measured, rather than guessing a throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from _common import add_replace, replace_flag, report_cmd, run, sadi_run
 
@@ -49,9 +55,11 @@ AUTHORS_POINTS = [
     ("gemma2_9b_it", "copa", "ffn", 80, 50, 97.60),
     ("qwen3_8b", "copa", "attention", 8, 20, 95.40),
 ]
-# GPU-hour model: assumed figures, stated in the docstring and the printed plan
-THROUGHPUT = 5000.0  # forward tokens per second, 7B, float16, one A100-class GPU
-LOAD_S = 90.0  # loading a 7B checkpoint per job
+LOAD_S = 90.0  # assumed: loading a 7B checkpoint per job (the check builds random weights)
+GPU_JSON = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu.json"
+CHECK_SHAPE = "llama2-7b"  # the check's shape these models are costed at
+# the check measures each registered method once; the table's arms by the method they run
+CHECK_METHOD = {"sadi_head": "sadi", "sadi_neuron": "sadi", "sadi_hidden": "sadi"}
 N_PAIRS = {"austeer": 1000}  # fit pairs (others: 150)
 # per task: (select items, report items, context tokens, continuation tokens per item)
 TOKENS = {
@@ -75,20 +83,41 @@ POINTS = {
 FITS = {"austeer": 3}  # fits per task: one per AUSteer site; k and strengths share a fit
 
 
-def gpu_hours(method: str) -> float:
-    """Estimated GPU hours of one method over the table's tasks (see the docstring)."""
-    tokens = 0.0
+def forward_tokens(method: str) -> tuple[float, int]:
+    """(forward tokens, fitted pairs) of one method over the table's tasks."""
+    tokens, fitted = 0.0, 0
     for select, report, ctx, cont in TOKENS.values():
-        fit = N_PAIRS.get(method, 150) * 2 * (ctx + cont)
+        pairs = N_PAIRS.get(method, 150)
         fits = FITS.get(method, 1)
         points = POINTS[method]
         if method == "austeer":  # its own prefix per point: about one engine baseline each
             sweep = points * select * (ctx + cont)
         else:
             sweep = fits * select * ctx + points * select * cont
-        tokens += fits * fit + sweep + report * (ctx + cont)
+        tokens += fits * pairs * 2 * (ctx + cont) + sweep + report * (ctx + cont)
+        fitted += fits * pairs
+    return tokens, fitted
+
+
+def measured_throughput(path: Path = GPU_JSON) -> dict[str, Any] | None:
+    """The GPU check's figures for CHECK_SHAPE (None: no GPU measurement in `path`)."""
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    shape = result.get("shapes", {}).get(CHECK_SHAPE)
+    if not result.get("gpu") or not shape or "plain_forward" not in shape:
+        return None
+    return {"device": result["device"], **shape}
+
+
+def gpu_hours(method: str, check: dict[str, Any]) -> float:
+    """GPU hours of one method over the table's tasks at the check's measured figures."""
+    tokens, fitted = forward_tokens(method)
+    got = check["methods"][CHECK_METHOD.get(method, method)]
+    per_token = got["steered_over_plain"] / check["plain_forward"]["tokens_per_s"]
+    fit_s = fitted * got["fit_s"] / got["fit_pairs"]
     jobs = len(TOKENS) * (POINTS[method] + 1)
-    return (tokens / THROUGHPUT + jobs * LOAD_S) / 3600
+    return (tokens * per_token + fit_s + jobs * LOAD_S) / 3600
 
 
 def authors_point_runs(model: str, out: str = "outputs/authors_points") -> list[list[str]]:
@@ -150,16 +179,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--local", action="store_true", help="run here (a GPU node), no Slurm")
+    parser.add_argument("--gpu-json", default=str(GPU_JSON), help="the GPU check's figures")
     add_replace(parser)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {METHODS}")
-    print(f"# estimated GPU hours ({THROUGHPUT:.0f} tokens/s, {LOAD_S:.0f} s load per job):")
-    for method in methods:
-        print(f"#   {method}: {gpu_hours(method):.1f}")
-    print(f"#   total: {sum(gpu_hours(m) for m in methods):.1f}")
+    check = measured_throughput(Path(args.gpu_json))
+    if check is None:
+        print(
+            f"# GPU hours: not measured ({args.gpu_json} holds no GPU run of the check; run "
+            "`make gpu-check` on a GPU machine). Forward tokens per method (millions):"
+        )
+        for method in methods:
+            print(f"#   {method}: {forward_tokens(method)[0] / 1e6:.1f}M tokens")
+    else:
+        tps = check["plain_forward"]["tokens_per_s"]
+        print(
+            f"# GPU hours at the check's measured throughput ({check['device']}, "
+            f"{CHECK_SHAPE} bf16: {tps:.0f} tokens/s plain; {LOAD_S:.0f} s assumed load per job):"
+        )
+        for method in methods:
+            print(f"#   {method}: {gpu_hours(method, check):.1f}")
+        print(f"#   total: {sum(gpu_hours(m, check) for m in methods):.1f}")
     launcher = [] if args.local else ["hydra/launcher=slurm"]
     common = [f"model={args.model}", f"task={TASKS}", *launcher]
     jobs = f"outputs/slurm/{args.model}"

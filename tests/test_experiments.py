@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -90,24 +91,71 @@ def test_table1_7b_runs_every_method_by_default() -> None:
     assert [("--across-components" in c) for c in selects] == [m == "austeer" for m in methods]
 
 
-def test_table1_7b_states_the_gpu_hours_of_every_method() -> None:
+TABLE1_METHODS = {"sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer", "sas"}
+
+
+def _plan(*args: str) -> dict[str, str]:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "table1_7b.py"), "--dry-run"],
+        [sys.executable, str(ROOT / "experiments" / "table1_7b.py"), "--dry-run", *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=ROOT,
     )
-    hours = {}
-    for line in proc.stdout.splitlines():
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("#")]
+    plan = {"head": lines[0]}
+    for line in lines[1:]:
         if line.startswith("#   "):
             name, value = line[4:].split(": ")
-            hours[name] = float(value)
-    methods = {"sadi_head", "sadi_neuron", "sadi_hidden", "iti", "caa", "austeer", "sas"}
-    assert set(hours) == methods | {"total"}
-    assert all(v > 0 for v in hours.values())
-    assert abs(hours["total"] - sum(hours[m] for m in methods)) < 0.1 * len(methods)
-    assert max(hours, key=lambda m: hours[m] if m != "total" else 0) == "austeer"
+            plan[name] = value
+    return plan
+
+
+def test_table1_7b_without_a_gpu_measurement_gives_tokens_not_guessed_hours(
+    tmp_path: Path,
+) -> None:
+    plan = _plan("--gpu-json", str(tmp_path / "none.json"))
+    assert "GPU hours: not measured" in plan["head"] and "make gpu-check" in plan["head"]
+    assert set(plan) - {"head"} == TABLE1_METHODS
+    tokens = {m: float(v.removesuffix("M tokens")) for m, v in plan.items() if m != "head"}
+    assert all(v > 0 for v in tokens.values()) and max(tokens, key=tokens.get) == "austeer"
+
+
+def test_table1_7b_states_gpu_hours_from_the_checks_measured_throughput(tmp_path: Path) -> None:
+    """With a GPU run of the check (figures written here by hand, as the check writes
+    them), each method's hours follow from its measured throughput and fit cost."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import table1_7b
+
+    methods = {
+        m: {"steered_over_plain": 1.0 + 0.1 * i, "fit_s": 2.0 * (i + 1), "fit_pairs": 32}
+        for i, m in enumerate(("austeer", "caa", "iti", "lora", "reft", "sadi", "sas"))
+    }
+    shape = {"plain_forward": {"tokens_per_s": 20000.0}, "methods": methods}
+    check = {"gpu": True, "device": "NVIDIA H100 80GB HBM3", "shapes": {"llama2-7b": shape}}
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(check))
+    plan = _plan("--gpu-json", str(path))
+    assert "NVIDIA H100 80GB HBM3" in plan["head"] and "20000 tokens/s" in plan["head"]
+    hours = {m: float(v) for m, v in plan.items() if m != "head"}
+    assert set(hours) == TABLE1_METHODS | {"total"}
+    measured = table1_7b.measured_throughput(path)
+    assert measured is not None
+    for m in TABLE1_METHODS:
+        tokens, fitted = table1_7b.forward_tokens(m)
+        got = methods[table1_7b.CHECK_METHOD.get(m, m)]
+        jobs = len(table1_7b.TOKENS) * (table1_7b.POINTS[m] + 1)
+        by_hand = (
+            tokens * got["steered_over_plain"] / 20000.0
+            + fitted * got["fit_s"] / 32
+            + jobs * table1_7b.LOAD_S
+        ) / 3600
+        assert hours[m] == pytest.approx(by_hand, abs=0.06)
+    assert hours["total"] == pytest.approx(sum(hours[m] for m in TABLE1_METHODS), abs=0.4)
+    check["gpu"] = False  # the tiny CPU run's file: no GPU figures to cost a 7B run with
+    path.write_text(json.dumps(check))
+    assert "not measured" in _plan("--gpu-json", str(path))["head"]
 
 
 def test_sas_caa_sweeps_both_methods_at_one_layer_with_the_mmlu_side_effect() -> None:
