@@ -285,7 +285,10 @@ def sweep_check(
 
     reset()
     got = interleaved({"per_point": points, "engine": sweep}, 1, sync)
-    diff = max(abs(a - b) for n in conditions for a, b in zip(engine[n], per_point[n], strict=True))
+
+    def diff(names: Any) -> float:
+        return max(abs(a - b) for n in names for a, b in zip(engine[n], per_point[n], strict=True))
+
     return {
         "points": len(MULTIPLIERS),
         "items": len(items),
