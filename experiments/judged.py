@@ -32,11 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +40,8 @@ from typing import Any
 
 from _common import run, sadi_run
 from behaviours import BEHAVIOURS, CURVES
+
+from sadi.serve.process import serving
 
 # the strengths judged: part of the behaviours study's curve grids (CURVES), both directions
 STRENGTHS = {
@@ -91,30 +89,12 @@ def best_other(behaviours_out: Path, task: str) -> str:
 @contextmanager
 def judge_server(python: str, model: str, name: str, dry_run: bool) -> Iterator[str]:
     """`sadi serve --model MODEL` on 127.0.0.1 (a free port); yields its /v1 URL."""
-    cmd = [python, "-m", "sadi.serve", "--model", model, "--name", name, "--port", "0"]
-    print("$ " + " ".join(cmd) + " &", flush=True)
+    print(f"$ {python} -m sadi.serve --model {model} --name {name} --port 0 &", flush=True)
     if dry_run:
         yield "http://127.0.0.1:PORT/v1"
         return
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines = []
-    try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                sys.exit("the judge server exited:\n" + "".join(lines[-30:]))
-            lines.append(line)
-            found = re.search(r" on (http://[\d.]+:\d+/v1)", line)
-            if found:
-                threading.Thread(target=proc.stdout.read, daemon=True).start()
-                yield found.group(1)
-                return
-        sys.exit("the judge server did not start:\n" + "".join(lines[-30:]))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    with serving(python, "--model", model, "--name", name, timeout=900) as url:
+        yield f"{url}/v1"
 
 
 def summary(sweeps: dict[str, list[str]], out: Path) -> None:

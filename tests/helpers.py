@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +22,7 @@ from sadi.core.architectures import architecture_of, model_shape, site
 from sadi.core.hooks import LayerHook, hooked
 from sadi.data.tasks import EXAMPLE_DATA
 from sadi.eval.lm import SteeredLM
+from sadi.serve.process import serving  # noqa: F401 (the tests' server)
 from sadi.steerers import Steerer
 
 
@@ -266,40 +264,6 @@ def run_then_lm_eval(
         rtol=0,
     )
     return out, results
-
-
-@contextmanager
-def serving(python: str, *args: str, timeout: float = 300) -> Iterator[str]:
-    """`sadi serve ARGS --port 0` started with `python`, as a user would; yields its base URL
-    (http://127.0.0.1:PORT) once it listens; stopped on exit."""
-    proc = subprocess.Popen(
-        [python, "-m", "sadi.serve", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + timeout
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError("sadi serve exited:\n" + "".join(lines[-40:]))
-            lines.append(line)
-            match = re.search(r" on (http://[\d.]+:\d+)/v1", line)
-            if match:
-                # keep reading its output so it never blocks on a full pipe
-                threading.Thread(target=proc.stdout.read, daemon=True).start()
-                yield match.group(1)
-                return
-        raise AssertionError("sadi serve did not start:\n" + "".join(lines[-40:]))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:

@@ -8,6 +8,7 @@ sharded model as on the whole one and steers it to the same log-likelihoods; a r
 from __future__ import annotations
 
 import json
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from sadi.pipeline.validate import ConfigError
 from sadi.run import run
 from sadi.steerers import Steerer
 from sadi.steerers.registry import methods
-from tests.conftest import PAIRS, byte_tokenizer, make_tiny
+from tests.conftest import PAIRS, byte_tokenizer
 from tests.helpers import CONTS, PROMPTS, loglikelihood_requests, steered, steered_lm
 from tests.steerers.conftest import build
 from tests.test_run import compose_run, tiny_overrides
@@ -42,18 +43,16 @@ SCORE_CASES = [("The sky is", " blue"), ("Water is wet and", "A"), ("Hi", " ther
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llama-shards")
-    make_tiny("llama").save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+def model_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir  # the tiny random Llama, saved (tests/conftest.py)
 
 
 @cache
 def loaded(model_dir: Path, sharded: bool) -> PreTrainedModel:
     if not sharded:
         return load_model(str(model_dir), device="cpu")[0]
-    return load_model(str(model_dir), device_map=MAP, offload_folder=model_dir / "offload")[0]
+    offload = Path(tempfile.mkdtemp(prefix="sadi-offload-"))
+    return load_model(str(model_dir), device_map=MAP, offload_folder=offload)[0]
 
 
 def test_the_map_is_real_and_the_fingerprint_reads_offloaded_weights(model_dir: Path) -> None:

@@ -44,7 +44,6 @@ from sadi.sweep.protocol import Condition
 from sadi.sweep.rows import Row, Score, cache_keyword, split_request, takes
 from sadi.sweep.suffix import SuffixForwards
 
-
 # "auto" budgets: on CUDA this share of the device's free memory (at start) holds a chunk's
 # KV cache (2/3) and a suffix forward's logits (1/3); on the CPU the fixed MB below
 AUTO_SHARE = 0.5
@@ -119,7 +118,9 @@ class PrefixScorer(HeadForwards, SuffixForwards):
         self.model = model
         self.base = getattr(model, "base_model", model)
         self.batch_size = batch_size
-        self.cache_bytes, self.logits_bytes = memory_budget(input_device(model), cache_mb, logits_mb)
+        self.cache_bytes, self.logits_bytes = memory_budget(
+            input_device(model), cache_mb, logits_mb
+        )
         self.counts: Counter[str] = Counter()
         self._lm_cache_kw = cache_keyword(model.forward)
         self._base_cache_kw = cache_keyword(self.base.forward)
