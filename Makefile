@@ -63,8 +63,9 @@ bench-vllm: ## open-ended generation, vLLM vs HF backend under one steerer (.ven
 	@[ -x .venv-vllm/bin/python ] || bash scripts/setup-vllm.sh
 	.venv-vllm/bin/python -m benchmarks.bench_vllm $(ARGS)
 
-study: ## the CPU comparison study: Table 1 (SmolLM2, Gemma 3), behaviour curves, steering vs prompting / LoRA / LoReFT (hours; see docs/results.md)
+study: ## the CPU comparison study: Table 1 (SmolLM2, Gemma 3), behaviour curves, steering vs prompting / LoRA / LoReFT, judged curves (hours; see docs/results.md)
 	$(PY) experiments/table1_cpu.py --model smollm2_135m $(ARGS)
 	$(PY) experiments/table1_cpu.py --model gemma3_270m $(ARGS)
 	$(PY) experiments/behaviours.py --model smollm2_135m $(ARGS)
 	$(PY) experiments/baselines.py --model smollm2_135m $(ARGS)
+	$(PY) experiments/judged.py --model smollm2_135m $(ARGS)

@@ -351,3 +351,29 @@ def test_baselines_gives_every_arm_the_same_splits_and_pairs() -> None:
             assert cfg.task.splits == ["select"]
     report = [c for c in cmds if c[2:3] == ["sadi.report"]]
     assert len(report) == 1 and sum("outputs/sweeps/baselines" in a for a in report[0]) == 12
+
+
+def test_the_judged_study_judges_caa_the_best_other_method_and_the_prompting_arm() -> None:
+    """Per behaviour: CAA and the best other method of the behaviours study (at the values it
+    chose on select) and the instruction arm, on the report split, with the judge; the
+    judge's check first; every sweep composes."""
+    cmds = dry_run("judged.py", "--behaviours", "caa_refusal", "caa_hallucination")
+    assert "sadi.serve" in cmds[0] and "sadi.judge.check" in cmds[1]
+    runs = [c for c in cmds if c[2:4] == ["sadi.run", "-m"]]
+    assert len(runs) == 6
+    for cmd in runs:
+        args = dict(a.split("=", 1) for a in overrides(cmd) if not a.startswith("-"))
+        assert args["task.splits"] == "[report]" and args["judge"] == "openai"
+        assert args["task.open_ended"] == "true"
+        # a sweep's first point (compose takes one value per key)
+        first = [a if "[" in a else a.split(",")[0] for a in overrides(cmd)]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[*first, "paths.output_dir=x"])
+        assert cfg.judge.model.endswith("-judge")
+    methods = [dict(a.split("=", 1) for a in overrides(c))["intervention"] for c in runs]
+    assert methods.count("caa") == 2 and methods.count("none") == 2
+    prompts = [c for c in runs if "prompt=instruction" in c]
+    assert len(prompts) == 2
+    curves = [c for c in cmds if c[2:3] == ["sadi.report.curves"]]
+    assert {c[c.index("--metric") + 1] for c in curves} == {"judge_behaviour", "p_label"}
+    assert all("--levels" in c for c in curves)
