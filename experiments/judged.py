@@ -97,6 +97,63 @@ def judge_server(python: str, model: str, name: str, dry_run: bool) -> Iterator[
         yield f"{url}/v1"
 
 
+def per_behaviour(sweeps: dict[str, list[str]], levels: dict[str, str], out: Path) -> str:
+    """One row per behaviour (written to `per_behaviour.md`, returned): the judge's check
+    accuracy, the judged score unsteered and under the instruction, each method's judged
+    range over its strengths, the A/B p_label range of the same runs, and the worst
+    fluency (largest perplexity, largest share repeating one token) of any steered point."""
+    checked = out / "judge_check.json"
+    accuracy = json.loads(checked.read_text())["tasks"] if checked.exists() else {}
+    lines = [
+        "| behaviour | judge check | unsteered | instruction | method: judged range (A/B "
+        "p_label range x100) | worst perplexity / repeat share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, paths in sorted(sweeps.items()):
+        cells, worst_ppl, worst_rep, base = [], 0.0, 0.0, None
+        for sweep in paths:
+            judged, ab, name = [], [], ""
+            for f in sorted(Path(sweep).glob("*/results.json")):
+                res = json.loads(f.read_text())
+                report = res["judged"]["conditions"]["steered"]["report"]
+                base = res["judged"]["conditions"]["baseline"]["report"]["judged"]["behaviour"]
+                name = (
+                    f"{res['config']['intervention']['name']}-{res['config']['component']['name']}"
+                )
+                if report["judged"]["behaviour"] is not None:
+                    judged.append(report["judged"]["behaviour"])
+                ab.append(100 * res["metrics"]["report"]["p_label"])
+                worst_ppl = max(worst_ppl, report["text"].get("perplexity") or 0.0)
+                worst_rep = max(worst_rep, report["text"]["repeat_share"])
+            if judged:
+                cells.append(
+                    f"{name}: {min(judged):.2f}..{max(judged):.2f} ({min(ab):.1f}..{max(ab):.1f})"
+                )
+        prompt = json.loads(
+            (
+                Path(levels[task])
+                / next(
+                    p.name for p in Path(levels[task]).iterdir() if (p / "results.json").exists()
+                )
+                / "results.json"
+            ).read_text()
+        )
+        instructed = prompt["judged"]["conditions"]["baseline"]["report"]["judged"]["behaviour"]
+        acc = accuracy.get(task, {}).get("accuracy")
+        lines.append(
+            f"| {task} | {_acc(acc)} | {_num(base)} | {_num(instructed)} | "
+            f"{'; '.join(cells)} | {worst_ppl:.0f} / {worst_rep:.2f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "per_behaviour.md").write_text(text)
+    return text
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def summary(sweeps: dict[str, list[str]], out: Path) -> None:
     """judged.md: per behaviour, arm and strength, the judged score (report split), the
     judge-free fluency figures and the A/B p_label of the same run."""
@@ -284,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
             run(cmd, args.dry_run)
     if not args.dry_run:
         summary(sweeps, out)
+        print(per_behaviour(sweeps, levels, out))
 
 
 if __name__ == "__main__":
