@@ -271,12 +271,16 @@ def test_a_50000_character_item_stays_within_a_few_gigabytes(tmp_path: Path) -> 
 
 
 def test_an_hflm_without_the_attributes_sadi_reads_fails_loudly() -> None:
-    """Were lm-eval to rename HFLM's batch size or autocast dtype, SteeredLM stops at once
-    instead of silently losing its memory bound or mixed precision."""
+    """Were lm-eval to rename HFLM's batch size, autocast dtype or softmax dtype, SteeredLM
+    stops at once instead of silently losing its memory bound, mixed precision or float32
+    log-probabilities."""
     from types import SimpleNamespace
 
     from sadi.eval.lm import _check_hflm_attributes
 
-    _check_hflm_attributes(SimpleNamespace(batch_size_per_gpu=16, mixed_precision_dtype=None))
-    with pytest.raises(RuntimeError, match=r"no \['mixed_precision_dtype'\].*constraints.txt"):
-        _check_hflm_attributes(SimpleNamespace(batch_size_per_gpu=16))
+    full = {"batch_size_per_gpu": 16, "mixed_precision_dtype": None, "softmax_dtype": None}
+    _check_hflm_attributes(SimpleNamespace(**full))
+    for name in full:
+        lacking = SimpleNamespace(**{k: v for k, v in full.items() if k != name})
+        with pytest.raises(RuntimeError, match=rf"no \['{name}'\].*constraints.txt"):
+            _check_hflm_attributes(lacking)
