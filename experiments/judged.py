@@ -229,15 +229,11 @@ def _acc(value: float | None) -> str:
 def _ci(run_dir: Path, condition: str) -> str:
     """The judged behaviour's mean on report with its bootstrap CI, over scored verdicts."""
     from sadi.judge.judging import score_of
+    from sadi.report.judged import mean_cell
     from sadi.report.records import load_judged, load_run
-    from sadi.report.stats import bootstrap_ci
 
     rows = load_judged(load_run(run_dir), "report", baseline=condition == "baseline") or {}
-    parsed = [v for v in (score_of(r, "behaviour") for r in rows.values()) if v is not None]
-    if not parsed:
-        return "-"
-    e = bootstrap_ci(parsed)
-    return f"{e.value:.2f} [{e.lo:.2f}, {e.hi:.2f}]"
+    return mean_cell([score_of(r, "behaviour") for r in rows.values()])
 
 
 def main(argv: list[str] | None = None) -> None:

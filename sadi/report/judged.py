@@ -36,7 +36,8 @@ def judged_split(rec: RunRecord) -> str | None:
     return next((s for s in ("report", "select") if s in held), None)
 
 
-def _mean(values: Sequence[float | None]) -> str:
+def mean_cell(values: Sequence[float | None]) -> str:
+    """'mean [lo, hi]' of the scored values (None: unparseable, left out), '-' for none."""
     parsed = [v for v in values if v is not None]
     if not parsed:
         return "-"
@@ -81,8 +82,8 @@ def _rows(rec: RunRecord, split: str) -> list[list[str]]:
                 str(judge.get("model", "?")),
                 f"{judge.get('rubric', '?')} #{judge.get('rubric_hash', '?')}",
                 name,
-                _mean(a),
-                _mean(b) if rec.steered else "-",
+                mean_cell(a),
+                mean_cell(b) if rec.steered else "-",
                 delta,
                 unparseable,
                 *pair,
@@ -101,4 +102,4 @@ def judged_table(records: Sequence[RunRecord]) -> Table | None:
     return out if out.rows else None
 
 
-__all__ = ["TITLE", "judged_split", "judged_table"]
+__all__ = ["TITLE", "judged_split", "judged_table", "mean_cell"]
