@@ -2,9 +2,10 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 ARGS ?=
+GPU_SITE ?= /tmp/sadi-gpu-site
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm run test test-main test-vllm test-fast test-latest lock lock-vllm lint bench bench-vllm gpu-check study docs
+.PHONY: help setup setup-vllm run test test-main test-vllm test-fast test-latest lock lock-vllm lint bench bench-vllm gpu-check gpu-wheels study docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,8 +57,13 @@ docs: ## the documentation site, built strictly (warnings fail) into site/
 bench: ## benchmarks; figures as JSON under benchmarks/results/ (bench-vllm: the vLLM one)
 	$(PY) -m benchmarks.run $(ARGS)
 
-gpu-check: ## the prepared GPU check (random 7B/8B shapes, bf16; ~5 min): benchmarks/results/gpu.json
-	$(PY) scripts/gpu_check.py $(ARGS)
+gpu-check: ## the prepared GPU check (random 7B/8B shapes, bf16; ~8 min): benchmarks/results/gpu.json
+	@if [ -d .whl ]; then $(PY) -m pip install -q --no-index --no-deps --no-compile \
+	  --upgrade --target $(GPU_SITE) .whl/*.whl; fi
+	PYTHONUNBUFFERED=1 PYTHONPATH=$(if $(wildcard .whl),$(GPU_SITE)) $(PY) scripts/gpu_check.py $(ARGS)
+
+gpu-wheels: ## fetch into .whl/ the wheels gpu-check needs on a PyTorch machine without network
+	bash scripts/gpu_wheels.sh
 
 bench-vllm: ## open-ended generation, vLLM vs HF backend under one steerer (.venv-vllm)
 	@[ -x .venv-vllm/bin/python ] || bash scripts/setup-vllm.sh

@@ -1,6 +1,6 @@
 """The prepared GPU check: what steering costs on the models users steer, in one short command.
 
-    python scripts/gpu_check.py                   # on a GPU machine: ~5 minutes on an H100
+    python scripts/gpu_check.py                   # on a GPU machine: at most ~8 minutes
     python scripts/gpu_check.py --tiny --out x.json   # tiny shapes, any machine (the test)
     make gpu-check
 
@@ -17,14 +17,21 @@ its numbers are timings, not results) and a byte-level tokenizer. Per shape:
   A/B items, the scores of both checked to agree;
 
 and writes `benchmarks/results/gpu.json` (the device's name, torch/CUDA versions, every
-figure). A wall-clock budget (`--budget-s`, default 480) skips what would not fit and says
-so in the JSON.
+figure), rewritten after each part so a run stopped from outside keeps what it measured
+(`"complete": false` until the end). A wall-clock budget (`--budget-s`, default 480; each
+shape gets its share and what the earlier ones left) skips what would not fit, and a part
+that fails (out of memory, say) is recorded with its error; both say so in the JSON, and a
+failure makes the exit status 1.
+
+On a machine with PyTorch but no network, `bash scripts/gpu_wheels.sh` (here) fetches the
+few wheels it lacks into .whl/, and `make gpu-check PY=python3` installs them there first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import statistics
 import sys
@@ -175,8 +182,15 @@ def interleaved(sides: dict[str, Callable[[], object]], rounds: int, sync: Any) 
 
 
 def check_shape(
-    name: str, shape: dict[str, Any], args: argparse.Namespace, deadline: float
+    name: str,
+    shape: dict[str, Any],
+    args: argparse.Namespace,
+    deadline: float,
+    out: dict[str, Any],
+    save: Callable[[], None],
 ) -> dict[str, Any]:
+    """Fill `out` with `shape`'s figures, calling `save` after each part (a run stopped from
+    outside keeps what it measured)."""
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16
@@ -186,7 +200,7 @@ def check_shape(
     t0 = time.perf_counter()
     model = build_model(shape, device, dtype)
     tok = byte_tokenizer()
-    out: dict[str, Any] = {
+    out |= {
         "params": sum(p.numel() for p in model.parameters()),
         "dtype": "bfloat16",
         "build_s": time.perf_counter() - t0,
@@ -206,39 +220,60 @@ def check_shape(
         "tokens_per_s": args.batch * args.tokens / plain_s,
         "peak_memory_gb": peak(),
     }
+    save()
     n_layers, d_model = shape["num_hidden_layers"], shape["hidden_size"]
+    # the sweep first: one figure per shape even where the methods' fits run out the budget
+    out["sweep"] = guarded(
+        deadline, lambda: sweep_check(model, tok, args, sync, peak, reset, n_layers)
+    )
+    print(f"{name} sweep: {out['sweep']}")
+    save()
     out["methods"] = {}
     for method in sorted(methods()):
-        if time.perf_counter() > deadline:
-            out["methods"][method] = {"skipped": "over the --budget-s wall-clock budget"}
-            continue
         reset()
-        steerer = unfitted(method, n_layers, d_model, device)
-        start = time.perf_counter()
-        steerer.fit(model, tok, pairs(args.pairs))
-        sync()
-        fit_s = time.perf_counter() - start
 
-        def steered(st: Steerer = steerer) -> None:
-            with torch.no_grad(), st.apply(model):
-                model(input_ids=ids)
+        def measure(method: str = method) -> dict[str, Any]:
+            steerer = unfitted(method, n_layers, d_model, device)
+            start = time.perf_counter()
+            steerer.fit(model, tok, pairs(args.pairs))
+            sync()
+            fit_s = time.perf_counter() - start
 
-        got = interleaved({"plain": plain, "steered": steered}, args.rounds, sync)
-        out["methods"][method] = {
-            "fit_s": fit_s,
-            "fit_pairs": args.pairs,
-            "plain_s": got["plain"],
-            "steered_s": got["steered"],
-            "steered_over_plain": got["steered"] / got["plain"],
-            "steered_tokens_per_s": args.batch * args.tokens / got["steered"],
-            "peak_memory_gb": peak(),
-        }
-        print(f"{name} {method}: fit {fit_s:.1f}s, steered x{got['steered'] / got['plain']:.3f}")
-    if time.perf_counter() > deadline:
-        out["sweep"] = {"skipped": "over the --budget-s wall-clock budget"}
-    else:
-        out["sweep"] = sweep_check(model, tok, args, sync, peak, reset, n_layers)
+            def steered() -> None:
+                with torch.no_grad(), steerer.apply(model):
+                    model(input_ids=ids)
+
+            got = interleaved({"plain": plain, "steered": steered}, args.rounds, sync)
+            return {
+                "fit_s": fit_s,
+                "fit_pairs": args.pairs,
+                "plain_s": got["plain"],
+                "steered_s": got["steered"],
+                "steered_over_plain": got["steered"] / got["plain"],
+                "steered_tokens_per_s": args.batch * args.tokens / got["steered"],
+                "peak_memory_gb": peak(),
+            }
+
+        got = out["methods"][method] = guarded(deadline, measure)
+        if "fit_s" in got:
+            print(f"{name} {method}: fit {got['fit_s']:.1f}s, x{got['steered_over_plain']:.3f}")
+        else:
+            print(f"{name} {method}: {got}")
+        save()
     return out
+
+
+def guarded(deadline: float, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`fn()`'s figures; a record of why not where the budget is spent or `fn` fails (out of
+    memory, say), so one part's failure costs no other part's figures."""
+    if time.perf_counter() > deadline:
+        return {"skipped": "over the --budget-s wall-clock budget"}
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 -- recorded in the JSON, and the exit status says so
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"error": f"{type(e).__name__}: {e}"[:2000]}
 
 
 def sweep_check(
@@ -316,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=480.0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    # lm-eval warns once per SteeredLM built around a loaded model (17 per sweep check)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     table = TINY if args.tiny else SHAPES
     names = args.shapes or list(table)
     unknown = sorted(set(names) - set(table))
@@ -325,23 +362,50 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda and not args.tiny:
         print("no CUDA device: the 7B/8B shapes are for a GPU machine; --tiny runs anywhere")
         return 2
-    deadline = time.perf_counter() + args.budget_s
+    start = time.perf_counter()
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()})",
         "gpu": cuda,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "date": time.strftime("%Y-%m-%d"),
+        "budget_s": args.budget_s,
+        "complete": False,
         "shapes": {},
     }
-    for name in names:
-        result["shapes"][name] = check_shape(name, table[name], args, deadline)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(args.out)
+
+    for i, name in enumerate(names):
+        # each shape may spend its share of the budget and what the earlier ones left
+        deadline = start + args.budget_s * (i + 1) / len(names)
+        shape: dict[str, Any] = {}
+        result["shapes"][name] = shape
+        try:
+            check_shape(name, table[name], args, deadline, shape, save)
+        except Exception as e:  # noqa: BLE001 -- the model did not build or run: recorded
+            shape["error"] = f"{type(e).__name__}: {e}"[:2000]
+            print(f"{name}: {shape['error']}")
         if cuda:  # the shape's model is gone: its memory back for the next
             torch.cuda.empty_cache()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+        save()
+    result["complete"] = True
+    save()
     print(f"wrote {args.out}")
-    return 0
+    failed = [
+        f"{name}/{part}"
+        for name, shape in result["shapes"].items()
+        for part, got in [("model", shape), ("sweep", shape.get("sweep", {}))]
+        + list(shape.get("methods", {}).items())
+        if isinstance(got, dict) and "error" in got
+    ]
+    if failed:
+        print(f"failed (see the JSON): {failed}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
