@@ -18,6 +18,7 @@ import sadi.run as run_module
 from sadi.data.tasks import EXAMPLE_DATA
 from sadi.infra.cache import get_or_create
 from sadi.infra.jsonio import write_json
+from sadi.pipeline.results import generations_file, judgements_file, samples_file
 from sadi.select import select
 from tests.helpers import tiny_run
 from tests.test_run import compose_run, tiny_overrides
@@ -297,3 +298,13 @@ def test_unsteered_engine_scores_are_kept_apart_per_dtype(tmp_path: Path) -> Non
         assert results["sweep_engine"]["used"]
         directories.append(results["sweep_engine"]["directory"])
     assert directories[0] != directories[1]
+
+
+def test_the_per_item_files_keep_their_documented_names() -> None:
+    """Users' scripts read these names (README, sadi/run.py); writers and the report take
+    them from one place."""
+    assert samples_file("copa", "report") == "samples_copa_report.jsonl"
+    assert samples_file("copa", "select", True) == "samples_copa_select_baseline.jsonl"
+    assert samples_file("side_sst2", "report", True) == "samples_side_sst2_report_baseline.jsonl"
+    assert generations_file("caa_refusal", True) == "generations_caa_refusal_baseline.jsonl"
+    assert judgements_file("caa_refusal") == "judgements_caa_refusal.jsonl"

@@ -23,6 +23,7 @@ from sadi.judge.rubrics import JUDGED_PREFIX, RubricSet, concept_of, rubric_set
 from sadi.judge.store import JudgementStore
 from sadi.judge.textstats import perplexities, text_stats
 from sadi.pipeline.context import RunContext
+from sadi.pipeline.results import generations_file, judgements_file
 from sadi.pipeline.validate import ConfigError, judge_metric_names
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,8 @@ def judge_open_ended(
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     tables: dict[str, list[Any]] = {}
     for condition in conditions:
-        suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
-        path = Path(run_dir) / f"generations_{task_name}{suffix}.jsonl"
+        unsteered = condition == "baseline" and len(conditions) > 1
+        path = Path(run_dir) / generations_file(task_name, unsteered)
         rows = [
             {
                 "id": r["id"],
@@ -118,7 +119,7 @@ def judge_open_ended(
         )
         for row, p in zip(result.rows, ppl):
             row["perplexity"] = p
-        write_jsonl(Path(run_dir) / f"judgements_{task_name}{suffix}.jsonl", result.rows)
+        write_jsonl(Path(run_dir) / judgements_file(task_name, unsteered), result.rows)
         tables[f"judged_{condition}"] = [
             {
                 "id": r["id"],
@@ -149,7 +150,7 @@ def judge_open_ended(
             **per_split,
             "asked": result.asked,
             "cached": result.cached,
-            "file": f"judgements_{task_name}{suffix}.jsonl",
+            "file": judgements_file(task_name, unsteered),
         }
         log.info(
             "judged %s: %d answers asked, %d from the cache", condition, result.asked, result.cached

@@ -18,6 +18,9 @@ Fields:
     side_effects: other tasks scored with and without the steerer.
     sweep_engine: whether the shared-prefix engine scored it, and how.
     tracking: the tracker's status (a failure never loses this file).
+
+Beside it lie the run's per-item files, named here once for their writers and readers:
+`samples_file`, `generations_file`, `judgements_file`.
 """
 
 from __future__ import annotations
@@ -119,12 +122,36 @@ def write_results(path: Path, results: Results) -> Path:
     return write_json(path, results.to_json())
 
 
+def _unsteered(baseline: bool) -> str:
+    return "_baseline" if baseline else ""
+
+
+def samples_file(task: str, split: str, baseline: bool = False) -> str:
+    """`samples_<task>_<split>[_baseline].jsonl`: a split's per-item scores, the unsteered
+    model's where `baseline` (a steered run's second condition; an unsteered run has one
+    file). A side task's are `samples_file(f"side_{task}", ...)`."""
+    return f"samples_{task}_{split}{_unsteered(baseline)}.jsonl"
+
+
+def generations_file(task: str, baseline: bool = False) -> str:
+    """`generations_<task>[_baseline].jsonl`: the greedy answers to the open-ended prompts."""
+    return f"generations_{task}{_unsteered(baseline)}.jsonl"
+
+
+def judgements_file(task: str, baseline: bool = False) -> str:
+    """`judgements_<task>[_baseline].jsonl`: the judge's verdicts on those answers."""
+    return f"judgements_{task}{_unsteered(baseline)}.jsonl"
+
+
 __all__ = [
     "RESULTS_FILE",
     "RESULTS_VERSION",
     "Metrics",
     "Results",
+    "generations_file",
+    "judgements_file",
     "legacy_spec",
     "read_results",
+    "samples_file",
     "write_results",
 ]

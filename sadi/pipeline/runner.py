@@ -29,7 +29,7 @@ from sadi.pipeline.engine import build_engine
 from sadi.pipeline.fitting import build_steerer, fit_steerer
 from sadi.pipeline.inputs import data_fingerprint, run_inputs
 from sadi.pipeline.judging import build_judge, judge_open_ended
-from sadi.pipeline.results import RESULTS_FILE, Metrics, Results, write_results
+from sadi.pipeline.results import RESULTS_FILE, Metrics, Results, samples_file, write_results
 from sadi.pipeline.resume import completed
 from sadi.pipeline.scoring import (
     evaluate,
@@ -174,9 +174,9 @@ def run(ctx: RunContext) -> float:
                 ctx, model, tokenizer, task, cast(SplitName, split), st, engine
             )
             timings[f"eval_{split}_{condition}_s"] = time.perf_counter() - t
-            suffix = "_baseline" if condition == "baseline" and steerer is not None else ""
-            write_jsonl(run_dir / f"samples_{task.name}_{split}{suffix}.jsonl", rows)
-            samples[f"{split}{suffix}"] = rows
+            unsteered = condition == "baseline" and steerer is not None
+            write_jsonl(run_dir / samples_file(task.name, split, unsteered), rows)
+            samples[f"{split}_baseline" if unsteered else split] = rows
     judged: dict[str, Any] = {}
     if cfg.task.open_ended:
         generate_open_ended(ctx, model, tokenizer, task, conditions, rendering)

@@ -27,6 +27,7 @@ from sadi.infra.cache import cached
 from sadi.infra.jsonio import read_json, read_jsonl, write_json, write_jsonl
 from sadi.pipeline.backend import backend_of, cache_fields, vllm_lm
 from sadi.pipeline.context import RunContext
+from sadi.pipeline.results import generations_file, samples_file
 from sadi.pipeline.validate import ConfigError
 from sadi.steerers.base import Steerer
 from sadi.sweep import SweepLM, SweepScores
@@ -176,8 +177,8 @@ def generate_open_ended(
         # (entries cached before prompts had splits get theirs here)
         rows = [{**r, "split": open_ended_split(str(r["id"]))} for r in rows]
         timings[f"generate_open_ended_{condition}_s"] = time.perf_counter() - t
-        suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
-        write_jsonl(run_dir / f"generations_{task.name}{suffix}.jsonl", rows)
+        unsteered = condition == "baseline" and len(conditions) > 1
+        write_jsonl(run_dir / generations_file(task.name, unsteered), rows)
 
 
 def load_side_tasks(cfg: DictConfig) -> list[Task]:
@@ -215,6 +216,6 @@ def score_side_effect(
         t = time.perf_counter()
         out[condition], rows = evaluate(ctx, model, tokenizer, side, split, st, engine)
         timings[f"side_{side.name}_{condition}_s"] = time.perf_counter() - t
-        suffix = "_baseline" if condition == "baseline" and len(conditions) > 1 else ""
-        write_jsonl(run_dir / f"samples_side_{side.name}_{split}{suffix}.jsonl", rows)
+        unsteered = condition == "baseline" and len(conditions) > 1
+        write_jsonl(run_dir / samples_file(f"side_{side.name}", split, unsteered), rows)
     return out

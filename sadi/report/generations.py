@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sadi.infra.jsonio import read_jsonl
+from sadi.pipeline.results import generations_file
 from sadi.report.blocks import Table, text_cell
 from sadi.report.records import RunRecord
 
@@ -23,10 +24,7 @@ def generation_table(records: Sequence[RunRecord], n: int = 3) -> Table | None:
     out = Table(TITLE, list(COLUMNS), note=[note])
     for rec in records:
         d = rec.sample_dirs.get("report", rec.run_dir)
-        steered, base = (
-            d / f"generations_{rec.task}.jsonl",
-            d / f"generations_{rec.task}_baseline.jsonl",
-        )
+        steered, base = (d / generations_file(rec.task), d / generations_file(rec.task, True))
         if not (steered.exists() and base.exists()):
             continue
         a = read_jsonl(steered)

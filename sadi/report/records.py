@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sadi.infra.jsonio import read_json, read_jsonl
-from sadi.pipeline.results import read_results
+from sadi.pipeline.results import judgements_file, read_results, samples_file
 from sadi.steerers.spec import MethodSpec
 
 SELECTION = "selection.json"
@@ -225,7 +225,7 @@ def tag_data(records: Sequence[RunRecord]) -> None:
 
 def samples_path(rec: RunRecord, split: str, baseline: bool = False) -> Path:
     """Where a split's per-item samples file of `rec` lies (it may not exist)."""
-    name = f"samples_{rec.task}_{split}{'_baseline' if baseline and rec.steered else ''}.jsonl"
+    name = samples_file(rec.task, split, baseline and rec.steered)
     return rec.sample_dirs.get(split, rec.run_dir) / name
 
 
@@ -240,7 +240,7 @@ def load_samples(rec: RunRecord, split: str, baseline: bool = False) -> list[dic
 
 def judged_path(rec: RunRecord, split: str, baseline: bool = False) -> Path:
     """Where the judged rows (`sadi.pipeline.judging`) of the run holding `split` lie."""
-    name = f"judgements_{rec.task}{'_baseline' if baseline and rec.steered else ''}.jsonl"
+    name = judgements_file(rec.task, baseline and rec.steered)
     return rec.sample_dirs.get(split, rec.run_dir) / name
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sadi.eval.metrics import SCORINGS
 from sadi.infra.jsonio import read_jsonl
+from sadi.pipeline.results import samples_file
 from sadi.report.blocks import Table, binary, paired_cell
 from sadi.report.records import RunRecord
 
@@ -36,7 +37,7 @@ def _side_delta(rec: RunRecord, side: str, split: str, metric: str, st: float, b
     0/1 scores) where the per-item samples lie beside the run, else the bare difference."""
     bare = f"{100 * (st - base):+.1f}"
     d = rec.sample_dirs.get("report", rec.run_dir)
-    files = [d / f"samples_side_{side}_{split}{suffix}.jsonl" for suffix in ("", "_baseline")]
+    files = [d / samples_file(f"side_{side}", split, unsteered) for unsteered in (False, True)]
     if not all(f.exists() for f in files):
         return bare
     steered, unsteered = ({str(r["id"]): r for r in read_jsonl(f)} for f in files)
