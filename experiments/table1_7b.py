@@ -110,10 +110,13 @@ def measured_throughput(path: Path = GPU_JSON) -> dict[str, Any] | None:
     return {"device": result["device"], **shape}
 
 
-def gpu_hours(method: str, check: dict[str, Any]) -> float:
-    """GPU hours of one method over the table's tasks at the check's measured figures."""
+def gpu_hours(method: str, check: dict[str, Any]) -> float | None:
+    """GPU hours of one method over the table's tasks at the check's measured figures (None:
+    the check skipped the method or it failed there; its JSON says which)."""
     tokens, fitted = forward_tokens(method)
-    got = check["methods"][CHECK_METHOD.get(method, method)]
+    got = check.get("methods", {}).get(CHECK_METHOD.get(method, method), {})
+    if "fit_s" not in got:
+        return None
     per_token = got["steered_over_plain"] / check["plain_forward"]["tokens_per_s"]
     fit_s = fitted * got["fit_s"] / got["fit_pairs"]
     jobs = len(TOKENS) * (POINTS[method] + 1)
@@ -200,9 +203,12 @@ def main(argv: list[str] | None = None) -> None:
             f"# GPU hours at the check's measured throughput ({check['device']}, "
             f"{CHECK_SHAPE} bf16: {tps:.0f} tokens/s plain; {LOAD_S:.0f} s assumed load per job):"
         )
-        for method in methods:
-            print(f"#   {method}: {gpu_hours(method, check):.1f}")
-        print(f"#   total: {sum(gpu_hours(m, check) for m in methods):.1f}")
+        hours = {m: gpu_hours(m, check) for m in methods}
+        for method, h in hours.items():
+            print(f"#   {method}: " + (f"{h:.1f}" if h is not None else "not measured"))
+        known = [h for h in hours.values() if h is not None]
+        short = "" if len(known) == len(hours) else f" ({len(hours) - len(known)} not measured)"
+        print(f"#   total: {sum(known):.1f}{short}")
     launcher = [] if args.local else ["hydra/launcher=slurm"]
     common = [f"model={args.model}", f"task={TASKS}", *launcher]
     jobs = f"outputs/slurm/{args.model}"

@@ -338,6 +338,19 @@ def sweep_check(
     }
 
 
+def versions() -> dict[str, str | None]:
+    """The versions the figures are of (a GPU image's own packages, or the carried wheels)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "accelerate", "lm_eval", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/gpu_check.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (tests; any machine)")
@@ -368,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": cuda,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "versions": versions(),
         "date": time.strftime("%Y-%m-%d"),
         "budget_s": args.budget_s,
         "complete": False,

@@ -153,6 +153,10 @@ def test_table1_7b_states_gpu_hours_from_the_checks_measured_throughput(tmp_path
         ) / 3600
         assert hours[m] == pytest.approx(by_hand, abs=0.06)
     assert hours["total"] == pytest.approx(sum(hours[m] for m in TABLE1_METHODS), abs=0.4)
+    methods["iti"] = {"error": "OutOfMemoryError: ..."}  # a part that failed on the GPU
+    path.write_text(json.dumps(check))
+    plan = _plan("--gpu-json", str(path))
+    assert plan["iti"] == "not measured" and plan["total"].endswith("(1 not measured)")
     check["gpu"] = False  # the tiny CPU run's file: no GPU figures to cost a 7B run with
     path.write_text(json.dumps(check))
     assert "not measured" in _plan("--gpu-json", str(path))["head"]

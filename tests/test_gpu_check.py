@@ -82,6 +82,7 @@ def test_the_gpu_check_runs_on_tiny_shapes_and_writes_its_json(tmp_path: Path) -
     result = json.loads(out.read_text())
     assert result["complete"] is True and not (tmp_path / "gpu.json.tmp").exists()
     assert result["device"] and result["torch"] and result["gpu"] in (True, False)
+    assert result["versions"]["transformers"] and result["versions"]["lm_eval"]
     assert set(result["shapes"]) == {"tiny-llama", "tiny-qwen3"}
     for shape in result["shapes"].values():
         assert shape["dtype"] == "bfloat16" and shape["params"] > 0
