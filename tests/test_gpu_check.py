@@ -127,3 +127,19 @@ def test_the_carried_wheels_are_the_versions_ci_tests() -> None:
     }
     for name in wheels.group(1).split():
         assert re.sub(r"[-_.]+", "-", name).lower() in pinned, name
+
+
+def test_a_spent_budget_skips_parts_and_says_so(tmp_path: Path) -> None:
+    """Past --budget-s every part is marked skipped (the plain forward still measured), and
+    the JSON is complete: the device call's time limit never loses the file."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--out", str(out)]
+    cmd += ["--budget-s", "0", "--rounds", "1", "--tokens", "16", "--batch", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["complete"] is True and result["budget_s"] == 0
+    for shape in result["shapes"].values():
+        assert shape["plain_forward"]["tokens_per_s"] > 0
+        assert "skipped" in shape["sweep"]
+        assert all("skipped" in got for got in shape["methods"].values())
