@@ -74,17 +74,17 @@ def _offload_owner(model: nn.Module, name: str) -> nn.Module | None:
     return module if has_offloaded_params(module) else None
 
 
-def _materialised(model: nn.Module, tensors: list[tuple[str, Tensor]]) -> Any:
-    """(name, tensor) of `tensors` with each offloaded one read from where accelerate keeps
-    it (its module's weights map: CPU memory or the offload folder), one module at a time."""
+def _materialised(tensors: list[tuple[str, Tensor]], owners: dict[str, nn.Module]) -> Any:
+    """(name, tensor) of `tensors` with each offloaded one read through its module in
+    `owners` from where accelerate keeps it (CPU memory or the offload folder), one module
+    at a time."""
     from accelerate.utils import align_module_device
 
     for name, tensor in tensors:
         if not tensor.is_meta:
             yield name, tensor
             continue
-        owner = _offload_owner(model, name)
-        assert owner is not None  # checked by the caller
+        owner = owners[name]
         with align_module_device(owner, torch.device("cpu")):
             yield name, getattr(owner, name.rpartition(".")[2]).detach().clone()
 
@@ -134,19 +134,24 @@ def weights_fingerprint(model: nn.Module) -> str:
     if model in _STAND_INS:
         return _STAND_INS[model]
     tensors = _named_tensors(model)
+    owners: dict[str, nn.Module] = {}
     for name, tensor in tensors:
-        if tensor.is_meta and _offload_owner(model, name) is None:
+        if not tensor.is_meta:
+            continue
+        owner = _offload_owner(model, name)
+        if owner is None:
             raise ValueError(
                 f"cannot fingerprint the weights of {type(model).__name__}: {name} is on the "
                 "meta device and no device_map offloads it (not loaded); load the model "
                 "with its weights in memory"
             )
+        owners[name] = owner
     stamp = _stamp(tensors)
     memo = _MEMO.get(model)
     if stamp is not None and memo is not None and memo[0] == stamp:
         return memo[1]
     digest = hashlib.sha256()
-    for name, tensor in _materialised(model, tensors):
+    for name, tensor in _materialised(tensors, owners):
         digest.update(f"{name}:{tuple(tensor.shape)}\n".encode())
         flat = tensor.detach().reshape(-1)
         for start in range(0, flat.numel(), _CHUNK):
