@@ -53,3 +53,28 @@ def test_mc2_tasks_report_mc2_and_the_true_answers_not_p_label() -> None:
     for s in samples:
         p = [math.exp(v) for v in s["loglikelihoods"]]
         assert s["mc2"] == pytest.approx(sum(p[i] for i in s["correct"]) / sum(p))
+
+
+def test_an_overflowed_half_model_fails_loudly_and_bfloat16_scores() -> None:
+    """SmolLM2's residual stream reaches ~24000 in float16 (its range ends at 65504): SADI
+    scaling it by 3 overflows to NaN log-likelihoods, whose argmax would be a silent wrong
+    accuracy. The split fails naming the items, the dtype and the fix, and bfloat16 (float32's
+    range) scores the same steering."""
+    from sadi.core.models import DEFAULT_MODEL, load_model
+    from sadi.data.pairs import make_pairs
+    from sadi.eval.harness import NonFiniteScores
+    from sadi.steerers.sadi import SADI
+
+    task = load_task("copa")
+    pairs = make_pairs(task.splits["fit"], n_pairs=12, seed=0)
+    items = task.splits["select"][:4]
+    for dtype in ("float16", "bfloat16"):
+        model, tok = load_model(DEFAULT_MODEL, dtype=dtype)
+        st = SADI(component="residual", k=32, strength=3.0, progress=False).fit(model, tok, pairs)
+        lm = SteeredLM(model, steerer=st, tokenizer=tok, batch_size=4, progress=False)
+        if dtype == "float16":
+            with pytest.raises(NonFiniteScores, match=r"4 of 4 items .* overflowed float16"):
+                evaluate_split(lm, items, task_name="overflow", metric="acc")
+        else:
+            _, samples = evaluate_split(lm, items, task_name="overflow", metric="acc")
+            assert all(math.isfinite(x) for s in samples for x in s["loglikelihoods"])

@@ -28,6 +28,7 @@ from lm_eval.tasks import TaskManager
 
 from sadi.data.tasks import Item, Metric
 from sadi.eval.metrics import METRICS, SCORINGS, label_probability, lm_eval_metric_list
+from sadi.infra.errors import UserError
 
 log = logging.getLogger(__name__)
 # lm-eval only ever reads local JSONL files here: never ask the hub about them
@@ -178,6 +179,28 @@ def write_split(items: Sequence[Item], path: Path) -> Path:
     return path
 
 
+class NonFiniteScores(UserError):
+    """A log-likelihood came back NaN or infinite: the model's activations left its dtype's
+    range (float16 ends at 65504, and steering that scales activations can pass it)."""
+
+
+def check_finite(task_name: str, lm: LM, samples: Sequence[dict[str, Any]]) -> None:
+    """Raise `NonFiniteScores` naming the items whose log-likelihoods are not finite: their
+    argmax, accuracy and p_label would be silently wrong."""
+    bad = [s["id"] for s in samples if not all(math.isfinite(x) for x in s["loglikelihoods"])]
+    if not bad:
+        return
+    model = getattr(lm, "_model", None) or getattr(lm, "model", None)
+    dtype = getattr(model, "dtype", None) or getattr(lm, "dtype", None)
+    dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else "its dtype"
+    raise NonFiniteScores(
+        f"{task_name}: {len(bad)} of {len(samples)} items scored NaN or infinite "
+        f"log-likelihoods (first: {bad[:3]}): the model's activations overflowed {dtype_name}"
+        " (float16 ends at 65504; steering that scales activations can pass it). Use "
+        "model.dtype=bfloat16 or float32, or a smaller steering strength"
+    )
+
+
 def evaluate_split(
     lm: LM,
     items: Sequence[Item],
@@ -187,6 +210,9 @@ def evaluate_split(
     seed: int = 0,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score `items` with `lm` through lm-eval.
+
+    Raises:
+        NonFiniteScores: a log-likelihood is NaN or infinite (an overflowed dtype).
 
     Returns:
         (metrics, samples): metrics as {metric: value, metric_stderr: value}; samples, one per
@@ -227,6 +253,7 @@ def evaluate_split(
             samples[-1]["p_label"] = label_probability(lls, doc["label"])
         if SCORINGS[metric].records_correct:
             samples[-1]["correct"] = list(doc["correct"])
+    check_finite(task_name, lm, samples)
     if samples and "p_label" in reported:
         values = [s["p_label"] for s in samples]
         metrics["p_label"] = sum(values) / len(values)

@@ -54,10 +54,9 @@ def _sae(layer: int, d_in: int = 576, d_sae: int = 512, k: int = 24) -> SparseAu
     )
 
 
-@pytest.fixture(scope="session")
-def steerers(hf: tuple[Any, Any], vlm: Any) -> dict[str, Any]:
-    """name -> fitted steerer (every method vLLM runs; SADI on every component's vLLM site), each
-    installed on the engine under its name."""
+def fit_steerers(model: Any, tok: Any) -> dict[str, Any]:
+    """name -> steerer fitted on `model` (every method vLLM runs; SADI on every component's
+    vLLM site)."""
     from sadi.steerers.austeer import AUSteer
     from sadi.steerers.caa import CAA
     from sadi.steerers.iti import ITI
@@ -65,7 +64,6 @@ def steerers(hf: tuple[Any, Any], vlm: Any) -> dict[str, Any]:
     from sadi.steerers.sadi import SADI
     from sadi.steerers.sas import SAS
 
-    model, tok = hf
     pairs = make_pairs(load_task("copa").splits["fit"], n_pairs=12, seed=0)
     made = {
         "sadi_head": SADI(component="head", k=6, strength=8.0),
@@ -80,10 +78,17 @@ def steerers(hf: tuple[Any, Any], vlm: Any) -> dict[str, Any]:
         "sas": SAS(sae=_sae(10), layer=10, tau=0.02, lam=4.0),
         "reft": LoReFT(layer=10, rank=4, epochs=2, lr=1e-2, positions="response"),
     }
-    out = {}
-    for name, st in made.items():
+    for st in made.values():
         st.progress = False
         st.fit(model, tok, pairs)
+    return made
+
+
+@pytest.fixture(scope="session")
+def steerers(hf: tuple[Any, Any], vlm: Any) -> dict[str, Any]:
+    """name -> fitted steerer (`fit_steerers`), each installed on the engine under its name."""
+    model, tok = hf
+    made = fit_steerers(model, tok)
+    for name, st in made.items():
         vlm.engine.install(name, st)
-        out[name] = st
-    return out
+    return made
