@@ -78,3 +78,23 @@ def test_an_overflowed_half_model_fails_loudly_and_bfloat16_scores() -> None:
         else:
             _, samples = evaluate_split(lm, items, task_name="overflow", metric="acc")
             assert all(math.isfinite(x) for s in samples for x in s["loglikelihoods"])
+
+
+def test_generation_stops_at_nan_logits_naming_the_overflow() -> None:
+    """Greedy decoding would turn NaN logits into arbitrary tokens without a word."""
+    from lm_eval.api.instance import Instance
+
+    from sadi.core.models import DEFAULT_MODEL, load_model
+    from sadi.data.pairs import make_pairs
+    from sadi.eval.harness import NonFiniteScores
+    from sadi.steerers.sadi import SADI
+
+    model, tok = load_model(DEFAULT_MODEL, dtype="float16")
+    pairs = make_pairs(load_task("copa").splits["fit"], n_pairs=12, seed=0)
+    st = SADI(component="residual", k=32, strength=3.0, progress=False).fit(model, tok, pairs)
+    req = Instance("generate_until", {}, ("Once upon a time", {"max_gen_toks": 4}), 0)
+    plain = SteeredLM(model, tokenizer=tok, batch_size=1, progress=False)
+    assert plain.generate_until([req])[0]  # unsteered float16 generates
+    steered = SteeredLM(model, steerer=st, tokenizer=tok, batch_size=1, progress=False)
+    with pytest.raises(NonFiniteScores, match="NaN logits .* overflowed float16"):
+        steered.generate_until([req])

@@ -37,6 +37,7 @@ from lm_eval.models.huggingface import HFLM
 
 from sadi.core.models import EMBEDDED_PREFIX, embedded_path
 from sadi.core.positions import BatchLayout
+from sadi.eval.harness import NonFiniteScores
 from sadi.infra import checks
 from sadi.steerers.base import Steerer, SteeringHandle, WeightsMismatch
 
@@ -355,8 +356,32 @@ class SteeredLM(HFLM):
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
     ) -> torch.Tensor:
+        from transformers import LogitsProcessorList
+
+        given = generation_kwargs.get("logits_processor") or []
+        generation_kwargs["logits_processor"] = LogitsProcessorList(
+            [*given, _RefuseNaN(self.model.dtype)]
+        )
         with self._steering():
             return super()._model_generate(context, max_length, stop, **generation_kwargs)  # type: ignore[no-any-return]
+
+
+class _RefuseNaN:
+    """A logits processor that stops generation at NaN logits (an overflowed dtype), which
+    greedy decoding would otherwise turn into arbitrary tokens without a word."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = str(dtype).removeprefix("torch.")
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if bool(torch.isnan(scores).any()):
+            raise NonFiniteScores(
+                f"generation met NaN logits at position {input_ids.shape[1]}: the model's "
+                f"activations overflowed {self.dtype} (float16 ends at 65504; steering that "
+                "scales activations can pass it). Use "
+                "model.dtype=bfloat16 or float32, or a smaller steering strength"
+            )
+        return scores
 
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "SteeredLM"]
