@@ -62,7 +62,7 @@ def test_an_overflowed_half_model_fails_loudly_and_bfloat16_scores() -> None:
     range) scores the same steering."""
     from sadi.core.models import DEFAULT_MODEL, load_model
     from sadi.data.pairs import make_pairs
-    from sadi.eval.harness import NonFiniteScores
+    from sadi.eval.metrics import NonFiniteScores
     from sadi.steerers.sadi import SADI
 
     task = load_task("copa")
@@ -86,7 +86,7 @@ def test_generation_stops_at_nan_logits_naming_the_overflow() -> None:
 
     from sadi.core.models import DEFAULT_MODEL, load_model
     from sadi.data.pairs import make_pairs
-    from sadi.eval.harness import NonFiniteScores
+    from sadi.eval.metrics import NonFiniteScores
     from sadi.steerers.sadi import SADI
 
     model, tok = load_model(DEFAULT_MODEL, dtype="float16")

@@ -27,8 +27,13 @@ from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
 from sadi.data.tasks import Item, Metric
-from sadi.eval.metrics import METRICS, SCORINGS, label_probability, lm_eval_metric_list
-from sadi.infra.errors import UserError
+from sadi.eval.metrics import (
+    METRICS,
+    SCORINGS,
+    NonFiniteScores,
+    label_probability,
+    lm_eval_metric_list,
+)
 
 log = logging.getLogger(__name__)
 # lm-eval only ever reads local JSONL files here: never ask the hub about them
@@ -177,11 +182,6 @@ def write_split(items: Sequence[Item], path: Path) -> Path:
             row["choices"], row["correct"] = list(item.choices), list(item.correct)
             f.write(json.dumps(row) + "\n")
     return path
-
-
-class NonFiniteScores(UserError):
-    """A log-likelihood came back NaN or infinite: the model's activations left its dtype's
-    range (float16 ends at 65504, and steering that scales activations can pass it)."""
 
 
 def check_finite(task_name: str, lm: LM, samples: Sequence[dict[str, Any]]) -> None:

@@ -37,7 +37,7 @@ from lm_eval.models.huggingface import HFLM
 
 from sadi.core.models import EMBEDDED_PREFIX, embedded_path
 from sadi.core.positions import BatchLayout
-from sadi.eval.harness import NonFiniteScores
+from sadi.eval.metrics import NonFiniteScores
 from sadi.infra import checks
 from sadi.steerers.base import Steerer, SteeringHandle, WeightsMismatch
 

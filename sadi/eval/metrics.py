@@ -20,6 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sadi.infra.errors import UserError
+
+
+class NonFiniteScores(UserError):
+    """A log-likelihood or logit came back NaN or infinite: the model's activations left its
+    dtype's range (float16 ends at 65504, and steering that scales activations can pass it);
+    an argmax over it would be a silent wrong score."""
+
 
 @dataclass(frozen=True)
 class ItemMetric:
@@ -121,6 +129,7 @@ __all__ = [
     "METRICS",
     "SCORINGS",
     "ItemMetric",
+    "NonFiniteScores",
     "Scoring",
     "allowed",
     "label_probability",

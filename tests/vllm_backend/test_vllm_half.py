@@ -19,8 +19,9 @@ import torch
 from sadi.core.fingerprints import weights_fingerprint
 from sadi.core.models import DEFAULT_MODEL, load_model, model_path
 from sadi.data.tasks import load_task
-from sadi.eval.harness import NonFiniteScores, evaluate_split
+from sadi.eval.harness import evaluate_split
 from sadi.eval.lm import SteeredLM
+from sadi.eval.metrics import NonFiniteScores
 from sadi.vllm.engine import STEERED_OVER_UNSTEERED, VLLMError
 from tests.helpers import loglikelihood_requests
 from tests.vllm_backend.conftest import fit_steerers
