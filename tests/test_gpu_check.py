@@ -44,15 +44,19 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def carried_wheels() -> list[str]:
+    """The packages scripts/gpu_wheels.sh fetches (its PACKAGES=(...) line)."""
+    text = (ROOT / "scripts" / "gpu_wheels.sh").read_text()
+    wheels = re.search(r"^PACKAGES=\((.*)\)$", text, re.M)
+    assert wheels, "scripts/gpu_wheels.sh lost its PACKAGES=(...) line"
+    return wheels.group(1).split()
+
+
 def gpu_image() -> set[str]:
     """The GPU image's distributions and the wheels carried there."""
     lines = (ROOT / "scripts" / "gpu_image.txt").read_text().splitlines()
     image = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-    wheels = re.search(
-        r"^PACKAGES=\((.*)\)$", (ROOT / "scripts" / "gpu_wheels.sh").read_text(), re.M
-    )
-    assert wheels, "scripts/gpu_wheels.sh lost its PACKAGES=(...) line"
-    return image | set(wheels.group(1).split())
+    return image | set(carried_wheels())
 
 
 def test_the_hiding_works(tmp_path: Path) -> None:
@@ -116,16 +120,12 @@ def test_without_a_gpu_the_full_shapes_say_how_to_run() -> None:
 def test_the_carried_wheels_are_the_versions_ci_tests() -> None:
     """scripts/gpu_wheels.sh takes each wheel at constraints.txt's pin: the GPU figures are
     of the lm-eval and transformers CI tests."""
-    wheels = re.search(
-        r"^PACKAGES=\((.*)\)$", (ROOT / "scripts" / "gpu_wheels.sh").read_text(), re.M
-    )
-    assert wheels
     pinned = {
         re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
         for line in (ROOT / "constraints.txt").read_text().splitlines()
         if "==" in line
     }
-    for name in wheels.group(1).split():
+    for name in carried_wheels():
         assert re.sub(r"[-_.]+", "-", name).lower() in pinned, name
 
 

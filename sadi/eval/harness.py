@@ -33,6 +33,7 @@ from sadi.eval.metrics import (
     NonFiniteScores,
     label_probability,
     lm_eval_metric_list,
+    overflowed,
 )
 
 log = logging.getLogger(__name__)
@@ -190,14 +191,12 @@ def check_finite(task_name: str, lm: LM, samples: Sequence[dict[str, Any]]) -> N
     bad = [s["id"] for s in samples if not all(math.isfinite(x) for x in s["loglikelihoods"])]
     if not bad:
         return
-    model = getattr(lm, "_model", None) or getattr(lm, "model", None)
-    dtype = getattr(model, "dtype", None) or getattr(lm, "dtype", None)
-    dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else "its dtype"
+    # the HF backend's torch model, or the vLLM backend's engine
+    dtype = getattr(getattr(lm, "model", None), "dtype", None)
+    dtype = dtype or getattr(getattr(lm, "engine", None), "dtype", None) or "its dtype"
     raise NonFiniteScores(
         f"{task_name}: {len(bad)} of {len(samples)} items scored NaN or infinite "
-        f"log-likelihoods (first: {bad[:3]}): the model's activations overflowed {dtype_name}"
-        " (float16 ends at 65504; steering that scales activations can pass it). Use "
-        "model.dtype=bfloat16 or float32, or a smaller steering strength"
+        f"log-likelihoods (first: {bad[:3]}): {overflowed(dtype)}"
     )
 
 

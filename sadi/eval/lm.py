@@ -37,7 +37,7 @@ from lm_eval.models.huggingface import HFLM
 
 from sadi.core.models import EMBEDDED_PREFIX, embedded_path
 from sadi.core.positions import BatchLayout
-from sadi.eval.metrics import NonFiniteScores
+from sadi.eval.metrics import NonFiniteScores, overflowed
 from sadi.infra import checks
 from sadi.steerers.base import Steerer, SteeringHandle, WeightsMismatch
 
@@ -371,15 +371,13 @@ class _RefuseNaN:
     greedy decoding would otherwise turn into arbitrary tokens without a word."""
 
     def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = str(dtype).removeprefix("torch.")
+        self.dtype = dtype
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if bool(torch.isnan(scores).any()):
             raise NonFiniteScores(
-                f"generation met NaN logits at position {input_ids.shape[1]}: the model's "
-                f"activations overflowed {self.dtype} (float16 ends at 65504; steering that "
-                "scales activations can pass it). Use "
-                "model.dtype=bfloat16 or float32, or a smaller steering strength"
+                f"generation met NaN logits at position {input_ids.shape[1]}: "
+                f"{overflowed(self.dtype)}"
             )
         return scores
 

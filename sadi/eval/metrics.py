@@ -29,6 +29,17 @@ class NonFiniteScores(UserError):
     an argmax over it would be a silent wrong score."""
 
 
+def overflowed(dtype: object) -> str:
+    """The cause and the fix of NaN or infinite scores, as every place that meets them says
+    it (`dtype`: a torch dtype or its name)."""
+    name = str(dtype).removeprefix("torch.")
+    return (
+        f"the model's activations overflowed {name} (float16 ends at 65504; steering that "
+        "scales activations can pass it). Use model.dtype=bfloat16 or float32, or a smaller "
+        "steering strength"
+    )
+
+
 @dataclass(frozen=True)
 class ItemMetric:
     """One per-item score.
@@ -134,6 +145,7 @@ __all__ = [
     "allowed",
     "label_probability",
     "lm_eval_metric_list",
+    "overflowed",
     "process_mc2",
     "scoring_of",
 ]

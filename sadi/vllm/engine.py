@@ -26,6 +26,7 @@ from torch import nn
 
 from sadi.core.models import input_device
 from sadi.core.positions import BatchLayout
+from sadi.eval.metrics import overflowed
 from sadi.infra.errors import UserError
 from sadi.steerers.base import Steerer
 from sadi.vllm.sites import TESTED_VLLM_VERSIONS, refusal
@@ -312,9 +313,7 @@ class SteeredVLLM:
         if sides:
             raise VLLMError(
                 f"the self-test prompt's log-probs ({what}, {self.dtype}) are NaN or infinite "
-                f"on the {' and '.join(sides)} backend: the activations overflowed "
-                f"{self.dtype} (float16 ends at 65504). Use model.dtype=bfloat16 or float32, "
-                "or a smaller steering strength"
+                f"on the {' and '.join(sides)} backend: {overflowed(self.dtype)}"
             )
         diff = float(torch.tensor(ours).sub(torch.tensor(hf)).abs().max())
         if not diff <= bound:
